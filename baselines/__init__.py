@@ -1,0 +1,1 @@
+"""Baselines on the shared harness, one readable file each (CleanRL style)."""

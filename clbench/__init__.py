@@ -1,0 +1,14 @@
+"""clbench: a Gymnasium task-stream benchmark for continual learning.
+
+``import clbench`` registers the ``clbench/...`` environments with Gymnasium.
+"""
+
+import gymnasium
+
+from clbench import env as _env  # noqa: F401  (registers the environments)
+
+__version__ = "0.1.0"
+
+make = gymnasium.make
+
+__all__ = ["__version__", "make"]

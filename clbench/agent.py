@@ -1,0 +1,72 @@
+"""The agent plug-in contract: four methods, nothing else.
+
+An agent is a class built as ``AgentClass(device=..., **kwargs)`` with
+
+- ``learn(task)``: learn the new task from ``task.x_train`` / ``task.y_train`` (uint8 inputs,
+  int64 {0,1} labels; ``task.normalize(x)`` standardises a batch). No test data is given.
+- ``predict(x, task_id) -> labels``: int64 (or bool) labels in {0, 1}, shape ``(len(x),)``,
+  for uint8 inputs ``x`` of a task seen before (task-incremental: the task id is given).
+- ``state_dict()`` / ``load_state_dict(state)``: everything the agent keeps between tasks,
+  as tensors plus plain metadata (int, float, str, bool, None, lists, dicts). The harness
+  serialises the state after every task, counts its bytes, and continues with a *fresh*
+  agent that loaded it: whatever is not in the state is lost.
+- optional ``metrics() -> dict``: agent-specific figures about the last task.
+
+Agents are found by name in the ``clbench.agents`` entry-point group, or as ``module:Class``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from clbench.tasks import Task
+
+ENTRY_POINT_GROUP = "clbench.agents"
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """What the harness calls. ``metrics()`` is optional and not part of this check."""
+
+    def learn(self, task: Task) -> None: ...
+
+    def predict(self, x: torch.Tensor, task_id: int) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def registered_agents() -> dict[str, str]:
+    """Agent names in the ``clbench.agents`` entry-point group -> ``module:Class``."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_agent_class(name: str) -> type:
+    """Resolve a registered agent name or a ``module:Class`` path to the agent's class."""
+    known = registered_agents()
+    target = known.get(name, name)
+    if ":" not in target:
+        raise ValueError(
+            f"unknown agent {name!r}; registered agents: {', '.join(sorted(known)) or 'none'}; "
+            "or give a 'module:Class' path"
+        )
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"agent {name!r}: cannot import module {module_name!r}: {error}") from None
+    try:
+        cls = getattr(module, class_name)
+    except AttributeError:
+        raise ValueError(f"agent {name!r}: module {module_name!r} has no {class_name!r}") from None
+    missing = [m for m in ("learn", "predict", "state_dict", "load_state_dict")
+               if not callable(getattr(cls, m, None))]
+    if missing:
+        raise TypeError(f"agent {name!r} ({target}) lacks the method(s) {', '.join(missing)} "
+                        "of the agent contract (see clbench.agent)")
+    return cls

@@ -1,0 +1,325 @@
+"""The task-stream environment: one step is one task."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from clbench.data import dataset_info, load_dataset
+from clbench.devices import resolve_device
+from clbench.tasks import STREAMS, Task, TaskSpec, materialize
+
+
+def padded_shape(shapes: Sequence[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """The smallest (C, H, W) that holds every shape of a stream."""
+    return tuple(max(shape[axis] for shape in shapes) for axis in range(3))
+
+
+def pad_to(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """A fresh copy of ``images`` zero-padded at the end of each axis to ``shape``."""
+    if tuple(images.shape[1:]) == tuple(shape):
+        return images.clone()
+    out = images.new_zeros((len(images), *shape))
+    channels, height, width = images.shape[1:]
+    out[:, :channels, :height, :width] = images
+    return out
+
+
+def crop(images: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Undo :func:`pad_to`: the native ``(C, H, W)`` inputs of one task (a view)."""
+    channels, height, width = shape
+    return images[:, :channels, :height, :width]
+
+
+class TaskStreamEnv(gym.Env):
+    """A stream of binary image-classification tasks for continual learning.
+
+    ## Description
+
+    Tasks arrive one after another (Split MNIST, one-vs-rest digits, random class tuples,
+    mixed MNIST + CIFAR-10 streams). An agent learns each task when it arrives from that
+    task's training data alone, and is then asked to label the test inputs of every task it
+    has seen so far. The environment keeps the test labels and scores the answers, so
+    retained accuracy (the accuracy matrix R[i][j]) is measured here, in one place.
+
+    **One step is one task.** ``reset`` hands over task 0; each ``step`` scores the agent's
+    labels for the current queries and hands over the next task.
+
+    ## Action Space
+
+    ``MultiBinary(max_queries)``: one predicted label (1 = positive) per query. The space
+    holds one slot for every query the stream can ask at most, so its size never changes;
+    only the first ``n_queries = len(obs["query_task_ids"])`` entries are read. An array or
+    tensor of exactly ``n_queries`` labels is accepted too (the usual way to act).
+
+    ## Observation Space
+
+    A ``Dict`` of numpy arrays (``backend="numpy"``, the default, as Gymnasium's tools
+    expect) or of torch tensors on the env's ``device`` (``backend="torch"``, which sets
+    ``metadata["torch"] = True`` and saves the copy to the host):
+
+    | key              | space                                      | content                         |
+    |------------------|--------------------------------------------|---------------------------------|
+    | `task_id`        | `Discrete(n_tasks)`                        | id of the task just handed over |
+    | `train_inputs`   | `Sequence(Box(0, 255, (C, H, W), uint8))`  | its training inputs             |
+    | `train_labels`   | `Sequence(Discrete(2))`                    | their labels, 1 = positive      |
+    | `query_inputs`   | `Sequence(Box(0, 255, (C, H, W), uint8))`  | test inputs to label            |
+    | `query_task_ids` | `Sequence(Discrete(n_tasks))`              | the task each query belongs to  |
+
+    All sequences are stacked tensors. In a stream whose tasks differ in input shape, every
+    image is zero-padded to the smallest shape holding them all; ``info["input_shapes"]``
+    gives each task's native shape and :func:`crop` recovers it. ``info["task"]`` holds the
+    new task as a :class:`clbench.tasks.Task` at its native shape, without test data.
+
+    ## Rewards
+
+    The mean accuracy over the tasks seen so far, including the one just learned, in
+    [0, 1]. ``info["accuracies"]`` holds the accuracy on every task asked about (tasks
+    0..t, or all tasks with ``query_future``): row t of the accuracy matrix.
+
+    ## Starting State
+
+    ``reset(seed=...)`` draws the stream (for ``tuples``), the seeded subsampling of every
+    task and the order of the queries; the same seed gives the same episode.
+
+    ## Episode End
+
+    ``terminated`` is True after the step that scores the last task; the final observation
+    has no training data and no queries. There is no truncation.
+
+    ## Arguments
+
+    - ``stream``: ``"split"``, ``"one_vs_rest"`` or ``"tuples"`` (see :mod:`clbench.tasks`).
+    - ``dataset``: ``"mnist5k"`` (built in, offline), ``"mnist"``, ``"fashion_mnist"``,
+      ``"cifar10"`` or ``"cifar100"``.
+    - ``tasks``: an explicit list of task names (``"mnist:1|2,3"``) or specs; overrides
+      ``stream`` and ``dataset`` and may mix datasets.
+    - ``n_tasks``: number of tasks (default: all the builder has; 50 for tuples).
+    - ``positive_fraction``: share of positives per task; the side in excess is subsampled,
+      seeded, the same rule for train and test. ``None`` keeps the natural balance.
+    - ``max_train_per_task`` / ``max_test_per_task``: caps on examples per task (seeded).
+    - ``query_future``: also ask for the test inputs of tasks not seen yet (forward transfer).
+    - ``device``: where data and observations live: ``"cpu"``, ``"cuda"``, ``"mps"``,
+      ``"auto"``.
+    - ``backend``: ``"numpy"`` or ``"torch"``: the type of observations (see above); actions
+      may be either type with either backend.
+    - ``data_root``: folder of the full datasets (default ``$CLBENCH_DATA`` or
+      ``~/.cache/clbench``).
+
+    ## Version History
+
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": [], "torch": False}
+
+    def __init__(
+        self,
+        stream: str = "split",
+        dataset: str = "mnist5k",
+        tasks: Sequence[str | TaskSpec] | None = None,
+        n_tasks: int | None = None,
+        positive_fraction: float | None = None,
+        max_train_per_task: int | None = None,
+        max_test_per_task: int | None = None,
+        query_future: bool = False,
+        device: str = "cpu",
+        data_root: str | os.PathLike | None = None,
+        backend: str = "numpy",
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: this environment does not render")
+        if tasks is not None:
+            self._fixed_specs = [t if isinstance(t, TaskSpec) else TaskSpec.from_name(t)
+                                 for t in tasks]
+            if not self._fixed_specs:
+                raise ValueError("tasks=[] : a stream needs at least one task")
+            if n_tasks is not None and n_tasks != len(self._fixed_specs):
+                raise ValueError(f"n_tasks={n_tasks} disagrees with the {len(self._fixed_specs)} "
+                                 "tasks given; leave n_tasks out")
+            datasets = sorted({spec.dataset for spec in self._fixed_specs})
+        else:
+            if stream not in STREAMS:
+                raise ValueError(f"unknown stream {stream!r}; choose one of {', '.join(STREAMS)}"
+                                 " or pass tasks=[...]")
+            dataset_info(dataset)
+            if stream == "tuples":
+                n_tasks = 50 if n_tasks is None else n_tasks
+                self._fixed_specs = None
+            else:
+                self._fixed_specs = STREAMS[stream](dataset, n_tasks)
+            datasets = [dataset]
+        for name, value in (("max_train_per_task", max_train_per_task),
+                            ("max_test_per_task", max_test_per_task)):
+            if value is not None and value < 2:
+                raise ValueError(f"{name}={value}: give at least 2 examples, or None for all")
+        self.stream, self.dataset = stream, dataset
+        self.n_tasks = len(self._fixed_specs) if self._fixed_specs is not None else int(n_tasks)
+        self.positive_fraction = positive_fraction
+        self.max_train_per_task = max_train_per_task
+        self.max_test_per_task = max_test_per_task
+        self.query_future = bool(query_future)
+        self.device = resolve_device(device)
+        self.data_root = data_root
+        self.render_mode = None
+        if backend not in ("numpy", "torch"):
+            raise ValueError(f"backend={backend!r}: choose 'numpy' or 'torch'")
+        self.backend = backend
+        self.metadata = {**self.metadata, "torch": backend == "torch"}
+
+        # Load every dataset now: a missing one fails at make(), not mid-episode.
+        test_sizes = [len(load_dataset(name, train=False, root=data_root, device=self.device))
+                      for name in datasets]
+        load_dataset_shapes = [dataset_info(name).input_shape for name in datasets]
+        for name in datasets:
+            load_dataset(name, train=True, root=data_root, device=self.device)
+        self.input_shape = padded_shape(load_dataset_shapes)
+        per_task = max(test_sizes) if max_test_per_task is None else min(
+            max(test_sizes), max_test_per_task)
+        self.max_queries = self.n_tasks * per_task
+
+        image = spaces.Box(0, 255, self.input_shape, dtype=np.uint8)
+        self.observation_space = spaces.Dict({
+            "task_id": spaces.Discrete(self.n_tasks),
+            "train_inputs": spaces.Sequence(image, stack=True),
+            "train_labels": spaces.Sequence(spaces.Discrete(2), stack=True),
+            "query_inputs": spaces.Sequence(image, stack=True),
+            "query_task_ids": spaces.Sequence(spaces.Discrete(self.n_tasks), stack=True),
+        })
+        self.action_space = spaces.MultiBinary(self.max_queries)
+
+        self.specs: list[TaskSpec] = []
+        self.tasks: list[Task | None] = []
+        self._episode_seed = 0
+        self._current = -1
+        self._query_ids: torch.Tensor | None = None
+        self._query_labels: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ episode
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """Names of this episode's tasks, in stream order."""
+        return tuple(spec.name for spec in self.specs)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._episode_seed = int(self.np_random.integers(2**31 - 1))
+        if self._fixed_specs is not None:
+            self.specs = list(self._fixed_specs)
+        else:
+            self.specs = STREAMS["tuples"](self.dataset, self.n_tasks, seed=self._episode_seed)
+        self.tasks = [None] * self.n_tasks
+        self._current = 0
+        if self.query_future:
+            for task_id in range(self.n_tasks):
+                self._task(task_id)
+        return self._observe(0), self._arrival_info(0)
+
+    def step(self, action):
+        if self._current < 0:
+            raise RuntimeError("call reset() before step()")
+        if self._current >= self.n_tasks:
+            raise RuntimeError("the episode has terminated; call reset() to start a new one")
+        predictions = self._read_action(action)
+        accuracies = self._score(predictions)
+        scored = self._current
+        reward = float(np.mean(accuracies[: scored + 1]))
+        self._current += 1
+        terminated = self._current == self.n_tasks
+        info = {"scored_task_id": scored, "accuracies": accuracies}
+        if terminated:
+            obs = self._terminal_observation()
+        else:
+            obs = self._observe(self._current)
+            info.update(self._arrival_info(self._current))
+        return obs, reward, terminated, False, info
+
+    # ------------------------------------------------------------------ helpers
+    def _task(self, task_id: int) -> Task:
+        if self.tasks[task_id] is None:
+            self.tasks[task_id] = materialize(
+                self.specs[task_id], task_id, self._episode_seed,
+                positive_fraction=self.positive_fraction,
+                max_train=self.max_train_per_task, max_test=self.max_test_per_task,
+                root=self.data_root, device=self.device,
+            )
+        return self.tasks[task_id]
+
+    def _queried_tasks(self, task_id: int) -> range:
+        return range(self.n_tasks if self.query_future else task_id + 1)
+
+    def _observe(self, task_id: int) -> dict[str, Any]:
+        task = self._task(task_id)
+        queried = [self._task(j) for j in self._queried_tasks(task_id)]
+        self._query_ids = torch.cat([
+            torch.full((len(t.y_test),), t.id, dtype=torch.int64, device=self.device)
+            for t in queried
+        ])
+        self._query_labels = torch.cat([t.y_test for t in queried])
+        return self._as_backend({
+            "task_id": task_id,
+            "train_inputs": pad_to(task.x_train, self.input_shape),
+            "train_labels": task.y_train.clone(),
+            "query_inputs": torch.cat([pad_to(t.x_test, self.input_shape) for t in queried]),
+            "query_task_ids": self._query_ids.clone(),
+        })
+
+    def _terminal_observation(self) -> dict[str, Any]:
+        self._query_ids = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._query_labels = self._query_ids.clone()
+        empty_images = torch.zeros((0, *self.input_shape), dtype=torch.uint8, device=self.device)
+        return self._as_backend({
+            "task_id": self.n_tasks - 1,
+            "train_inputs": empty_images,
+            "train_labels": self._query_ids.clone(),
+            "query_inputs": empty_images.clone(),
+            "query_task_ids": self._query_ids.clone(),
+        })
+
+    def _as_backend(self, obs: dict[str, Any]) -> dict[str, Any]:
+        # Every tensor here is freshly made, so numpy views of it share no memory with
+        # earlier observations (Gymnasium's check_env tests exactly that).
+        if self.backend == "torch":
+            return obs
+        return {key: value.cpu().numpy() if torch.is_tensor(value) else value
+                for key, value in obs.items()}
+
+    def _arrival_info(self, task_id: int) -> dict[str, Any]:
+        return {
+            "task": self._task(task_id).for_agent(),
+            "task_name": self.specs[task_id].name,
+            "task_names": self.task_names,
+            "input_shapes": tuple(spec.input_shape for spec in self.specs),
+            "n_queries": int(len(self._query_ids)),
+        }
+
+    def _read_action(self, action) -> torch.Tensor:
+        n_queries = len(self._query_ids)
+        predictions = torch.as_tensor(np.asarray(action) if isinstance(action, list) else action)
+        if predictions.ndim != 1 or len(predictions) not in (n_queries, self.max_queries):
+            raise ValueError(
+                f"action has shape {tuple(predictions.shape)}; expected one label per query, "
+                f"shape ({n_queries},), or the action space's ({self.max_queries},)"
+            )
+        predictions = predictions[:n_queries].to(self.device)
+        if predictions.is_floating_point() and torch.isnan(predictions).any():
+            raise ValueError("action holds NaN; labels must be 0 or 1")
+        if ((predictions != 0) & (predictions != 1)).any():
+            bad = predictions[(predictions != 0) & (predictions != 1)][:5].tolist()
+            raise ValueError(f"action holds values other than 0 and 1, e.g. {bad}")
+        return predictions.to(torch.int64)
+
+    def _score(self, predictions: torch.Tensor) -> np.ndarray:
+        correct = (predictions == self._query_labels).to(torch.float64)
+        totals = torch.zeros(self.n_tasks, dtype=torch.float64, device=self.device)
+        totals.index_add_(0, self._query_ids, correct)
+        counts = torch.bincount(self._query_ids, minlength=self.n_tasks).to(torch.float64)
+        asked = len(self._queried_tasks(self._current))
+        return (totals / counts)[:asked].cpu().numpy()
