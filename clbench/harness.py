@@ -42,6 +42,7 @@ from clbench.nets import count_parameters, reference_net
 from clbench.results import Result
 
 PLAIN_TYPES = (str, int, float, bool, type(None))
+VERIFY_FLAG = "CLBENCH_VERIFYING"
 
 
 class AgentError(RuntimeError):
@@ -227,6 +228,10 @@ def evaluate(
     agent breaks the contract or raises, an :class:`AgentError` names the agent, the task and
     what was wrong, after the result file (with every finished task) was written.
     """
+    if os.environ.get(VERIFY_FLAG):
+        raise RuntimeError(
+            "clbench.evaluate was called while the fresh-process check imported the agent's "
+            "file: put the code that runs the benchmark under `if __name__ == \"__main__\":`")
     cls, name = agent_reference(agent)
     agent_kwargs = _jsonable(dict(agent_kwargs or {}), "agent_kwargs")
     env_kwargs = _jsonable(dict(env_kwargs or {}), "env_kwargs")

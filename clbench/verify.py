@@ -10,6 +10,7 @@ and the prediction FLOPs (counted in a second, untimed pass).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,10 +21,11 @@ import clbench  # noqa: F401  (registers the environments)
 from clbench import costs
 from clbench.agent import load_agent_class
 from clbench.devices import resolve_device
-from clbench.harness import build_agent, predict_queries
+from clbench.harness import VERIFY_FLAG, build_agent, predict_queries
 
 
 def main() -> None:
+    os.environ[VERIFY_FLAG] = "1"
     request = json.loads(sys.stdin.read())
     device = resolve_device(request["device"])
     env = gymnasium.make(request["env_id"], **{**request["env_kwargs"], "device": str(device),
