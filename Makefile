@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/python -m clbench demo
+	$(VENV)/bin/clbench run --env clbench/SplitMNIST5k-v0 --agent random --seed 0 --device auto --out runs/random.json
+	$(VENV)/bin/clbench run --env clbench/SplitMNIST5k-v0 --agent naive --seed 0 --device auto --out runs/naive.json
+	$(VENV)/bin/clbench table runs/random.json runs/naive.json
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check clbench agents baselines tests benchmarks

@@ -11,4 +11,12 @@ __version__ = "0.1.0"
 
 make = gymnasium.make
 
-__all__ = ["__version__", "make"]
+
+def evaluate(*args, **kwargs):
+    """Run an agent through a task stream; see :func:`clbench.harness.evaluate`."""
+    from clbench.harness import evaluate as run
+
+    return run(*args, **kwargs)
+
+
+__all__ = ["__version__", "evaluate", "make"]

@@ -12,13 +12,17 @@ An agent is a class built as ``AgentClass(device=..., **kwargs)`` with
   agent that loaded it: whatever is not in the state is lost.
 - optional ``metrics() -> dict``: agent-specific figures about the last task.
 
-Agents are found by name in the ``clbench.agents`` entry-point group, or as ``module:Class``.
+Agents are found by name in the ``clbench.agents`` entry-point group, as ``module:Class``,
+or as ``path/to/file.py:Class``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -46,6 +50,23 @@ def registered_agents() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _import_module_or_file(module_name: str):
+    """Import ``package.module``, or a Python file given by its path (``path/agent.py``)."""
+    if not module_name.endswith(".py"):
+        return importlib.import_module(module_name)
+    path = Path(module_name).resolve()
+    alias = f"clbench_user_agent_{abs(hash(str(path)))}"
+    if alias in sys.modules:
+        return sys.modules[alias]
+    spec = importlib.util.spec_from_file_location(alias, path)
+    if spec is None or not path.exists():
+        raise ImportError(f"no Python file at {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_agent_class(name: str) -> type:
     """Resolve a registered agent name or a ``module:Class`` path to the agent's class."""
     known = registered_agents()
@@ -53,13 +74,13 @@ def load_agent_class(name: str) -> type:
     if ":" not in target:
         raise ValueError(
             f"unknown agent {name!r}; registered agents: {', '.join(sorted(known)) or 'none'}; "
-            "or give a 'module:Class' path"
+            "or give a 'module:Class' or 'file.py:Class' path"
         )
-    module_name, _, class_name = target.partition(":")
+    module_name, _, class_name = target.rpartition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"agent {name!r}: cannot import module {module_name!r}: {error}") from None
+        module = _import_module_or_file(module_name)
+    except (ImportError, OSError) as error:
+        raise ValueError(f"agent {name!r}: cannot import {module_name!r}: {error}") from None
     try:
         cls = getattr(module, class_name)
     except AttributeError:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from clbench import progress
 from clbench.data import normalize
 
 
@@ -20,6 +21,7 @@ def minibatches(
     order = torch.randperm(len(labels), generator=generator).to(labels.device)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
+        progress.advance()
         yield normalize(images.index_select(0, index), dataset), labels.index_select(0, index)
 
 

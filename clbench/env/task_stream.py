@@ -64,13 +64,13 @@ class TaskStreamEnv(gym.Env):
     expect) or of torch tensors on the env's ``device`` (``backend="torch"``, which sets
     ``metadata["torch"] = True`` and saves the copy to the host):
 
-    | key              | space                                      | content                         |
-    |------------------|--------------------------------------------|---------------------------------|
-    | `task_id`        | `Discrete(n_tasks)`                        | id of the task just handed over |
-    | `train_inputs`   | `Sequence(Box(0, 255, (C, H, W), uint8))`  | its training inputs             |
-    | `train_labels`   | `Sequence(Discrete(2))`                    | their labels, 1 = positive      |
-    | `query_inputs`   | `Sequence(Box(0, 255, (C, H, W), uint8))`  | test inputs to label            |
-    | `query_task_ids` | `Sequence(Discrete(n_tasks))`              | the task each query belongs to  |
+    - ``task_id``: ``Discrete(n_tasks)``, the id of the task just handed over;
+    - ``train_inputs``: ``Sequence(Box(0, 255, (C, H, W), uint8), stack=True)``, its
+      training inputs;
+    - ``train_labels``: ``Sequence(Discrete(2), stack=True)``, their labels (1 = positive);
+    - ``query_inputs``: ``Sequence(Box(0, 255, (C, H, W), uint8), stack=True)``, the test
+      inputs to label;
+    - ``query_task_ids``: ``Sequence(Discrete(n_tasks), stack=True)``, the task of each query.
 
     All sequences are stacked tensors. In a stream whose tasks differ in input shape, every
     image is zero-padded to the smallest shape holding them all; ``info["input_shapes"]``

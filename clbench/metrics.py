@@ -1,0 +1,93 @@
+"""Continual-learning metrics: pure functions of the accuracy matrix R.
+
+``R[i][j]`` is the accuracy on task j after learning task i; rows may be ragged (row i holds
+tasks 0..i) or square (when future tasks were queried). ``None`` marks an entry never asked.
+T is the number of tasks learned (rows).
+
+- ACC = mean_j R[T-1][j] (final average accuracy)
+- BWT = mean_{j<T-1} (R[T-1][j] - R[j][j]) (backward transfer, Lopez-Paz & Ranzato 2017)
+- forgetting = mean_{j<T-1} (max_{j<=l<T-1} R[l][j] - R[T-1][j]) (Chaudhry et al. 2018)
+- learning accuracy = mean_j R[j][j]
+- FWT = mean_{j>=1} (R[j-1][j] - b_j), needs future queries; b_j defaults to chance (0.5)
+- retained(p) = number of tasks with R[T-1][j] >= p (the paper's threshold, p = 0.95)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Matrix = Sequence[Sequence[float | None]]
+
+
+def _entry(matrix: Matrix, i: int, j: int) -> float:
+    row = matrix[i]
+    if j >= len(row) or row[j] is None:
+        raise ValueError(f"accuracy matrix has no entry R[{i}][{j}]")
+    return float(row[j])
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def final_accuracy(matrix: Matrix) -> float:
+    """ACC: mean accuracy over all T tasks after the last one was learned."""
+    last = len(matrix) - 1
+    return _mean([_entry(matrix, last, j) for j in range(len(matrix))])
+
+
+def backward_transfer(matrix: Matrix) -> float | None:
+    """BWT: how learning later tasks changed earlier ones (negative = forgetting)."""
+    last = len(matrix) - 1
+    return _mean([_entry(matrix, last, j) - _entry(matrix, j, j) for j in range(last)])
+
+
+def forgetting(matrix: Matrix) -> float | None:
+    """Average drop from each earlier task's best accuracy to its final accuracy."""
+    last = len(matrix) - 1
+    return _mean([
+        max(_entry(matrix, i, j) for i in range(j, last)) - _entry(matrix, last, j)
+        for j in range(last)
+    ])
+
+
+def learning_accuracy(matrix: Matrix) -> float:
+    """Mean accuracy on each task right after learning it (plasticity)."""
+    return _mean([_entry(matrix, j, j) for j in range(len(matrix))])
+
+
+def forward_transfer(matrix: Matrix, baseline: Sequence[float] | None = None) -> float | None:
+    """FWT: accuracy on task j before learning it, above ``baseline[j]`` (default 0.5).
+
+    Returns None unless future tasks were queried (R[j-1][j] exists for every j >= 1).
+    """
+    n = len(matrix)
+    if n < 2 or any(len(matrix[j - 1]) <= j or matrix[j - 1][j] is None for j in range(1, n)):
+        return None
+    base = [0.5] * n if baseline is None else list(baseline)
+    return _mean([_entry(matrix, j - 1, j) - base[j] for j in range(1, n)])
+
+
+def tasks_retained(matrix: Matrix, threshold: float = 0.95) -> int:
+    """How many tasks still score at least ``threshold`` after the last task."""
+    last = len(matrix) - 1
+    return sum(_entry(matrix, last, j) >= threshold for j in range(len(matrix)))
+
+
+def compression(storage_bytes: Sequence[int], reference_bytes: Sequence[int]) -> list[float]:
+    """Per task: bytes of one fp32 reference net per task so far / bytes the agent kept."""
+    return [ref / kept if kept else float("inf")
+            for kept, ref in zip(storage_bytes, reference_bytes, strict=True)]
+
+
+def summarize(matrix: Matrix, threshold: float = 0.95) -> dict[str, float | int | None]:
+    """Every scalar metric of R in one dict (the ``metrics`` field of a result file)."""
+    return {
+        "acc": final_accuracy(matrix),
+        "bwt": backward_transfer(matrix),
+        "forgetting": forgetting(matrix),
+        "learning_accuracy": learning_accuracy(matrix),
+        "fwt": forward_transfer(matrix),
+        "retained": tasks_retained(matrix, threshold),
+        "retained_threshold": threshold,
+    }

@@ -1,0 +1,47 @@
+"""The fresh-process check: evaluate a saved final state in a new interpreter.
+
+Run by the harness as ``python -m clbench.verify`` with a JSON request on stdin (agent name
+and kwargs, env id and kwargs, seed, device, path of the serialised state). It rebuilds the
+same episode, skips to the last task without learning anything, loads the state into a fresh
+agent, labels every query and prints one JSON line: the accuracy row, the prediction seconds
+and the prediction FLOPs (counted in a second, untimed pass).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import gymnasium
+import torch
+
+import clbench  # noqa: F401  (registers the environments)
+from clbench import costs
+from clbench.agent import load_agent_class
+from clbench.devices import resolve_device
+from clbench.harness import VERIFY_FLAG, build_agent, predict_queries
+
+
+def main() -> None:
+    os.environ[VERIFY_FLAG] = "1"
+    request = json.loads(sys.stdin.read())
+    device = resolve_device(request["device"])
+    env = gymnasium.make(request["env_id"], **{**request["env_kwargs"], "device": str(device),
+                                               "backend": "torch"}, disable_env_checker=True)
+    obs, info = env.reset(seed=request["seed"])
+    shapes = info["input_shapes"]
+    for _ in range(len(shapes) - 1):
+        obs, *_ = env.step(torch.zeros_like(obs["query_task_ids"]))
+    cls = load_agent_class(request["agent"])
+    agent = build_agent(cls, request["agent_kwargs"], device, Path(request["state"]).read_bytes())
+    labels, seconds, _ = costs.timed(lambda: predict_queries(agent, obs, shapes, device), device)
+    flops = costs.count_flops(lambda: predict_queries(agent, obs, shapes, device))
+    _, _, _, _, info = env.step(labels)
+    print(json.dumps({"accuracies": [float(a) for a in info["accuracies"]],
+                      "predict_seconds": seconds, "predict_flops": flops}))
+
+
+if __name__ == "__main__":
+    main()
