@@ -16,6 +16,7 @@ from baselines.ewc import EWC, OnlineEWC, diagonal_fisher
 from baselines.lwf import LwF, distillation_loss, earlier_head_logits
 from baselines.regularizers import QuadraticPenalty, trunk_vector
 from baselines.si import SI
+from clbench.costs import count_flops
 from clbench.data import normalize
 from clbench.env import TaskStreamEnv
 from clbench.tasks import materialize, split
@@ -309,3 +310,24 @@ def test_agem_step_gradient_agrees_with_the_memory_gradient(tasks):
         reference = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
                                for p, g in zip(params, reference, strict=True)])
         assert step @ reference >= -1e-6 * step.norm() * reference.norm()
+
+
+# --- FLOP counting of per-sample gradients (clbench.costs.conv_backward_flops) ---------------
+
+
+def test_grouped_convolution_backward_counts_each_group_once():
+    inputs = torch.randn(2, 8, 10, 10, requires_grad=True)
+    weight = torch.randn(8, 2, 3, 3, requires_grad=True)  # 4 groups of 2 -> 2 channels
+    grouped = count_flops(lambda: F.conv2d(inputs, weight, groups=4).sum().backward())
+    one_group = count_flops(lambda: F.conv2d(inputs[:, :2], weight[:2]).sum().backward())
+    assert grouped == 4 * one_group
+
+
+def test_fisher_flops_are_those_of_about_one_batched_pass(tasks):
+    """vmap runs per-sample conv gradients as grouped convolutions: counted once, not B times."""
+    agent = learnt(EWC, AGENTS["ewc"][1], tasks[:1])
+    images, labels = tasks[0].x_train[:64], tasks[0].y_train[:64]
+    fisher = count_flops(lambda: diagonal_fisher(agent.net, 0, images, labels, "mnist5k", "true"))
+    inputs = normalize(images, "mnist5k")
+    batched = count_flops(lambda: F.cross_entropy(agent.net(inputs, 0), labels).backward())
+    assert batched < fisher < 2 * batched
