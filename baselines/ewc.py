@@ -57,7 +57,7 @@ EWC_LAMBDA = 1000.0  # penalty strength (lambda of Kirkpatrick et al.), from the
 ONLINE_EWC_LAMBDA = 1000.0  # the same for online EWC, from the sweep
 GAMMA = 1.0  # online EWC: decay of the running Fisher
 FISHER = "true"  # label of the log-likelihood: "true" | "predicted" | "expected"
-FISHER_SAMPLES = 512  # training examples the Fisher is estimated on
+FISHER_SAMPLES = 256  # training examples the Fisher is estimated on
 FISHER_BATCH = 256  # examples per vectorised per-sample-gradient pass
 
 FISHER_MODES = ("true", "predicted", "expected")
@@ -93,17 +93,19 @@ def diagonal_fisher(
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             inputs = normalize(images[start : start + batch_size], dataset)
-            probs = net(inputs, task_id).softmax(dim=1)
-            if mode == "expected":
-                terms = [(torch.full_like(probs[:, 0], c, dtype=torch.int64), probs[:, c])
-                         for c in range(probs.shape[1])]
+            if mode == "true":  # (label, weight) pairs; the true label needs no forward pass
+                terms = [(labels[start : start + batch_size], None)]
             else:
-                chosen = labels[start : start + batch_size] if mode == "true" else probs.argmax(1)
-                terms = [(chosen, torch.ones_like(probs[:, 0]))]
+                probs = net(inputs, task_id).softmax(dim=1)
+                terms = [(probs.argmax(dim=1), None)] if mode == "predicted" else [
+                    (torch.full_like(probs[:, 0], c, dtype=torch.int64), probs[:, c])
+                    for c in range(probs.shape[1])]
             for label, weight in terms:
                 grads = per_sample_grads(trunk, inputs, label)
                 for total, per_sample in zip(totals, grads.values(), strict=True):
-                    total += torch.tensordot(weight, per_sample.pow(2), dims=1)
+                    squares = per_sample.pow(2)
+                    total += (squares.sum(dim=0) if weight is None
+                              else torch.tensordot(weight, squares, dims=1))
     return torch.cat([total.reshape(-1) for total in totals]) / len(images)
 
 

@@ -323,11 +323,11 @@ def test_grouped_convolution_backward_counts_each_group_once():
     assert grouped == 4 * one_group
 
 
-def test_fisher_flops_are_those_of_about_one_batched_pass(tasks):
+def test_fisher_flops_are_those_of_one_batched_pass(tasks):
     """vmap runs per-sample conv gradients as grouped convolutions: counted once, not B times."""
     agent = learnt(EWC, AGENTS["ewc"][1], tasks[:1])
     images, labels = tasks[0].x_train[:64], tasks[0].y_train[:64]
     fisher = count_flops(lambda: diagonal_fisher(agent.net, 0, images, labels, "mnist5k", "true"))
     inputs = normalize(images, "mnist5k")
     batched = count_flops(lambda: F.cross_entropy(agent.net(inputs, 0), labels).backward())
-    assert batched < fisher < 2 * batched
+    assert fisher == pytest.approx(batched, rel=0.05)
