@@ -124,7 +124,9 @@ class EWC(SharedTrunkAgent):
     ) -> None:
         super().__init__(device, **training)  # naive's epochs, lr, momentum, batch_size
         if fisher not in FISHER_MODES:
-            raise ValueError(f"fisher={fisher!r}: choose one of {', '.join(FISHER_MODES)}")
+            hint = (" (the command line reads a bare true as JSON; write "
+                    "--agent-arg 'fisher=\"true\"')") if isinstance(fisher, bool) else ""
+            raise ValueError(f"fisher={fisher!r}: choose one of {', '.join(FISHER_MODES)}{hint}")
         if ewc_lambda < 0:
             raise ValueError(f"ewc_lambda={ewc_lambda}: the penalty strength must be >= 0")
         if fisher_samples < 1:

@@ -49,6 +49,10 @@ class SharedTrunkAgent(Naive):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if self.datasets:
+            missing = [key for key in self.STATE_KEYS if key not in state]
+            if missing:
+                raise KeyError(f"{type(self).__name__}: the state lacks {', '.join(missing)}; "
+                               "was it saved by another agent?")
             for key in self.STATE_KEYS:
                 value = state[key]
                 setattr(self, key, value.to(self.device) if torch.is_tensor(value) else value)

@@ -331,3 +331,9 @@ def test_fisher_flops_are_those_of_one_batched_pass(tasks):
     inputs = normalize(images, "mnist5k")
     batched = count_flops(lambda: F.cross_entropy(agent.net(inputs, 0), labels).backward())
     assert fisher == pytest.approx(batched, rel=0.05)
+
+
+def test_loading_another_agents_state_names_what_is_missing(tasks):
+    naive_like = learnt(LwF, AGENTS["lwf"][1], tasks[:1]).state_dict()
+    with pytest.raises(KeyError, match="SI: the state lacks omega"):
+        SI().load_state_dict(naive_like)
