@@ -11,7 +11,7 @@ import torch
 
 from clbench.data import sources
 from clbench.data.mnist5k import read_mnist5k
-from clbench.data.sources import DEBIAN_FASHION_MNIST, DatasetNotFoundError
+from clbench.data.sources import DatasetNotFoundError
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
 def _not_found_message(info: DatasetInfo, root: Path) -> str:
     folders = [root / info.folder]
     if info.name == "fashion_mnist":
-        folders.append(DEBIAN_FASHION_MNIST)
+        folders.append(sources.DEBIAN_FASHION_MNIST)
     looked = "\n".join(f"  - {folder}" for folder in folders)
     return (
         f"dataset {info.name!r} was not found and could not be downloaded "
