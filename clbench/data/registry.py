@@ -101,7 +101,8 @@ def _not_found_message(info: DatasetInfo, root: Path) -> str:
         folders.append(sources.DEBIAN_FASHION_MNIST)
     looked = "\n".join(f"  - {folder}" for folder in folders)
     return (
-        f"dataset {info.name!r} was not found and could not be downloaded "
+        f"dataset {info.name!r} was not found (or its files are incomplete or fail "
+        "torchvision's checksum check) and could not be downloaded "
         f"(no network, or the mirror did not answer).\nLooked in:\n{looked}\n"
         f"Expected files in {root / info.folder}: {', '.join(info.files)} "
         f"(torchvision's layout; the archive is {_ARCHIVES[info.name]}).\n"
