@@ -117,7 +117,7 @@ def _not_found_message(info: DatasetInfo, root: Path) -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_cached(name: str, train: bool, root: str, device: str, download: bool) -> ImageData:
     info = dataset_info(name)
     if name == "mnist5k":

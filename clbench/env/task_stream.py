@@ -64,13 +64,13 @@ class TaskStreamEnv(gym.Env):
     expect) or of torch tensors on the env's ``device`` (``backend="torch"``, which sets
     ``metadata["torch"] = True`` and saves the copy to the host):
 
-    | key              | space                                      | content                         |
-    |------------------|--------------------------------------------|---------------------------------|
-    | `task_id`        | `Discrete(n_tasks)`                        | id of the task just handed over |
-    | `train_inputs`   | `Sequence(Box(0, 255, (C, H, W), uint8))`  | its training inputs             |
-    | `train_labels`   | `Sequence(Discrete(2))`                    | their labels, 1 = positive      |
-    | `query_inputs`   | `Sequence(Box(0, 255, (C, H, W), uint8))`  | test inputs to label            |
-    | `query_task_ids` | `Sequence(Discrete(n_tasks))`              | the task each query belongs to  |
+    | key              | space                                     | content                      |
+    |------------------|-------------------------------------------|------------------------------|
+    | `task_id`        | `Discrete(n_tasks)`                       | id of the task handed over   |
+    | `train_inputs`   | `Sequence(Box(0, 255, (C, H, W), uint8))` | its training inputs          |
+    | `train_labels`   | `Sequence(Discrete(2))`                   | their labels, 1 = positive   |
+    | `query_inputs`   | `Sequence(Box(0, 255, (C, H, W), uint8))` | test inputs to label         |
+    | `query_task_ids` | `Sequence(Discrete(n_tasks))`             | the task each query is from  |
 
     All sequences are stacked tensors. In a stream whose tasks differ in input shape, every
     image is zero-padded to the smallest shape holding them all; ``info["input_shapes"]``
