@@ -315,3 +315,26 @@ def test_pnn_earlier_columns_do_not_change_while_learning_a_later_task():
         logits = agent.net(x, 1)
         agent.net.columns[0].layers[1].weight.mul_(2.0)
         assert not torch.allclose(agent.net(x, 1), logits)
+
+
+# ----------------------------------------------------------------------------- table script
+def test_baselines_table_runs_each_agent_and_reuses_kept_results(tmp_path, capsys, monkeypatch):
+    from benchmarks import baselines_table
+
+    assert baselines_table.parse_agent("independent,dtype=int8,epochs=1") == (
+        "independent", {"dtype": "int8", "epochs": 1})
+    argv = ["--agents", "independent,epochs=0", "pnn,epochs=0", "--envs", ENV_ID,
+            "--seeds", "0", "1", "--env-arg", "n_tasks=2", "--env-arg", "max_train_per_task=8",
+            "--no-flops", "--no-verify", "--out-dir", str(tmp_path)]
+    assert baselines_table.main(argv) == 0
+    first = capsys.readouterr().out
+    assert len(list(tmp_path.glob("*.json"))) == 4
+    rows = [line for line in first.splitlines() if line.startswith(("| independent", "| pnn"))]
+    assert len(rows) == 2 and all("| 2 |" in row and "0.000 ± 0.000" in row for row in rows)
+
+    def no_more_runs(*args, **kwargs):
+        raise AssertionError("a kept result was run again")
+
+    monkeypatch.setattr(baselines_table, "evaluate", no_more_runs)
+    assert baselines_table.main(argv) == 0
+    assert capsys.readouterr().out == first
