@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ from clbench.nets import count_parameters, reference_net
 from clbench.results import Result
 
 PLAIN_TYPES = (str, int, float, bool, type(None))
+VERIFY_FLAG = "CLBENCH_VERIFYING"
 
 
 class AgentError(RuntimeError):
@@ -227,6 +229,10 @@ def evaluate(
     agent breaks the contract or raises, an :class:`AgentError` names the agent, the task and
     what was wrong, after the result file (with every finished task) was written.
     """
+    if os.environ.get(VERIFY_FLAG):
+        raise RuntimeError(
+            "clbench.evaluate was called while the fresh-process check imported the agent's "
+            "file: put the code that runs the benchmark under `if __name__ == \"__main__\":`")
     cls, name = agent_reference(agent)
     agent_kwargs = _jsonable(dict(agent_kwargs or {}), "agent_kwargs")
     env_kwargs = _jsonable(dict(env_kwargs or {}), "env_kwargs")
@@ -250,6 +256,8 @@ def evaluate(
     blob: bytes | None = None
     task = info["task"]
     stage = "construct"
+    checker = FreshProcessCheck(name, agent_kwargs, env_id, env_kwargs, seed, dev) if verify \
+        else None
     try:
         _seed(seed, 0, 0)
         current = build_agent(cls, agent_kwargs, dev, None)
@@ -283,9 +291,8 @@ def evaluate(
                 save()
                 bar.update(1)
                 bar.set_postfix(acc=f"{result.metrics['acc']:.3f}")
-        if verify:
-            result.verification = verify_in_fresh_process(
-                name, agent_kwargs, env_id, env_kwargs, seed, dev, blob, result.accuracy[-1])
+        if checker is not None:
+            result.verification = checker.check(blob, result.accuracy[-1])
         else:
             result.verification = {"fresh_process": False, "matches": None,
                                    "reason": "skipped by the caller (verify=False)"}
@@ -304,6 +311,9 @@ def evaluate(
     except Exception as error:
         _fail(result, save, wall_start, _describe(name, task.id, result.env, stage, error))
         raise AgentError(result.error, result) from error
+    finally:
+        if checker is not None:
+            checker.close()
     result.finished_at = _now()
     result.wall_seconds = time.perf_counter() - wall_start
     result.costs["process_peak_memory_bytes"] = costs.process_peak_memory_bytes()
@@ -367,31 +377,51 @@ def _task_bar(n_tasks: int, name: str, enabled: bool):
 
 
 # ----------------------------------------------------------------------------- fresh process
-def verify_in_fresh_process(name: str, agent_kwargs: dict, env_id: str, env_kwargs: dict,
-                            seed: int, device: torch.device, blob: bytes,
-                            expected_row: list[float]) -> dict[str, Any]:
-    """Evaluate the final state in a new interpreter; compare with the final accuracy row."""
-    with tempfile.TemporaryDirectory(prefix="clbench-verify-") as folder:
-        state_path = Path(folder) / "state.pt"
-        state_path.write_bytes(blob)
+class FreshProcessCheck:
+    """Evaluates the final state in a new interpreter and compares the final accuracy row.
+
+    The interpreter starts with the run, so its start-up (importing torch, rebuilding the
+    episode) overlaps learning; at the end it receives the path of the final state.
+    """
+
+    def __init__(self, name: str, agent_kwargs: dict, env_id: str, env_kwargs: dict,
+                 seed: int, device: torch.device) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="clbench-verify-"))
         request = {"agent": name, "agent_kwargs": agent_kwargs, "env_id": env_id,
-                   "env_kwargs": env_kwargs, "seed": seed, "device": str(device),
-                   "state": str(state_path)}
+                   "env_kwargs": env_kwargs, "seed": seed, "device": str(device)}
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        done = subprocess.run([sys.executable, "-m", "clbench.verify"], input=json.dumps(request),
-                              capture_output=True, text=True, env=environment, check=False)
-    if done.returncode != 0:
-        reason = (f"the fresh-process check could not evaluate the final state: "
-                  f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no output'}")
-        return {"fresh_process": True, "matches": False, "reason": reason, "final_row": None}
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    row = report["accuracies"]
-    matches = len(row) == len(expected_row) and all(
-        math.isclose(a, b, abs_tol=1e-12) for a, b in zip(row, expected_row, strict=True))
-    reason = None if matches else (
-        f"the final state evaluated in a fresh process gives accuracies {row} instead of "
-        f"{expected_row}: the agent keeps something outside its state_dict (class attributes, "
-        "globals) or predicts non-deterministically")
-    return {"fresh_process": True, "matches": matches, "reason": reason, "final_row": row,
-            "predict_seconds": report["predict_seconds"],
-            "predict_flops": report["predict_flops"]}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "clbench.verify"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+
+    def check(self, blob: bytes, expected_row: list[float]) -> dict[str, Any]:
+        state_path = self.folder / "state.pt"
+        state_path.write_bytes(blob)
+        try:
+            stdout, stderr = self.process.communicate(str(state_path) + "\n")
+        except BrokenPipeError:
+            stdout, stderr = self.process.communicate()
+        if self.process.returncode != 0 or not stdout.strip():
+            last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
+            return {"fresh_process": True, "matches": False, "final_row": None,
+                    "reason": f"the fresh-process check could not evaluate the final state: "
+                              f"{last}"}
+        report = json.loads(stdout.strip().splitlines()[-1])
+        row = report["accuracies"]
+        matches = len(row) == len(expected_row) and all(
+            math.isclose(a, b, abs_tol=1e-12) for a, b in zip(row, expected_row, strict=True))
+        reason = None if matches else (
+            f"the final state evaluated in a fresh process gives accuracies {row} instead of "
+            f"{expected_row}: the agent keeps something outside its state_dict (class "
+            "attributes, globals) or predicts non-deterministically")
+        return {"fresh_process": True, "matches": matches, "reason": reason, "final_row": row,
+                "predict_seconds": report["predict_seconds"],
+                "predict_flops": report["predict_flops"]}
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,15 +1,18 @@
 """The fresh-process check: evaluate a saved final state in a new interpreter.
 
-Run by the harness as ``python -m clbench.verify`` with a JSON request on stdin (agent name
-and kwargs, env id and kwargs, seed, device, path of the serialised state). It rebuilds the
-same episode, skips to the last task without learning anything, loads the state into a fresh
-agent, labels every query and prints one JSON line: the accuracy row, the prediction seconds
-and the prediction FLOPs (counted in a second, untimed pass).
+Started by the harness as ``python -m clbench.verify`` when a run begins, with one JSON line
+on stdin (agent name and kwargs, env id and kwargs, seed, device). It rebuilds the same
+episode and skips to the last task without learning anything, then waits for a second line:
+the path of the serialised final state (an empty line or a closed stdin ends it quietly). It
+loads the state into a fresh agent, labels every query and prints one JSON line: the
+accuracy row, the prediction seconds and the prediction FLOPs (counted in a second, untimed
+pass).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,11 +23,12 @@ import clbench  # noqa: F401  (registers the environments)
 from clbench import costs
 from clbench.agent import load_agent_class
 from clbench.devices import resolve_device
-from clbench.harness import build_agent, predict_queries
+from clbench.harness import VERIFY_FLAG, build_agent, predict_queries
 
 
 def main() -> None:
-    request = json.loads(sys.stdin.read())
+    os.environ[VERIFY_FLAG] = "1"
+    request = json.loads(sys.stdin.readline())
     device = resolve_device(request["device"])
     env = gymnasium.make(request["env_id"], **{**request["env_kwargs"], "device": str(device),
                                                "backend": "torch"}, disable_env_checker=True)
@@ -33,7 +37,10 @@ def main() -> None:
     for _ in range(len(shapes) - 1):
         obs, *_ = env.step(torch.zeros_like(obs["query_task_ids"]))
     cls = load_agent_class(request["agent"])
-    agent = build_agent(cls, request["agent_kwargs"], device, Path(request["state"]).read_bytes())
+    state_path = sys.stdin.readline().strip()
+    if not state_path:
+        return
+    agent = build_agent(cls, request["agent_kwargs"], device, Path(state_path).read_bytes())
     labels, seconds, _ = costs.timed(lambda: predict_queries(agent, obs, shapes, device), device)
     flops = costs.count_flops(lambda: predict_queries(agent, obs, shapes, device))
     _, _, _, _, info = env.step(labels)

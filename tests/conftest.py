@@ -1,0 +1,48 @@
+"""Shared fixtures: an empty dataset cache, a dead network, trusted fake CIFAR checksums."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from fake_datasets import trust_checksums
+
+from clbench.data import registry, sources
+
+
+@pytest.fixture
+def fresh_data_cache():
+    """Empty clbench's per-process dataset cache before and after, so fake data cannot leak."""
+    registry._load_cached.cache_clear()
+    yield
+    registry._load_cached.cache_clear()
+
+
+@pytest.fixture
+def dead_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A network on which every connection hangs, a short probe timeout, no Debian copy.
+
+    Nothing can be downloaded; a test that waits on the network shows up as slow, not stuck.
+    Returns the (absent) Debian Fashion-MNIST folder the code is pointed at.
+    """
+    release = threading.Event()
+
+    def hanging_connect(*args, **kwargs):
+        release.wait(30)
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", hanging_connect)
+    monkeypatch.setattr(sources, "NETWORK_PROBE_SECONDS", 0.2)
+    absent_debian = tmp_path / "no-debian-fashion-mnist"
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", absent_debian)
+    yield absent_debian
+    release.set()
+
+
+@pytest.fixture
+def cifar_checksums_for(monkeypatch: pytest.MonkeyPatch):
+    """``cifar_checksums_for(cls, md5)``: trust generated CIFAR files for this test only."""
+    return lambda cls, md5: trust_checksums(monkeypatch, cls, md5)
+

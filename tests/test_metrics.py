@@ -1,0 +1,93 @@
+"""Metrics of the accuracy matrix, against hand-computed values and as properties."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clbench import metrics
+
+# Ragged R of three tasks: row i holds tasks 0..i.
+R = [
+    [0.90],
+    [0.80, 0.95],
+    [0.70, 0.85, 0.99],
+]
+
+
+def test_hand_computed_ragged_matrix():
+    assert metrics.final_accuracy(R) == pytest.approx((0.70 + 0.85 + 0.99) / 3)
+    # BWT = ((0.70 - 0.90) + (0.85 - 0.95)) / 2 = -0.15
+    assert metrics.backward_transfer(R) == pytest.approx(-0.15)
+    # forgetting: task 0 best 0.90 -> 0.70 (0.20); task 1 best 0.95 -> 0.85 (0.10)
+    assert metrics.forgetting(R) == pytest.approx(0.15)
+    assert metrics.learning_accuracy(R) == pytest.approx((0.90 + 0.95 + 0.99) / 3)
+    assert metrics.forward_transfer(R) is None
+    assert metrics.tasks_retained(R, 0.95) == 1
+    assert metrics.tasks_retained(R, 0.80) == 2
+
+
+def test_forgetting_uses_the_best_earlier_accuracy_not_the_first():
+    # Task 0 improves after task 1 (0.6 -> 0.9) then drops to 0.5: forgetting 0.4, BWT -0.1.
+    matrix = [[0.6], [0.9, 0.8], [0.5, 0.8, 0.7]]
+    assert metrics.forgetting(matrix) == pytest.approx((0.4 + 0.0) / 2)
+    assert metrics.backward_transfer(matrix) == pytest.approx(((0.5 - 0.6) + 0.0) / 2)
+
+
+def test_forward_transfer_with_future_queries():
+    square = [
+        [0.9, 0.6, 0.5],
+        [0.8, 0.9, 0.7],
+        [0.7, 0.9, 0.9],
+    ]
+    # FWT = mean(R[0][1] - 0.5, R[1][2] - 0.5) = mean(0.1, 0.2)
+    assert metrics.forward_transfer(square) == pytest.approx(0.15)
+    assert metrics.forward_transfer(square, baseline=[0.5, 0.6, 0.7]) == pytest.approx(0.0)
+    assert metrics.final_accuracy(square) == pytest.approx((0.7 + 0.9 + 0.9) / 3)
+
+
+def test_single_task_has_no_transfer():
+    assert metrics.backward_transfer([[0.8]]) is None
+    assert metrics.forgetting([[0.8]]) is None
+    summary = metrics.summarize([[0.8]])
+    assert summary["acc"] == 0.8 and summary["retained"] == 0
+
+
+def test_missing_entries_are_named():
+    with pytest.raises(ValueError, match=r"R\[1\]\[1\]"):
+        metrics.final_accuracy([[0.5], [0.5]])
+
+
+def test_compression():
+    assert metrics.compression([50, 100], [100, 400]) == [2.0, 4.0]
+
+
+accuracies = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+
+
+@st.composite
+def ragged_matrices(draw):
+    n = draw(st.integers(min_value=1, max_value=8))
+    return [[draw(accuracies) for _ in range(i + 1)] for i in range(n)]
+
+
+@given(ragged_matrices())
+def test_properties(matrix):
+    summary = metrics.summarize(matrix)
+    assert 0.0 <= summary["acc"] <= 1.0
+    assert 0 <= summary["retained"] <= len(matrix)
+    if len(matrix) > 1:
+        # Forgetting is never below -BWT: the best accuracy is at least the first one.
+        assert summary["forgetting"] >= -summary["bwt"] - 1e-12
+        assert -1.0 <= summary["bwt"] <= 1.0
+
+
+@given(ragged_matrices())
+def test_unchanged_old_tasks_mean_zero_transfer(matrix):
+    # Freeze every task at its just-learned accuracy: BWT and forgetting are exactly 0.
+    frozen = [[matrix[j][j] for j in range(i + 1)] for i in range(len(matrix))]
+    if len(frozen) > 1:
+        assert metrics.backward_transfer(frozen) == pytest.approx(0.0, abs=1e-12)
+        assert metrics.forgetting(frozen) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.final_accuracy(frozen) == pytest.approx(metrics.learning_accuracy(frozen))

@@ -1,0 +1,86 @@
+"""Result files: atomic writes, and validation that names the malformed field."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+
+from clbench.results import SCHEMA, Result, ResultFormatError, load_result, validate_result
+
+
+def make_result(status="complete") -> dict:
+    result = Result(
+        env={"id": "clbench/SplitMNIST5k-v0", "kwargs": {}, "task_names": ["a:0|1", "a:2|3"]},
+        agent={"name": "naive", "kwargs": {}}, seed=0, device="cpu",
+        versions={"torch": "x"}, git_commit=None, started_at="2026-01-01T00:00:00+00:00",
+        status=status,
+        accuracy=[[0.9], [0.8, 0.95]],
+        metrics={"acc": 0.875, "bwt": -0.1, "forgetting": 0.1, "learning_accuracy": 0.925,
+                 "retained": 1},
+        storage={"bytes": [10, 20], "reference_fp32_bytes": [100, 200],
+                 "compression": [10.0, 10.0]},
+        costs={"learn_seconds": [1.0, 1.0], "learn_flops": [5, 5],
+               "learn_peak_memory_bytes": [None, None], "predict_seconds": [0.1, 0.1]},
+        agent_metrics=[{}, {}],
+        verification={"fresh_process": True, "matches": True},
+        finished_at="2026-01-01T00:01:00+00:00", wall_seconds=60.0,
+    )
+    return result.to_dict()
+
+
+def test_a_good_result_round_trips(tmp_path):
+    path = tmp_path / "deep" / "r.json"
+    Result(**make_result()).save(path)
+    assert load_result(path).to_dict() == make_result()
+    assert json.loads(path.read_text())["schema"] == SCHEMA
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp file left
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda d: d.update(schema="clbench.result/0"), "schema"),
+    (lambda d: d.pop("seed"), "seed"),
+    (lambda d: d.update(seed="0"), "seed"),
+    (lambda d: d["env"].pop("task_names"), "env.task_names"),
+    (lambda d: d.update(status="done"), "status"),
+    (lambda d: d["accuracy"][1].__setitem__(0, 1.5), "accuracy[1][0]"),
+    (lambda d: d["accuracy"][1].__setitem__(1, None), "accuracy[1]"),
+    (lambda d: d["storage"]["bytes"].pop(), "storage.bytes"),
+    (lambda d: d["costs"]["learn_seconds"].__setitem__(0, "fast"), "costs.learn_seconds[0]"),
+    (lambda d: d["metrics"].pop("bwt"), "metrics.bwt"),
+    (lambda d: d.update(agent_metrics=[{}]), "agent_metrics"),
+    (lambda d: d.update(accuracy=[[0.9]]), "accuracy"),
+    (lambda d: d.update(verification={"fresh_process": True, "matches": False}),
+     "verification"),
+    (lambda d: d.update(status="failed", error=None), "error"),
+])
+def test_malformed_results_name_the_field(tmp_path, edit, field):
+    data = copy.deepcopy(make_result())
+    edit(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ResultFormatError, match=rf"field '{re.escape(field)}'"):
+        load_result(path)
+
+
+def test_not_json_is_rejected(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(ResultFormatError, match="not valid JSON"):
+        load_result(path)
+
+
+def test_a_failed_run_with_finished_tasks_validates():
+    data = make_result(status="failed")
+    data.update(error="agent 'x' failed in learn on task 2", verification=None)
+    validate_result(data)
+
+
+def test_nan_cannot_be_written(tmp_path):
+    data = make_result()
+    data["metrics"]["acc"] = float("nan")
+    with pytest.raises(ValueError):
+        Result(**data).save(tmp_path / "nan.json")
+    assert not list(tmp_path.iterdir())
