@@ -7,7 +7,9 @@ seconds and FLOPs, each the mean over the stream's tasks, then over seeds).
 An agent is ``NAME`` or ``NAME,key=value,...`` (constructor arguments, values read as JSON),
 e.g. ``independent,dtype=int8``; NAME is a registered agent or ``module:Class``. With
 ``--out-dir`` every run's result file is kept there, and a complete result already there for
-the same agent, arguments, stream and seed is read instead of run again.
+the same agent, arguments, stream and seed is read instead of run again (clbench accepts a
+result as complete only with its fresh-process check, so runs made with ``--no-verify`` are
+made again).
 
     python benchmarks/baselines_table.py --agents naive independent independent,dtype=int8 \\
         --envs clbench/SplitMNIST5k-v0 clbench/OneVsRestMNIST5k-v0 --seeds 0 1 2

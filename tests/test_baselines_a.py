@@ -318,19 +318,30 @@ def test_pnn_earlier_columns_do_not_change_while_learning_a_later_task():
 
 
 # ----------------------------------------------------------------------------- table script
-def test_baselines_table_runs_each_agent_and_reuses_kept_results(tmp_path, capsys, monkeypatch):
+def test_baselines_table_has_a_row_per_agent_and_stream(capsys):
     from benchmarks import baselines_table
 
     assert baselines_table.parse_agent("independent,dtype=int8,epochs=1") == (
         "independent", {"dtype": "int8", "epochs": 1})
-    argv = ["--agents", "independent,epochs=0", "pnn,epochs=0", "--envs", ENV_ID,
-            "--seeds", "0", "1", "--env-arg", "n_tasks=2", "--env-arg", "max_train_per_task=8",
-            "--no-flops", "--no-verify", "--out-dir", str(tmp_path)]
+    assert baselines_table.main([
+        "--agents", "independent,epochs=0", "pnn,epochs=0", "--envs", ENV_ID, "--seeds", "0", "1",
+        "--env-arg", "n_tasks=2", "--env-arg", "max_train_per_task=8", "--no-flops",
+        "--no-verify"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[:3] for row in rows[1:]] == [
+        ["| independent,epochs=0", ENV_ID, "2"], ["| pnn,epochs=0", ENV_ID, "2"]]
+    assert all(row.split(" | ")[4] == "0.000 ± 0.000" for row in rows[1:])  # BWT
+
+
+def test_baselines_table_reuses_a_kept_verified_result(tmp_path, capsys, monkeypatch):
+    from benchmarks import baselines_table
+
+    argv = ["--agents", "independent,epochs=0", "--envs", ENV_ID, "--seeds", "0", "--env-arg",
+            "n_tasks=2", "--env-arg", "max_train_per_task=8", "--no-flops",
+            "--out-dir", str(tmp_path)]
     assert baselines_table.main(argv) == 0
     first = capsys.readouterr().out
-    assert len(list(tmp_path.glob("*.json"))) == 4
-    rows = [line for line in first.splitlines() if line.startswith(("| independent", "| pnn"))]
-    assert len(rows) == 2 and all("| 2 |" in row and "0.000 ± 0.000" in row for row in rows)
+    assert len(list(tmp_path.glob("*.json"))) == 1
 
     def no_more_runs(*args, **kwargs):
         raise AssertionError("a kept result was run again")
@@ -338,3 +349,5 @@ def test_baselines_table_runs_each_agent_and_reuses_kept_results(tmp_path, capsy
     monkeypatch.setattr(baselines_table, "evaluate", no_more_runs)
     assert baselines_table.main(argv) == 0
     assert capsys.readouterr().out == first
+    with pytest.raises(AssertionError, match="run again"):  # another stream is not reused
+        baselines_table.main([*argv, "--env-arg", "n_tasks=1"])
