@@ -17,10 +17,11 @@ earlier head can move when the projection asks it to.
 Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,074 for
 CIFAR; H = 102 or 170 head parameters; T = tasks learnt; D = C*H*W = 784 or 3,072 input
 bytes; m_t = min(memory_per_task, training examples of task t)):
-    4 * (P_trunk + T*H)  [the net]  +  sum_t m_t * (D + 1)  [uint8 inputs and uint8 labels]
-plus the list of the m_t (plain metadata, a few bytes per task).
+    4 * (P_trunk + T*H)  [the net]  +  sum_t m_t * (D + 1 + 2)
+the memory being stored as ``baselines/replay.py``'s buffer is (``baselines/memory.py``):
+uint8 inputs, a uint8 label and an int16 task id per example.
 
-Defaults: 256 examples per task (on MNIST 200,960 bytes, about 2.3 times the net) and a
+Defaults: 256 examples per task (on MNIST 201,472 bytes, about 2.3 times the net) and a
 reference batch as large as the training batch (64), so that a step costs about two of
 naive's (a reference batch of 256 made learning about eight times slower than naive's on
 ``clbench/SplitMNIST5k-v0``).
@@ -33,8 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.regularizers import SharedTrunkAgent, sgd_steps, split_like
-from clbench.data import normalize
+from baselines.memory import Examples, concat_examples, multitask_loss, task_examples
+from baselines.regularizers import SharedTrunkAgent, on_device, sgd_steps, split_like
 from clbench.tasks import Task
 
 # Hyperparameters (besides naive's epochs, lr, momentum and batch_size, passed through)
@@ -55,7 +56,7 @@ def project_gradient(gradient: torch.Tensor, reference: torch.Tensor) -> torch.T
 class AGEM(SharedTrunkAgent):
     """Naive fine-tuning whose steps are projected so as not to raise the memory's loss."""
 
-    STATE_KEYS = ("memory_images", "memory_labels", "memory_sizes")
+    STATE_KEYS = ("memory",)
 
     def __init__(
         self,
@@ -70,39 +71,23 @@ class AGEM(SharedTrunkAgent):
         if memory_batch_size < 1:
             raise ValueError(f"memory_batch_size={memory_batch_size}: draw at least 1 example")
         self.memory_per_task, self.memory_batch_size = memory_per_task, memory_batch_size
-        self.memory_images: torch.Tensor | None = None  # (examples, C, H, W) uint8
-        self.memory_labels: torch.Tensor | None = None  # (examples,) uint8 in {0, 1}
-        self.memory_sizes: list[int] = []  # examples of each task, in task order
+        self.memory: Examples | None = None  # stored examples (baselines/memory.py)
 
     def learn(self, task: Task) -> None:
-        net = self._ensure_net(task.input_shape)
-        net.add_head()
-        self.datasets.append(task.dataset)
+        net = self._start_task(task)
         params = list(net.parameters())
         for inputs, labels in sgd_steps(self, task.x_train, task.y_train, task.dataset):
             F.cross_entropy(net(inputs, task.id), labels).backward()
-            if self.memory_sizes:
+            if self.memory is not None:
                 self._project(params)
         self._remember(task)
 
     def _memory_loss(self) -> torch.Tensor:
         """Cross-entropy on a random batch of the memory, each example at its own head."""
-        n_tasks = len(self.memory_sizes)
-        pick = torch.randperm(len(self.memory_labels))[: self.memory_batch_size]
-        pick = pick.to(self.memory_labels.device)
-        owners = torch.repeat_interleave(torch.arange(n_tasks, device=pick.device),
-                                         torch.tensor(self.memory_sizes, device=pick.device))[pick]
-        images = self.memory_images[pick]
-        inputs = torch.empty(images.shape, dtype=torch.float32, device=images.device)
-        for dataset in set(self.datasets[:n_tasks]):  # tasks of one shape may differ in dataset
-            tasks = [t for t in range(n_tasks) if self.datasets[t] == dataset]
-            same = torch.isin(owners, torch.tensor(tasks, device=owners.device))
-            inputs[same] = normalize(images[same], dataset)
-        features = self.net.trunk(inputs)
-        weights = torch.stack([self.net.heads[t].weight for t in range(n_tasks)])[owners]
-        biases = torch.stack([self.net.heads[t].bias for t in range(n_tasks)])[owners]
-        logits = torch.einsum("bf,bcf->bc", features, weights) + biases
-        return F.cross_entropy(logits, self.memory_labels[pick].long())
+        pick = torch.randperm(len(self.memory["labels"]))[: self.memory_batch_size]
+        pick = pick.to(self.memory["labels"].device)
+        batch = {key: value.index_select(0, pick) for key, value in self.memory.items()}
+        return multitask_loss(self.net, batch, self.datasets)
 
     def _project(self, params: list[torch.Tensor]) -> None:
         """Replace the gradients in ``.grad`` by their A-GEM projection."""
@@ -118,10 +103,6 @@ class AGEM(SharedTrunkAgent):
         """Add ``memory_per_task`` random training examples of ``task`` to the memory."""
         chosen = torch.randperm(len(task.y_train))[: self.memory_per_task]
         chosen = chosen.to(task.y_train.device)
-        images = task.x_train[chosen].to(self.device)
-        labels = task.y_train[chosen].to(device=self.device, dtype=torch.uint8)
-        if self.memory_sizes:
-            images = torch.cat([self.memory_images, images])
-            labels = torch.cat([self.memory_labels, labels])
-        self.memory_images, self.memory_labels = images, labels
-        self.memory_sizes.append(len(chosen))
+        kept = task_examples(task.x_train[chosen], task.y_train[chosen], task.id)
+        kept = on_device(kept, self.device)
+        self.memory = kept if self.memory is None else concat_examples([self.memory, kept])

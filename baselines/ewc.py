@@ -136,11 +136,9 @@ class EWC(SharedTrunkAgent):
         self.anchors: torch.Tensor | None = None  # (tasks learnt - 1, P_trunk)
 
     def learn(self, task: Task) -> None:
-        net = self._ensure_net(task.input_shape)
-        last_anchor = trunk_vector(net)  # the trunk after the previous task
-        penalty = self._penalty(last_anchor) if self.datasets else None
-        net.add_head()
-        self.datasets.append(task.dataset)
+        last_anchor = trunk_vector(self.net) if self.datasets else None  # after the last task
+        penalty = None if last_anchor is None else self._penalty(last_anchor)
+        net = self._start_task(task)
         for inputs, labels in sgd_steps(self, task.x_train, task.y_train, task.dataset):
             F.cross_entropy(net(inputs, task.id), labels).backward()
             if penalty is not None:
@@ -163,7 +161,7 @@ class EWC(SharedTrunkAgent):
         return QuadraticPenalty(list(self.net.trunk.parameters()), importance, centre,
                                 self.ewc_lambda / 2, offset)
 
-    def _consolidate(self, fisher: torch.Tensor, last_anchor: torch.Tensor) -> None:
+    def _consolidate(self, fisher: torch.Tensor, last_anchor: torch.Tensor | None) -> None:
         if self.fishers is None:
             self.fishers, self.anchors = fisher[None], fisher.new_zeros((0, fisher.numel()))
         else:
@@ -193,7 +191,7 @@ class OnlineEWC(EWC):
         return QuadraticPenalty(list(self.net.trunk.parameters()), self.fisher,
                                 last_anchor, self.ewc_lambda / 2)
 
-    def _consolidate(self, fisher: torch.Tensor, last_anchor: torch.Tensor) -> None:
+    def _consolidate(self, fisher: torch.Tensor, last_anchor: torch.Tensor | None) -> None:
         if self.fisher is None:
             self.fisher = fisher
         else:

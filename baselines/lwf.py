@@ -29,8 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.naive import Naive
-from baselines.regularizers import sgd_steps
+from baselines.regularizers import SharedTrunkAgent, sgd_steps
 from clbench.data import normalize
 from clbench.nets import MultiHeadNet
 from clbench.tasks import Task
@@ -57,7 +56,7 @@ def earlier_head_logits(net: MultiHeadNet, features: torch.Tensor, n_heads: int)
     return torch.stack([net.heads[k](features) for k in range(n_heads)], dim=1)
 
 
-class LwF(Naive):
+class LwF(SharedTrunkAgent):
     """Naive fine-tuning plus distillation of the earlier heads' outputs on the new inputs."""
 
     def __init__(
@@ -76,7 +75,7 @@ class LwF(Naive):
 
     @torch.no_grad()
     def _record(self, task: Task, n_heads: int) -> torch.Tensor:
-        """The earlier heads' outputs on every training input of ``task``, before training."""
+        """Heads ``0 .. n_heads-1``'s outputs on every training input of ``task``."""
         self.net.eval()
         return torch.cat([
             earlier_head_logits(
@@ -86,11 +85,9 @@ class LwF(Naive):
         ])
 
     def learn(self, task: Task) -> None:
-        net = self._ensure_net(task.input_shape)
         n_earlier = len(self.datasets)
-        recorded = self._record(task, n_earlier) if n_earlier else None
-        net.add_head()
-        self.datasets.append(task.dataset)
+        net = self._start_task(task)
+        recorded = self._record(task, n_earlier) if n_earlier else None  # before any step
         # Minibatches of example indices, so that each batch finds its recorded outputs.
         index = torch.arange(len(task.y_train), device=task.y_train.device)
         for inputs, batch in sgd_steps(self, task.x_train, index, task.dataset):

@@ -5,7 +5,8 @@ trunk, one 2-way head per task, SGD with momentum) plus one extra term per step.
 holds the parts they share, so each baseline's file shows only what its method adds:
 
 - :class:`SharedTrunkAgent`: naive plus the named attributes a method keeps between tasks
-  (``STATE_KEYS``), saved in and restored from the state;
+  (``STATE_KEYS``), saved in and restored from the state, and the start of every task
+  (input-shape check, a new head);
 - :func:`sgd_steps`: naive's training loop as a generator; the caller computes the loss of
   each minibatch and calls ``backward``, the generator then takes the optimiser step;
 - :func:`trunk_vector` / :func:`split_like`: the trunk's parameters as one flat vector (how
@@ -22,23 +23,36 @@ the trunk's size, not the whole net's.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from baselines.common import require_input_shape
 from baselines.naive import Naive
+from clbench.nets import MultiHeadNet
+from clbench.tasks import Task
 from clbench.training import minibatches
 
 
 class SharedTrunkAgent(Naive):
     """Naive's net, heads and prediction, plus the attributes named in ``STATE_KEYS``.
 
-    Those attributes (tensors, or plain ints/lists) are what the method keeps between tasks
-    besides the net; they go into the state once a task has been learnt and come back, with
-    tensors moved to the agent's device, on loading.
+    Those attributes (tensors, dicts of tensors, or plain values) are what the method keeps
+    between tasks besides the net; they go into the state once a task has been learnt and
+    come back, with tensors moved to the agent's device, on loading.
     """
 
     STATE_KEYS: tuple[str, ...] = ()
+
+    def _start_task(self, task: Task) -> MultiHeadNet:
+        """The net, with a new head for ``task`` (whose dataset is recorded)."""
+        if self.net is not None:
+            require_input_shape(self.net.input_shape, task, type(self).__name__)
+        net = self._ensure_net(task.input_shape)
+        net.add_head()
+        self.datasets.append(task.dataset)
+        return net
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -54,8 +68,16 @@ class SharedTrunkAgent(Naive):
                 raise KeyError(f"{type(self).__name__}: the state lacks {', '.join(missing)}; "
                                "was it saved by another agent?")
             for key in self.STATE_KEYS:
-                value = state[key]
-                setattr(self, key, value.to(self.device) if torch.is_tensor(value) else value)
+                setattr(self, key, on_device(state[key], self.device))
+
+
+def on_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (also inside dicts) moved to ``device``."""
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: on_device(item, device) for key, item in value.items()}
+    return value
 
 
 def sgd_steps(

@@ -65,12 +65,11 @@ class SI(SharedTrunkAgent):
         self.omega: torch.Tensor | None = None  # (P_trunk,), >= 0
 
     def learn(self, task: Task) -> None:
-        net = self._ensure_net(task.input_shape)
+        net = self._start_task(task)
         params = list(net.trunk.parameters())
         start = trunk_vector(net)  # the anchor theta*, and where this task's path begins
-        penalty = QuadraticPenalty(params, self.omega, start, self.si_c) if self.datasets else None
-        net.add_head()
-        self.datasets.append(task.dataset)
+        penalty = None if self.omega is None else QuadraticPenalty(params, self.omega, start,
+                                                                   self.si_c)
 
         path_integral = torch.zeros_like(start)
         task_gradient = torch.zeros_like(start)

@@ -19,7 +19,7 @@ from baselines.si import SI
 from clbench.costs import count_flops
 from clbench.data import normalize
 from clbench.env import TaskStreamEnv
-from clbench.tasks import materialize, split
+from clbench.tasks import Task, TaskSpec, materialize, split
 
 FAST = {"epochs": 1}
 AGENTS = {
@@ -90,7 +90,7 @@ def expected_payload(name: str, n_tasks: int, train_per_task: int) -> int:
         return net + 4 * TRUNK
     if name == "agem":
         kept = min(AGENTS["agem"][1]["memory_per_task"], train_per_task)
-        return net + n_tasks * kept * (IMAGE_BYTES + 1)
+        return net + n_tasks * kept * (IMAGE_BYTES + 1 + 2)  # uint8 label, int16 task id
     return net
 
 
@@ -337,3 +337,13 @@ def test_loading_another_agents_state_names_what_is_missing(tasks):
     naive_like = learnt(LwF, AGENTS["lwf"][1], tasks[:1]).state_dict()
     with pytest.raises(KeyError, match="SI: the state lacks omega"):
         SI().load_state_dict(naive_like)
+
+
+@pytest.mark.parametrize("name", AGENTS)
+def test_a_task_of_another_input_shape_is_refused_by_name(name, tasks):
+    cls, kwargs = AGENTS[name]
+    agent = learnt(cls, kwargs, tasks[:1])
+    cifar = Task(1, TaskSpec("cifar10", (0,), (1,)), torch.zeros((4, 3, 32, 32), dtype=torch.uint8),
+                 torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=f"{cls.__name__}: task 1 .* input shape"):
+        agent.learn(cifar)
