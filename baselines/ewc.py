@@ -143,6 +143,7 @@ class EWC(SharedTrunkAgent):
             F.cross_entropy(net(inputs, task.id), labels).backward()
             if penalty is not None:
                 penalty.add_gradient()
+        self._require_finite(task, f"ewc_lambda={self.ewc_lambda}")
         chosen = torch.randperm(len(task.y_train))[: self.fisher_samples].to(self.device)
         fisher = diagonal_fisher(net, task.id, task.x_train[chosen], task.y_train[chosen],
                                  task.dataset, self.fisher_mode)

@@ -1,8 +1,9 @@
 """What the shared-trunk regularisation and memory baselines have in common.
 
 EWC, online EWC, SI, LwF and A-GEM are naive fine-tuning (``baselines/naive.py``: shared
-trunk, one 2-way head per task, SGD with momentum) plus one extra term per step. This module
-holds the parts they share, so each baseline's file shows only what its method adds:
+trunk, one 2-way head per task, SGD with momentum) plus one change to each step: a penalty's
+gradient, a distillation term, or a projection of the gradient. This module holds the parts
+they share, so each baseline's file shows only what its method adds:
 
 - :class:`SharedTrunkAgent`: naive plus the named attributes a method keeps between tasks
   (``STATE_KEYS``), saved in and restored from the state, and the start of every task
@@ -14,10 +15,10 @@ holds the parts they share, so each baseline's file shows only what its method a
 - :class:`QuadraticPenalty`: ``scale * sum_i importance_i * (theta_i - anchor_i)^2`` over the
   trunk, the penalty of EWC, online EWC and SI.
 
-Only the trunk is regularised: after its own task a head receives no gradient from the
-task loss (each task trains its own head, and the optimiser is rebuilt per task), so it never
-moves and a penalty on it would be identically zero. Importances and anchors therefore have
-the trunk's size, not the whole net's.
+EWC, online EWC and SI regularise only the trunk: with them, a head receives no gradient
+after its own task (each task's loss reaches only its own head, and the optimiser is rebuilt
+per task), so it never moves and a penalty on it would be identically zero. Importances and
+anchors therefore have the trunk's size, not the whole net's.
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ class SharedTrunkAgent(Naive):
         net.add_head()
         self.datasets.append(task.dataset)
         return net
+
+    def _require_finite(self, task: Task, setting: str) -> None:
+        """Stop with a clear error if training on ``task`` diverged (NaN or inf weights).
+
+        A quadratic penalty whose curvature (strength times importance) exceeds what SGD's
+        step size can follow makes the weights oscillate and overflow.
+        """
+        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+            raise FloatingPointError(
+                f"{type(self).__name__}: training diverged on task {task.id} ({task.name}) with "
+                f"{setting} and lr={self.lr}; lower the penalty strength (or lr)")
 
     def state_dict(self) -> dict:
         state = super().state_dict()

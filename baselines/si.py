@@ -86,6 +86,7 @@ class SI(SharedTrunkAgent):
             task_gradient.copy_(torch.cat([p.grad.reshape(-1) for p in params]))
             if penalty is not None:
                 penalty.add_gradient()
+        self._require_finite(task, f"si_c={self.si_c}")
 
         importance = path_integral / ((trunk_vector(net) - start).pow(2) + self.damping)
         self.omega = (importance if self.omega is None else self.omega + importance).clamp_min(0)

@@ -347,3 +347,9 @@ def test_a_task_of_another_input_shape_is_refused_by_name(name, tasks):
                  torch.tensor([0, 1, 0, 1]))
     with pytest.raises(ValueError, match=f"{cls.__name__}: task 1 .* input shape"):
         agent.learn(cifar)
+
+
+def test_a_penalty_too_strong_for_the_step_size_stops_with_its_value(tasks):
+    agent = learnt(EWC, {**AGENTS["ewc"][1], "ewc_lambda": 1e12, "epochs": 4}, tasks[:1])
+    with pytest.raises(FloatingPointError, match=r"task 1 .* ewc_lambda=1000000000000\.0"):
+        agent.learn(tasks[1])
