@@ -108,7 +108,11 @@ class TaskStreamEnv(gym.Env):
     - ``device``: where data and observations live: ``"cpu"``, ``"cuda"``, ``"mps"``,
       ``"auto"``.
     - ``backend``: ``"numpy"`` or ``"torch"``: the type of observations (see above); actions
-      may be either type with either backend.
+      may be either type with either backend. Gymnasium's passive checker (applied by
+      ``make``) understands numpy only, so with ``"torch"`` pass
+      ``disable_env_checker=True`` to ``make`` as the harness does; Gymnasium 1.4's
+      ``check_env`` cannot check torch envs at all (it calls a ``TorchToNumpy`` wrapper that
+      release lacks), so check the default numpy backend.
     - ``data_root``: folder of the full datasets (default ``$CLBENCH_DATA`` or
       ``~/.cache/clbench``).
 
