@@ -94,7 +94,8 @@ def class_balanced_slots(
     """
     stored = buffer_classes.to(torch.int64).cpu().numpy().copy()
     classes = new_classes.to(torch.int64).cpu().tolist()
-    n_classes = max([len(class_seen), *(c + 1 for c in classes), *(stored + 1)])
+    n_classes = max(len(class_seen), max(classes, default=-1) + 1,
+                    int(stored.max()) + 1 if len(stored) else 0)
     class_seen.extend([0] * (n_classes - len(class_seen)))
     counts = np.bincount(stored, minlength=n_classes)
     full = set(full_classes)
@@ -127,6 +128,12 @@ def class_balanced_slots(
         slots.append(slot)
     full_classes[:] = sorted(full)
     return torch.tensor(slots, dtype=torch.int64)
+
+
+def example_classes(examples: Examples) -> torch.Tensor:
+    """The class of each example for class-balanced sampling: the pair (task, label), as the
+    index ``2 * task + label``."""
+    return 2 * examples["task_ids"].to(torch.int64) + examples["labels"].to(torch.int64)
 
 
 def write_slots(memory: Examples, slots: torch.Tensor, new: Examples) -> Examples:

@@ -29,6 +29,7 @@ from baselines.common import require_input_shape
 from baselines.memory import (
     class_balanced_slots,
     empty_examples,
+    example_classes,
     reservoir_slots,
     task_examples,
     train_multitask,
@@ -76,12 +77,11 @@ class Replay(Naive):
         self._offer(current)
 
     def _offer(self, new: dict[str, torch.Tensor]) -> None:
-        """Offer ``new`` examples, in order, to the buffer (reservoir or CBRS)."""
+        """Offer ``new`` examples, in order, to the buffer (reservoir or CBRS); the random draws
+        come from torch's global generator, which the harness seeds before every task."""
         if self.class_balanced:
-            def classes(examples):
-                return 2 * examples["task_ids"].to(torch.int64) + examples["labels"]
-            slots = class_balanced_slots(classes(self.buffer), classes(new), self.class_seen,
-                                         self.full_classes, self.buffer_size)
+            slots = class_balanced_slots(example_classes(self.buffer), example_classes(new),
+                                         self.class_seen, self.full_classes, self.buffer_size)
         else:
             slots = reservoir_slots(self.seen, len(new["labels"]), self.buffer_size)
         self.buffer = write_slots(self.buffer, slots, new)
