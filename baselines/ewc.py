@@ -68,6 +68,10 @@ validation split, so the test inputs are the same): the highest mean ACC. Run as
 
 With lambda = 10,000 both diverge on the third task: lr * lambda * max(F) reaches ~8, past the
 stability limit of SGD with momentum 0.5 (2 * 1.5 = 3), and the agent stops with that error.
+The Fisher only grows with tasks, so longer streams lower that ceiling: on the 10 tasks of
+``clbench/OneVsRestMNIST5k-v0`` lambda = 300 already overflows on the last task (both
+variants, also with gamma = 0.9), while lambda = 100 ran the 50 tasks of
+``clbench/TupleMNIST5k-v0``.
 The true-label Fisher is kept: as good as the others here, and it needs no forward pass to
 choose labels. Stronger penalties trade plasticity for stability (ACC falls from lambda 300
 as forgetting stays ~0.003); on this short stream naive forgets little, so differences are
