@@ -14,7 +14,7 @@ whose dot product with g_ref is zero: to first order the step does not raise the
 the memory. g and g_ref span every parameter, trunk and all heads, as in the paper, so an
 earlier head can move when the projection asks it to.
 
-Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,074 for
+Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,156 for
 CIFAR; H = 102 or 170 head parameters; T = tasks learnt; D = C*H*W = 784 or 3,072 input
 bytes; m_t = min(memory_per_task, training examples of task t)):
     4 * (P_trunk + T*H)  [the net]  +  sum_t m_t * (D + 1 + 2)

@@ -24,7 +24,7 @@ F (theta - m)^2 + c with F = sum_t F_t, m = sum_t F_t a_t / F and a constant c. 
 trains with that merged form, so a step costs the same with 1 or 100 earlier tasks; its
 state still holds what the method specifies, a Fisher and an anchor per task.
 
-Storage (tensor payload, bytes; P_trunk = trunk parameters, 21,330 for MNIST and 61,074
+Storage (tensor payload, bytes; P_trunk = trunk parameters, 21,330 for MNIST and 61,156
 for CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
 - ``ewc``:        4 * (P_trunk + T*H)   [the net]
                 + 4 * T * P_trunk        [a Fisher per task]

@@ -14,7 +14,7 @@ cross-entropy minus the targets' entropy, a constant: the gradients are the same
 loss is zero when the net still gives the recorded outputs. The paper's warm-up (training
 the new head alone first) is left out; the optimiser is naive's SGD.
 
-Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,074 for
+Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,156 for
 CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
     4 * (P_trunk + T*H)  [the net, exactly naive's state]
 The recorded outputs exist only while a task is being learnt.

@@ -18,7 +18,7 @@ gradient *without* the penalty and omega is clipped at zero: with momentum a ste
 the task loss, and a negative importance would reward moving away from the anchor. Only
 the trunk is regularised (see ``baselines/regularizers.py``: earlier heads never move).
 
-Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,074 for
+Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,156 for
 CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
     4 * (P_trunk + T*H)  [the net]  +  4 * P_trunk  [omega]
 The anchor theta* is the net's own trunk after the previous task, so it is not stored a

@@ -81,16 +81,17 @@ def serialised_bytes(state) -> int:
     return buffer.tell()
 
 
-def expected_payload(name: str, n_tasks: int, train_per_task: int) -> int:
+def expected_payload(name: str, n_tasks: int, train_per_task: int, trunk: int = TRUNK,
+                     head: int = HEAD, image_bytes: int = IMAGE_BYTES) -> int:
     """Each baseline's storage formula, as written in its module docstring."""
-    net = 4 * (TRUNK + n_tasks * HEAD)
+    net = 4 * (trunk + n_tasks * head)
     if name == "ewc":
-        return net + 4 * n_tasks * TRUNK + 4 * (n_tasks - 1) * TRUNK
+        return net + 4 * n_tasks * trunk + 4 * (n_tasks - 1) * trunk
     if name in ("online_ewc", "si"):
-        return net + 4 * TRUNK
+        return net + 4 * trunk
     if name == "agem":
         kept = min(AGENTS["agem"][1]["memory_per_task"], train_per_task)
-        return net + n_tasks * kept * (IMAGE_BYTES + 1 + 2)  # uint8 label, int16 task id
+        return net + n_tasks * kept * (image_bytes + 1 + 2)  # uint8 label, int16 task id
     return net
 
 
@@ -130,6 +131,19 @@ def test_state_payload_matches_the_storage_formula(name, tasks):
         state = agent.state_dict()
         assert payload_bytes(state) == expected_payload(name, n_tasks, len(task.y_train))
         assert 0 < serialised_bytes(state) - payload_bytes(state) <= METADATA_ALLOWANCE
+
+
+@pytest.mark.parametrize("name", AGENTS)
+def test_state_payload_matches_the_storage_formula_for_cifar_shaped_tasks(name):
+    cls, kwargs = AGENTS[name]
+    generator = torch.Generator().manual_seed(0)
+    agent = cls(**kwargs)
+    for task_id in range(2):
+        images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=generator)
+        spec = TaskSpec("cifar10", (2 * task_id,), (2 * task_id + 1,))
+        agent.learn(Task(task_id, spec, images, torch.arange(40) % 2))
+    payload = payload_bytes(agent.state_dict())
+    assert payload == expected_payload(name, 2, 40, trunk=61_156, head=170, image_bytes=3 * 32 * 32)
 
 
 @pytest.mark.parametrize("name", AGENTS)
