@@ -123,15 +123,6 @@ def test_contractive_penalty_is_the_squared_frobenius_norm_of_the_jacobian(hidde
         assert torch.allclose(value, jacobian.pow(2).sum())
 
 
-def test_tied_autoencoder_decodes_with_the_encoder_weights_transposed():
-    en = ContractiveAutoencoder(7, [5], 3, "tanh", tied_weights=True)
-    z = torch.randn(2, 3)
-    first, second = en.encoder
-    hidden = torch.tanh(z @ second.weight + en.decoder_biases[0])
-    assert torch.allclose(en.decode(z), hidden @ first.weight + en.decoder_biases[1])
-    assert sum(p.numel() for p in en.parameters()) == 7 * 5 + 5 + 5 * 3 + 3 + 5 + 7
-
-
 # ---------------------------------------------------------------- the agent
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="preset='fast'"):
