@@ -1,0 +1,227 @@
+"""The TN+EN reference agent: chunk layout, latent packing, the contractive penalty, the
+state round trip and short offline streams end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+from itertools import pairwise
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import clbench
+from agents.tnen import (
+    TNEN,
+    ContractiveAutoencoder,
+    build_task_network,
+    flatten_parameters,
+    from_chunks,
+    holdout_split,
+    load_parameters,
+    pack_latents,
+    quantize_latents,
+    to_chunks,
+    unpack_latents,
+)
+from clbench.harness import check_state
+from clbench.nets import count_parameters
+from clbench.tasks import Task
+
+# Small and fast: one epoch per TN, few EN steps, a small EN.
+FAST = {"max_epochs": 5, "en_max_steps": 100, "en_check_every": 20, "latent_size": 32,
+        "chunk_size": 160, "replay_chunks": 64, "en_lr": 1e-3, "seed": 0}
+
+
+def stream(env_id: str, n_tasks: int | None = None, **kwargs):
+    """The tasks of a short offline stream, with their test data (for scoring here)."""
+    extra = {} if n_tasks is None else {"n_tasks": n_tasks}
+    env = clbench.make(env_id, max_train_per_task=200, max_test_per_task=100, **extra,
+                       **kwargs).unwrapped
+    env.reset(seed=0)
+    return [env.task(i) for i in range(env.n_tasks)]
+
+
+def accuracy_on(agent, task) -> float:
+    return (agent.predict(task.x_test, task.id) == task.y_test).double().mean().item()
+
+
+def round_trip(agent: TNEN, **kwargs) -> tuple[TNEN, int]:
+    """What the harness does between tasks: save, count bytes, fresh agent, load."""
+    state = agent.state_dict()
+    check_state(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    size = buffer.tell()
+    buffer.seek(0)
+    fresh = TNEN(**kwargs)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    return fresh, size
+
+
+# ---------------------------------------------------------------- chunk layout
+@settings(max_examples=50, deadline=None)
+@given(length=st.integers(1, 700), chunk_size=st.integers(1, 64))
+def test_chunks_pad_with_zeros_and_round_trip_exactly(length, chunk_size):
+    vector = torch.randn(length)
+    chunks = to_chunks(vector, chunk_size)
+    assert chunks.shape == (-(-length // chunk_size), chunk_size)
+    assert torch.equal(chunks.reshape(-1)[length:], torch.zeros(chunks.numel() - length))
+    assert torch.equal(from_chunks(chunks, length), vector)
+
+
+def test_flatten_and_load_parameters_round_trip():
+    net = build_task_network("reference", (1, 28, 28))
+    assert count_parameters(net) == 21_432
+    vector = torch.randn(21_432)
+    assert torch.equal(flatten_parameters(load_parameters(net, vector)), vector)
+    vector[0] = 99.0  # the net holds a copy, not a view of the vector
+    assert flatten_parameters(net)[0] != 99.0
+    with pytest.raises(ValueError, match="21432 parameters"):
+        load_parameters(net, torch.zeros(10))
+
+
+def test_architecture_specs():
+    assert count_parameters(build_task_network("reference", (3, 32, 32))) == 61_326
+    mlp = build_task_network("mlp:32", (1, 28, 28))
+    assert count_parameters(mlp) == 784 * 32 + 32 + 32 * 2 + 2
+    assert mlp(torch.zeros(5, 1, 28, 28)).shape == (5, 2)
+    for bad in ("resnet", "mlp:0", "mlp:a,b"):
+        with pytest.raises(ValueError, match="unknown architecture"):
+            build_task_network(bad, (1, 28, 28))
+
+
+# ---------------------------------------------------------------- latents
+@pytest.mark.parametrize("bits", [4, 8, 16, 32])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_packed_latents_unpack_to_their_quantised_values(bits, rows):
+    latents = torch.rand(rows, 5) * 2 - 1  # 5 columns: an odd count of 4-bit codes
+    latents[0, :2] = torch.tensor([-1.0, 1.0])
+    quantised = quantize_latents(latents, bits)
+    stored = pack_latents(quantised, bits)
+    assert torch.equal(unpack_latents(stored, bits, (rows, 5)), quantised)
+    assert torch.equal(quantize_latents(quantised, bits), quantised)  # idempotent
+    bytes_per_code = {4: 0.5, 8: 1, 16: 2, 32: 4}[bits]
+    assert stored.numel() * stored.element_size() == -(-rows * 5 * bytes_per_code // 1)
+    assert (quantised - latents).abs().max() <= {4: 1 / 14, 8: 1 / 254, 16: 1e-3, 32: 0}[bits]
+
+
+# ---------------------------------------------------------------- contractive penalty
+@pytest.mark.parametrize("hidden", [[], [6], [6, 5]])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_contractive_penalty_is_the_squared_frobenius_norm_of_the_jacobian(hidden, activation):
+    torch.manual_seed(0)
+    en = ContractiveAutoencoder(7, hidden, 3, activation).double()
+    x = torch.randn(4, 7, dtype=torch.double)
+    latents, penalty = en.encode_with_penalty(x)
+    assert torch.allclose(latents, en.encode(x))
+    for row, value in zip(x, penalty, strict=True):
+        jacobian = torch.autograd.functional.jacobian(en.encode, row)
+        assert jacobian.shape == (3, 7)
+        assert torch.allclose(value, jacobian.pow(2).sum())
+
+
+# ---------------------------------------------------------------- the agent
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="preset='fast'"):
+        TNEN(preset="fast")
+    with pytest.raises(ValueError, match="unknown TNEN setting.*latent_dim"):
+        TNEN(latent_dim=3)
+    with pytest.raises(ValueError, match="latent_bits=5"):
+        TNEN(latent_bits=5)
+    with pytest.raises(ValueError, match="en_dtype='int8'"):
+        TNEN(en_dtype="int8")
+    with pytest.raises(ValueError, match="task 1 arrived"):
+        TNEN(architecture=["reference"], **FAST)._architecture_for(1)
+
+
+def test_offline_stream_end_to_end_through_state_round_trips():
+    tasks = stream("clbench/SplitMNIST5k-v0", n_tasks=3)
+    agent, sizes = TNEN(**FAST), []
+    for task in tasks:
+        agent.learn(task.for_agent())
+        figures = agent.metrics()
+        json.dumps(figures)  # plain JSON
+        assert len(figures["skills"]) == task.id + 1
+        assert figures["en_iterations"] <= FAST["en_max_steps"]
+        before = [agent.predict(t.x_test, t.id) for t in tasks[: task.id + 1]]
+        agent, size = round_trip(agent, **FAST)
+        sizes.append(size)
+        after = [agent.predict(t.x_test, t.id) for t in tasks[: task.id + 1]]
+        assert all(torch.equal(b, a) for b, a in zip(before, after, strict=True))
+    assert min(accuracy_on(agent, task) for task in tasks) > 0.8
+    # the EN is paid once; each skill adds its latents (134 chunks x 32 4-bit codes) + metadata
+    growth = [later - earlier for earlier, later in pairwise(sizes)]
+    assert all(abs(step - 134 * 32 // 2) < 200 for step in growth)  # zip entries align to 64 B
+    assert sizes[-1] < 3 * 21_432 * 4
+
+
+def test_learning_is_replayable_from_torch_seed():
+    """Without ``seed`` the agent draws one from torch's generator (which the harness seeds
+    per task), so the harness's FLOP twin and fresh-process check replay it exactly."""
+    task = stream("clbench/SplitMNIST5k-v0", n_tasks=1)[0].for_agent()
+    unseeded = {key: value for key, value in FAST.items() if key != "seed"}
+    states = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        agent = TNEN(**unseeded)
+        agent.learn(task)
+        states.append(agent.state_dict())
+    assert states[0]["base_seed"] == states[1]["base_seed"] is not None
+    assert torch.equal(states[0]["latents"], states[1]["latents"])
+    assert all(torch.equal(states[0]["en"][k], states[1]["en"][k]) for k in states[0]["en"])
+
+
+def test_checked_reconstruction_is_the_stored_one():
+    """The held-out accuracy checked during consolidation is what a reloaded agent gets."""
+    task = stream("clbench/SplitMNIST5k-v0", n_tasks=1)[0].for_agent()
+    agent = TNEN(**FAST)
+    agent.learn(task)
+    reported = agent.metrics()["skills"][0]["stored_held_out_accuracy"]
+    agent, _ = round_trip(agent, **FAST)
+    generator = torch.Generator().manual_seed(agent.seed * 1_000_003 + task.id)
+    _, _, x_held, y_held = holdout_split(task, agent.config["holdout_fraction"], generator)
+    assert (agent.predict(x_held, 0) == y_held).double().mean().item() == reported
+
+
+def test_warm_start_begins_from_the_recalled_skill():
+    """The same task again: a TN that starts from the recalled skill needs no training."""
+    task = stream("clbench/SplitMNIST5k-v0", n_tasks=1)[0]
+    again = Task(1, task.spec, task.x_train, task.y_train)
+    epochs = {}
+    for warm_start in (False, True):
+        agent = TNEN(warm_start=warm_start, **FAST)
+        agent.learn(task.for_agent())
+        agent.learn(again)
+        epochs[warm_start] = agent.metrics()["tn_epochs"]
+    assert epochs[True] == 0 < epochs[False]
+
+
+def test_mixed_architectures_share_one_encoding_network():
+    tasks = stream("clbench/SplitMNIST5k-v0", n_tasks=2)
+    settings_ = {**FAST, "architecture": {1: "mlp:16"}}
+    agent = TNEN(**settings_)
+    for task in tasks:
+        agent.learn(task.for_agent())
+        agent, _ = round_trip(agent, **settings_)
+    assert [s["architecture"] for s in agent.skills] == ["reference", "mlp:16"]
+    mlp_size = count_parameters(build_task_network("mlp:16", (1, 28, 28)))
+    assert [s["n_chunks"] for s in agent.skills] == [-(-21_432 // 160), -(-mlp_size // 160)]
+    assert min(accuracy_on(agent, task) for task in tasks) > 0.8
+
+
+def test_paper_preset_at_tiny_size():
+    """The authors' recipe (raw weights, fp32, full-batch steps, cosine stop), shrunk."""
+    tiny = {"chunk_size": 2_000, "hidden_sizes": [16], "latent_size": 4, "en_max_steps": 20,
+            "en_check_every": 10}
+    tasks = stream("clbench/SplitMNIST5k-v0", n_tasks=2)
+    agent = TNEN(preset="paper", **tiny)
+    for task in tasks:
+        agent.learn(task.for_agent())
+        agent, _ = round_trip(agent, preset="paper", **tiny)
+    state = agent.state_dict()
+    assert state["latents"].dtype == torch.float32 and state["latents"].shape == (22, 4)
+    assert all(v.dtype == torch.float32 for v in state["en"].values())
+    assert agent.metrics() == {}  # figures describe a learn call, not a loaded state
