@@ -139,12 +139,13 @@ def cmd_paper(args: argparse.Namespace) -> int:
             return 0
         for name in names:
             path = paper.run_experiment(name, size=size, seed=args.seed, device=args.device,
-                                        data_root=args.data_root, folder=args.out)
+                                        data_root=args.data_root, folder=args.out,
+                                        report=False)
             print(f"{name}: {path}")
+        print(f"report: {write_report(Path(args.out))}")
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"clbench: {error}", file=sys.stderr)
         return 2
-    print(f"report: {Path(args.out) / 'README.md'}")
     return 0
 
 

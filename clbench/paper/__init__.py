@@ -1,4 +1,4 @@
-"""The paper's experiments (see PAPER.md), reproduced with the reference agent TN+EN.
+"""The paper's experiments (Self-Net, Mandivarapu et al. 2020), reproduced with TN+EN.
 
 ``clbench paper NAME`` runs one experiment (``robustness``, ``batch``, ``continual``,
 ``split``, ``mixed``, or ``all``) and writes ``NAME.json`` (its figures), PNG plots and

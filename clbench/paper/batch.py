@@ -19,6 +19,7 @@ from typing import Any
 from clbench.paper.common import (
     PRESET_COLORS,
     PRESET_NAMES,
+    TINY_OVERRIDES,
     figure,
     gflop,
     log,
@@ -39,10 +40,7 @@ TITLE = "2. Batch encoding: 2, 5, 10 and 333 networks encoded at once"
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"dataset": "mnist5k", "counts": {"paper": [2], "default": [2]},
              "max_train": 120, "max_test": 60,
-             "overrides": {"paper": {"chunk_size": 1000, "hidden_sizes": [32], "max_epochs": 1,
-                                     "en_max_steps": 4, "en_check_every": 2},
-                           "default": {"max_epochs": 1, "en_max_steps": 4,
-                                       "en_check_every": 2}}},
+             "overrides": TINY_OVERRIDES},
     "reduced": {"dataset": "mnist5k", "counts": {"paper": [2, 5, 10], "default": [2, 5, 10, 333]},
                 "max_train": 300, "max_test": 300,
                 "overrides": {"paper": {"chunk_size": 5358, "en_max_steps": 100},

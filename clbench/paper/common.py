@@ -30,6 +30,10 @@ SCHEMA = "clbench.paper/1"
 SIZE_NAMES = ("tiny", "reduced", "full")
 PRESET_NAMES = ("paper", "default")
 PRESET_COLORS = {"paper": "tab:orange", "default": "tab:blue"}
+# The tiny size (tests): one epoch per TN, a few EN iterations, a small paper-preset CAE.
+TINY_EN = {"max_epochs": 1, "en_max_steps": 4, "en_check_every": 2}
+TINY_OVERRIDES = {"paper": {**TINY_EN, "chunk_size": 1000, "hidden_sizes": [32]},
+                  "default": TINY_EN}
 
 
 def settings_for(sizes: dict[str, dict[str, Any]], size: str) -> dict[str, Any]:
@@ -205,14 +209,18 @@ def save_figure(fig, folder: Path, filename: str) -> str:
 
 # ---------------------------------------------------------------------------- agent runs
 def evaluate_preset(preset: str, overrides: dict[str, Any], env_id: str,
-                    env_kwargs: dict[str, Any], seed: int, device: str) -> dict[str, Any]:
+                    env_kwargs: dict[str, Any], seed: int, device: str,
+                    verify: bool = True) -> dict[str, Any]:
     """Run TN+EN (``preset`` + ``overrides``) through a stream with the harness: accuracy
-    matrix, bytes kept after every task, learn FLOPs and seconds, the agent's metrics."""
+    matrix, bytes kept after every task, learn FLOPs and seconds, the agent's metrics.
+    ``verify`` re-evaluates the final state in a fresh process (skipped at the tiny size,
+    where starting that process costs more than the whole run)."""
     from clbench.harness import evaluate
 
     log(f"TN+EN preset {preset} {overrides or ''} on {env_id} {env_kwargs or ''}")
     result = evaluate("tnen", env_id, seed=seed, device=device,
-                      agent_kwargs={"preset": preset, **overrides}, env_kwargs=env_kwargs)
+                      agent_kwargs={"preset": preset, **overrides}, env_kwargs=env_kwargs,
+                      verify=verify)
     if result.status != "complete":
         raise RuntimeError(f"TN+EN preset {preset!r} on {env_id}: {result.error}")
     return result.to_dict()
@@ -260,18 +268,23 @@ def plot_stream_accuracy(figures: dict[str, Any], shown: Sequence[int], folder: 
     fig, axes = figure(len(shown), width=3.6)
     width = 0.4
     for ax, k in zip(axes, shown, strict=True):
+        present = [p for p in PRESET_NAMES if len(figures[p]["result"]["accuracy"]) >= k]
         for offset, preset in zip((-width / 2, width / 2), PRESET_NAMES, strict=True):
             result = figures[preset]["result"]
+            if preset not in present:
+                continue
             stored = result["agent_metrics"][k - 1]["skills"]
             xs = [j + offset for j in range(k)]
             ax.bar(xs, result["accuracy"][k - 1], width=width, color=PRESET_COLORS[preset],
                    label=preset)
             ax.scatter(xs, [s["original_accuracy"] for s in stored], marker="_", s=80,
                        color="black", zorder=3)
-        ax.set_title(f"after {k} skills", fontsize=10)
+        ax.set_title(f"after {k} skills" + ("" if len(present) == len(PRESET_NAMES) else
+                                             f" ({', '.join(present)} only)"), fontsize=10)
         ax.set_xticks(range(k))
         ax.set_xlabel(xlabel)
-        ax.set_ylim(0.5, 1.0)
+        lowest = min(min(figures[p]["result"]["accuracy"][k - 1]) for p in present)
+        ax.set_ylim(min(0.5, lowest - 0.05), 1.0)
     axes[0].set_ylabel("test accuracy of the reconstruction\n(black: TN on held-out data)")
     axes[0].legend(fontsize=8, loc="lower left")
     return save_figure(fig, folder, filename)
@@ -279,6 +292,8 @@ def plot_stream_accuracy(figures: dict[str, Any], shown: Sequence[int], folder: 
 
 def plot_stream_costs(figures: dict[str, Any], folder: Path, filename: str) -> str:
     """EN iterations, backprop calls, learn FLOPs and bytes kept against skills stored."""
+    from matplotlib.ticker import MaxNLocator
+
     panels = (("en_iterations", "EN iterations"), ("backprop_calls", "backprop calls (TN + EN)"),
               ("learn_flops", "learn GFLOP"), ("bytes", "bytes kept"))
     fig, axes = figure(len(panels), width=3.6)
@@ -287,14 +302,16 @@ def plot_stream_costs(figures: dict[str, Any], folder: Path, filename: str) -> s
             s = stream_summary(figures[preset]["result"])
             values = [v / 1e9 for v in s[key]] if key == "learn_flops" else s[key]
             ax.plot(s["skills"], values, marker="o", color=PRESET_COLORS[preset], label=preset)
-        if key == "bytes":
-            s = stream_summary(figures[PRESET_NAMES[0]]["result"])
+        if key == "bytes":  # the longest run's networks
+            s = max((stream_summary(figures[p]["result"]) for p in PRESET_NAMES),
+                    key=lambda summary: len(summary["skills"]))
             ax.plot(s["skills"], s["fp32_bytes"], color="gray", linestyle="--",
                     label="fp32 networks")
             ax.plot(s["skills"], [b / 4 for b in s["fp32_bytes"]], color="gray", linestyle=":",
                     label="int8 networks")
         if key in ("bytes", "learn_flops"):
             ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("skills stored")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)

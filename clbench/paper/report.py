@@ -19,9 +19,9 @@ INTRO = """\
 # The paper's experiments, reproduced
 
 The method behind clbench's reference agent (task networks stored as latent vectors of one
-contractive autoencoder, TN+EN; Mandivarapu, Camp & Estrada, *Self-Net*, 2020; summary in
-the repository's PAPER.md) was evaluated by its authors in five experiments. Each is
-reproduced here with `agents/tnen.py` under both of its presets:
+contractive autoencoder, TN+EN; Mandivarapu, Camp & Estrada, *Self-Net: Lifelong Learning
+via Continual Self-Modeling*, Frontiers in AI, 2020) was evaluated by its authors in five
+experiments. Each is reproduced here with `agents/tnen.py` under both of its presets:
 
 {presets}
 

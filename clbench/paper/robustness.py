@@ -218,7 +218,7 @@ def claims(record: dict[str, Any]) -> list[list[str]]:
     rows.append(["Accuracy tracks the MSE to the original weights",
                  "; ".join(f"{p}: Spearman rho {num(f['spearman_mse_accuracy'], 2)}"
                            for p, f in facts.items()),
-                 "agrees" if tracks else "only loosely (|rho| < 0.8)"])
+                 "agrees" if tracks else "only loosely (rho above -0.8)"])
     return rows
 
 

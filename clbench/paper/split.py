@@ -21,6 +21,7 @@ from typing import Any
 from clbench.paper.common import (
     PRESET_COLORS,
     PRESET_NAMES,
+    TINY_EN,
     dataset_present,
     figure,
     gflop,
@@ -42,10 +43,8 @@ STAND_IN = "mlp:78"  # 784*78 + 78 + 78*2 + 2 = 61,388 parameters, MNIST-shaped 
 CIFAR_EN = {"hidden_sizes": [1000], "latent_size": 50}  # the authors' EN for CIFAR chunks
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"dataset": "mnist5k", "n_tasks": 2, "max_train": 120, "max_test": 60,
-             "overrides": {"paper": {"hidden_sizes": [16], "latent_size": 8, "max_epochs": 1,
-                                     "en_max_steps": 4, "en_check_every": 2},
-                           "default": {"max_epochs": 1, "en_max_steps": 4,
-                                       "en_check_every": 2}}},
+             "overrides": {"paper": {**TINY_EN, "hidden_sizes": [16], "latent_size": 8},
+                           "default": TINY_EN}},
     "reduced": {"dataset": "mnist5k", "n_tasks": 3, "max_train": None, "max_test": None,
                 "overrides": {"paper": {**CIFAR_EN, "en_max_steps": 200}, "default": {}}},
     "full": {"dataset": "cifar10", "n_tasks": 10, "max_train": None, "max_test": None,
