@@ -46,6 +46,8 @@ def test_readme_sets_every_experiment_beside_the_paper(folder):
         assert f"## {experiment_module(name).TITLE}" in readme
         assert f"[{name}.md]({name}.md)" in readme
     assert readme.count("| the paper says | we measured | verdict |") == len(EXPERIMENTS)
+    overview = readme.split("## Overview")[1].split("\n## ")[0]
+    assert all(experiment_module(name).TITLE in overview for name in EXPERIMENTS)
 
 
 def test_report_regenerates_the_same_text_from_the_json_alone(folder, tmp_path):

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from clbench.paper.common import (
+    PAPER_ON_MNIST5K,
+    PAPER_ON_MNIST5K_NOTE,
     PRESET_NAMES,
     TINY_OVERRIDES,
     evaluate_preset,
@@ -39,7 +41,8 @@ SIZES: dict[str, dict[str, Any]] = {
              "overrides": TINY_OVERRIDES},
     "reduced": {"env": "clbench/OneVsRestMNIST5k-v0",
                 "env_kwargs": {"paper": {"n_tasks": 4}, "default": {}},
-                "overrides": {"paper": {"chunk_size": 5358, "en_max_steps": 150},
+                "overrides": {"paper": {**PAPER_ON_MNIST5K, "chunk_size": 5358,
+                                        "en_max_steps": 150},
                               "default": {}}},
     "full": {"env": "clbench/OneVsRestMNIST-v0", "env_kwargs": {"paper": {}, "default": {}},
              "overrides": {"paper": {}, "default": {}}},
@@ -53,7 +56,7 @@ NOTES = ("At `reduced` size the paper preset gets a smaller EN input n (its `chu
          "stored chunks, and the harness runs every `learn` twice (timed, and again to count "
          "FLOPs), so ten skills take most of an hour. The TNs' own accuracies are those the "
          "agent measures on held-out training data (it never sees test data); the accuracy "
-         "matrix is measured on the test sets by the environment.")
+         "matrix is measured on the test sets by the environment. ") + PAPER_ON_MNIST5K_NOTE
 
 
 def run(settings: dict[str, Any], seed: int, device: str, data_root) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from clbench.paper.common import (
+    PAPER_ON_MNIST5K,
+    PAPER_ON_MNIST5K_NOTE,
     PRESET_NAMES,
     TINY_OVERRIDES,
     dataset_present,
@@ -35,13 +37,14 @@ NOTES = ("Without CIFAR-10 (always at `reduced` size) the larger network is the 
          "61,388-parameter MLP of the splitting experiment on MNIST-shaped data, so the EN "
          "still stores two architectures of different sizes. At `reduced` size the paper "
          "preset's EN input n is smaller, as in the continual experiment, for the same "
-         "reason.")
+         "reason. ") + PAPER_ON_MNIST5K_NOTE
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"verify": False, "cifar": False, "env": "clbench/OneVsRestMNIST5k-v0",
              "env_kwargs": {"max_train_per_task": 120, "max_test_per_task": 60},
              "overrides": TINY_OVERRIDES},
     "reduced": {"cifar": False, "env": "clbench/OneVsRestMNIST5k-v0", "env_kwargs": {},
-                "overrides": {"paper": {"chunk_size": 5358, "en_max_steps": 150},
+                "overrides": {"paper": {**PAPER_ON_MNIST5K, "chunk_size": 5358,
+                                        "en_max_steps": 150},
                               "default": {}}},
     "full": {"cifar": True, "env": "clbench/OneVsRestMNIST-v0", "env_kwargs": {},
              "overrides": {"paper": {}, "default": {}}},

@@ -75,10 +75,25 @@ def _record_line(record: dict[str, Any]) -> str:
             f"regenerate with `clbench paper report`.*")
 
 
+NOT_MEASURED = "(not measured by the paper)"
+
+
+def overview(claims_by_title: dict[str, list[list[str]]]) -> str:
+    """One row per experiment: which of the paper's claims hold here and which do not."""
+    rows = []
+    for title, claims in claims_by_title.items():
+        tested = [row for row in claims if not row[0].startswith(NOT_MEASURED)]
+        holds = [row[0] for row in tested if row[2].startswith("agrees")]
+        not_quite = [f"{row[0]} ({row[2]})" for row in tested if not row[2].startswith("agrees")]
+        rows.append([title, f"{len(holds)} of {len(tested)}", "<br>".join(not_quite) or "-"])
+    return table(["experiment", "claims that hold here", "claims that do not, or only partly"],
+                 rows, align="lrl")
+
+
 def write_report(folder: Path) -> Path:
     """Rewrite every section and plot of the records in ``folder``, then its README."""
     folder = Path(folder)
-    parts = [INTRO.format(presets="\n".join(describe_preset(p) for p in PRESET_NAMES))]
+    parts, claims_by_title = [], {}
     for name in EXPERIMENTS:
         path = folder / f"{name}.json"
         module = experiment_module(name)
@@ -88,13 +103,15 @@ def write_report(folder: Path) -> Path:
         record = load_record(path)
         section = module.render(record, folder)
         (folder / f"{name}.md").write_text(f"{section}\n{_record_line(record)}\n")
-        rows = module.claims(record)
+        rows = claims_by_title[module.TITLE] = module.claims(record)
         parts.append("\n".join([
             f"## {module.TITLE}", "",
             table(["the paper says", "we measured", "verdict"], rows, align="lll"), "",
             f"**Setup and why it differs from the paper.** {module.NOTES} Settings of this "
             f"run: `{json.dumps(record['settings'])}`.", "",
             f"Details, tables and plots: [{name}.md]({name}.md). {_record_line(record)}", ""]))
+    intro = INTRO.format(presets="\n".join(describe_preset(p) for p in PRESET_NAMES))
+    summary = ["## Overview", "", overview(claims_by_title), ""] if claims_by_title else []
     readme = folder / "README.md"
-    readme.write_text("\n".join(parts))
+    readme.write_text("\n".join([intro, *summary, *parts]))
     return readme
