@@ -79,6 +79,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, command in commands.items():
                 times[name].append(timed(command))
+                print(f"  {name}: {times[name][-1]:.2f} s", flush=True)
 
     base = statistics.median(times["hand-written loop"])
     print(f"{args.env}, naive, epochs={args.epochs}, device={args.device}, "

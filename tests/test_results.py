@@ -72,6 +72,12 @@ def test_not_json_is_rejected(tmp_path):
         load_result(path)
 
 
+def test_a_run_whose_check_was_skipped_on_purpose_validates():
+    data = make_result()
+    data["verification"] = {"fresh_process": False, "matches": None, "reason": "skipped"}
+    validate_result(data)
+
+
 def test_a_failed_run_with_finished_tasks_validates():
     data = make_result(status="failed")
     data.update(error="agent 'x' failed in learn on task 2", verification=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from itertools import pairwise
 
 import pytest
 import torch
@@ -27,10 +28,11 @@ from agents.tnen import (
 )
 from clbench.harness import check_state
 from clbench.nets import count_parameters
+from clbench.tasks import Task
 
 # Small and fast: one epoch per TN, few EN steps, a small EN.
 FAST = {"max_epochs": 5, "en_max_steps": 100, "en_check_every": 20, "latent_size": 32,
-        "chunk_size": 160, "replay_chunks": 64}
+        "chunk_size": 160, "replay_chunks": 64, "en_lr": 1e-3}
 
 
 def stream(env_id: str, n_tasks: int | None = None, **kwargs):
@@ -115,7 +117,7 @@ def test_contractive_penalty_is_the_squared_frobenius_norm_of_the_jacobian(hidde
     x = torch.randn(4, 7, dtype=torch.double)
     latents, penalty = en.encode_with_penalty(x)
     assert torch.allclose(latents, en.encode(x))
-    for row, value in zip(x, penalty):
+    for row, value in zip(x, penalty, strict=True):
         jacobian = torch.autograd.functional.jacobian(en.encode, row)
         assert jacobian.shape == (3, 7)
         assert torch.allclose(value, jacobian.pow(2).sum())
@@ -157,10 +159,10 @@ def test_offline_stream_end_to_end_through_state_round_trips():
         agent, size = round_trip(agent, **FAST)
         sizes.append(size)
         after = [agent.predict(t.x_test, t.id) for t in tasks[: task.id + 1]]
-        assert all(torch.equal(b, a) for b, a in zip(before, after))
+        assert all(torch.equal(b, a) for b, a in zip(before, after, strict=True))
     assert min(accuracy_on(agent, task) for task in tasks) > 0.8
     # the EN is paid once; each skill adds its latents (134 chunks x 32 4-bit codes) + metadata
-    growth = [later - earlier for earlier, later in zip(sizes, sizes[1:])]
+    growth = [later - earlier for earlier, later in pairwise(sizes)]
     assert all(abs(step - 134 * 32 // 2) < 200 for step in growth)  # zip entries align to 64 B
     assert sizes[-1] < 3 * 21_432 * 4
 
@@ -170,11 +172,24 @@ def test_checked_reconstruction_is_the_stored_one():
     task = stream("clbench/SplitMNIST5k-v0", n_tasks=1)[0].for_agent()
     agent = TNEN(**FAST)
     agent.learn(task)
-    reported = agent.metrics()["skills"][0]["reconstructed_accuracy"]
+    reported = agent.metrics()["skills"][0]["stored_held_out_accuracy"]
     agent, _ = round_trip(agent, **FAST)
     generator = torch.Generator().manual_seed(agent.seed * 1_000_003 + task.id)
     _, _, x_held, y_held = holdout_split(task, agent.config["holdout_fraction"], generator)
     assert (agent.predict(x_held, 0) == y_held).double().mean().item() == reported
+
+
+def test_warm_start_begins_from_the_recalled_skill():
+    """The same task again: a TN that starts from the recalled skill needs no training."""
+    task = stream("clbench/SplitMNIST5k-v0", n_tasks=1)[0]
+    again = Task(1, task.spec, task.x_train, task.y_train)
+    epochs = {}
+    for warm_start in (False, True):
+        agent = TNEN(warm_start=warm_start, **FAST)
+        agent.learn(task.for_agent())
+        agent.learn(again)
+        epochs[warm_start] = agent.metrics()["tn_epochs"]
+    assert epochs[True] == 0 < epochs[False]
 
 
 def test_mixed_architectures_share_one_encoding_network():

@@ -1,0 +1,111 @@
+"""Experience replay: a small buffer of raw earlier examples, mixed into every training batch.
+
+Experience replay in the form of Chaudhry et al., "On Tiny Episodic Memories in Continual
+Learning" (2019): the net is naive's (shared reference trunk, one 2-way head per task); while
+task t is learned, each batch of ``batch_size`` task-t examples is joined by ``batch_size``
+examples drawn from the buffer, every example read out through its own task's head. After
+task t is learned its training examples are offered to the buffer, which keeps a uniform
+sample of all examples seen (reservoir sampling), or with ``class_balanced=True`` a sample
+balanced over the (task, label) classes (CBRS, Chrysakis & Moens 2020). The buffer holds at
+most ``buffer_size`` examples, raw (uint8 pixels, uint8 label, int16 task id), so its cost
+does not grow with the stream.
+
+Storage (tensor payload of the state, exact), after tasks 0..t of input shape C x H x W:
+
+    4 * (trunk + (t + 1) * head parameters)  +  m * (C*H*W + 1 + 2),   m = min(buffer_size, N)
+
+with N the training examples offered so far (MNIST: 4 * (21,330 + 102 (t + 1)) + 787 m,
+so 157,400 buffer bytes at the default buffer_size=200). The bookkeeping is metadata: the
+reservoir counter N (``seen``, which reservoir sampling needs to stay uniform across tasks),
+and for CBRS the examples seen per class and the classes ever largest (two ints per task
+at most); a few hundred bytes more, plus the input shape and datasets.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from baselines.common import require_input_shape
+from baselines.memory import (
+    class_balanced_slots,
+    empty_examples,
+    example_classes,
+    reservoir_slots,
+    task_examples,
+    train_multitask,
+    write_slots,
+)
+from baselines.naive import Naive
+from clbench.tasks import Task
+
+# Hyperparameters (the rest are naive's: SGD lr 0.01, momentum 0.5, batch 64, 3 epochs)
+BUFFER_SIZE = 200
+CLASS_BALANCED = False
+
+
+class Replay(Naive):
+    """Naive's net trained on batches of the new task joined by replayed buffer examples."""
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        buffer_size: int = BUFFER_SIZE,
+        class_balanced: bool = CLASS_BALANCED,
+        **hyperparameters,
+    ) -> None:
+        super().__init__(device=device, **hyperparameters)
+        if int(buffer_size) != buffer_size or buffer_size < 0:
+            raise ValueError(f"buffer_size={buffer_size!r}: give a whole number of examples >= 0")
+        self.buffer_size, self.class_balanced = int(buffer_size), bool(class_balanced)
+        self.buffer: dict[str, torch.Tensor] | None = None
+        self.seen = 0
+        self.class_seen: list[int] = []
+        self.full_classes: list[int] = []
+
+    def learn(self, task: Task) -> None:
+        net = self._ensure_net(task.input_shape)
+        require_input_shape(net.input_shape, task, "replay")
+        net.add_head()
+        self.datasets.append(task.dataset)
+        if self.buffer is None:
+            self.buffer = empty_examples(net.input_shape, self.device)
+        current = task_examples(task.x_train.to(self.device), task.y_train.to(self.device),
+                                task.id)
+        net.train()
+        train_multitask(net, self.datasets, current, self.epochs, self.lr, self.momentum,
+                        self.batch_size, replay=self.buffer)
+        self._offer(current)
+
+    def _offer(self, new: dict[str, torch.Tensor]) -> None:
+        """Offer ``new`` examples, in order, to the buffer (reservoir or CBRS); the random draws
+        come from torch's global generator, which the harness seeds before every task."""
+        if self.class_balanced:
+            slots = class_balanced_slots(example_classes(self.buffer), example_classes(new),
+                                         self.class_seen, self.full_classes, self.buffer_size)
+        else:
+            slots = reservoir_slots(self.seen, len(new["labels"]), self.buffer_size)
+        self.buffer = write_slots(self.buffer, slots, new)
+        self.seen += len(new["labels"])
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.buffer is not None:
+            state.update(buffer=dict(self.buffer), seen=self.seen,
+                         class_seen=list(self.class_seen), full_classes=list(self.full_classes))
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "buffer" in state:
+            self.buffer = {key: value.to(self.device) for key, value in state["buffer"].items()}
+            self.seen = int(state["seen"])
+            self.class_seen = [int(count) for count in state["class_seen"]]
+            self.full_classes = [int(label) for label in state["full_classes"]]
+
+    def metrics(self) -> dict:
+        if self.buffer is None:
+            return {"buffer_examples": 0}
+        task_ids = self.buffer["task_ids"].to(torch.int64)
+        per_task = torch.bincount(task_ids, minlength=len(self.datasets))
+        return {"buffer_examples": len(self.buffer["labels"]), "seen": self.seen,
+                "buffer_per_task": per_task.tolist()}
