@@ -5,7 +5,8 @@
 - FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (forward and backward matmuls and
   convolutions), which depends on shapes only, not on hardware. The counter intercepts every
   operator and slows it, so FLOPs are counted in a separate *twin* call (see the harness),
-  never in the timed one.
+  never in the timed one. Its formula for a convolution's backward ignores ``groups`` in the
+  weight gradient; :func:`conv_backward_flops` replaces it (see there).
 - Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the call (reset first); on
   MPS, the driver's allocation after the call; on CPU, PyTorch keeps no allocator statistics,
   so the per-call figure is ``None`` and the result file reports the process's peak resident
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 
 def synchronize(device: torch.device) -> None:
@@ -48,9 +49,28 @@ def timed(call: Callable[[], Any], device: torch.device) -> tuple[Any, float, in
     return value, seconds, peak
 
 
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
+                        transposed, _output_padding, _groups, output_mask, out_shape=None,
+                        **kwargs) -> int:
+    """FLOPs of ``aten.convolution_backward``: one forward convolution per gradient asked for.
+
+    Each of the input and weight gradients takes as many multiplications as the forward
+    convolution. PyTorch's own formula (``torch.utils.flop_counter.conv_backward_flop``)
+    agrees for ``groups == 1`` but ignores ``groups`` in the weight gradient, so it counts a
+    grouped convolution's weight gradient ``groups`` times over. That is exactly how
+    ``torch.func.vmap`` runs per-sample gradients of a convolution (groups = batch size), so
+    without this formula a per-sample-gradient Fisher (EWC) reads as ~40x its real cost.
+    """
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+FLOP_FORMULAS = {torch.ops.aten.convolution_backward: conv_backward_flops}
+
+
 def count_flops(call: Callable[[], Any]) -> int:
     """FLOPs of everything ``call`` runs through PyTorch operators (forward + backward)."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
         call()
     return int(counter.get_total_flops())
 
