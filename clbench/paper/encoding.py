@@ -8,9 +8,11 @@ autoencoder, latent quantisation) and a preset's settings:
 
 - a TN per task, trained as ``TNEN.learn`` trains it (same initialisation rule, optimiser,
   held-out split and stopping threshold), stored as (weights - base) / scale in chunks;
-- one EN on every chunk; one iteration = one Adam step on all chunks at once, with the
-  loss of ``TNEN`` (squared error + contractive penalty, latent rounding noise if the
-  preset trains with it);
+- one EN on every chunk; one iteration = one Adam step with the loss of ``TNEN`` (squared
+  error + contractive penalty, latent rounding noise if the preset trains with it) on as
+  many chunks as the agent's steps take: all of them where the preset sets
+  ``replay_chunks=None`` (the paper preset: full-batch steps), else a random batch of
+  ``replay_chunks`` (the default preset);
 - every ``en_check_every`` iterations, the networks are rebuilt from their *stored* form
   (EN weights in the storage dtype, latents on their grid) and tested; training stops once
   the preset's stopping rule holds for every skill (minimum cosine, maximum relative error,
@@ -203,7 +205,10 @@ def encode_at_once(skills: list[Skill], config: dict[str, Any], seed: int) -> di
                                     config["tied_weights"]).to(device)
     targets = torch.cat([skill.chunks for skill in skills])
     optimizer = torch.optim.Adam(en.parameters(), lr=config["en_lr"])
-    step_flops = count_flops(lambda: _loss(en, targets, config).backward())
+    batch_size = len(targets) if config["replay_chunks"] is None else min(
+        len(targets), config["replay_chunks"])
+    generator = torch.Generator().manual_seed(seed)
+    step_flops = count_flops(lambda: _loss(en, targets[:batch_size], config).backward())
     en.zero_grad(set_to_none=True)
     watch, history, met_at, step = Stopwatch(), [], None, 0
     while True:
@@ -222,7 +227,9 @@ def encode_at_once(skills: list[Skill], config: dict[str, Any], seed: int) -> di
             if step == max_steps:
                 break
         with watch:
-            loss = _loss(en, targets, config)
+            batch = targets if batch_size == len(targets) else targets[
+                torch.randint(len(targets), (batch_size,), generator=generator).to(device)]
+            loss = _loss(en, batch, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -234,7 +241,8 @@ def encode_at_once(skills: list[Skill], config: dict[str, Any], seed: int) -> di
         "chunk_size": config["chunk_size"], "n_chunks": len(targets),
         "en_parameters": count_parameters(en), "storage_bytes": stored_bytes(en, codes, config),
         "fp32_networks_bytes": 4 * sum(skill.n_parameters for skill in skills),
-        "flops_per_iteration": step_flops, "rule_met_at": met_at, "max_steps": max_steps,
+        "flops_per_iteration": step_flops, "chunks_per_iteration": batch_size,
+        "rule_met_at": met_at, "max_steps": max_steps,
         "original_accuracy": [skill.original_accuracy for skill in skills],
         "tn": {"epochs": [skill.epochs for skill in skills],
                "backprop_calls": [skill.steps for skill in skills],

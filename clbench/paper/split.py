@@ -48,8 +48,8 @@ SIZES: dict[str, dict[str, Any]] = {
              "overrides": {"paper": {**TINY_EN, "hidden_sizes": [16], "latent_size": 8},
                            "default": TINY_EN}},
     "reduced": {"dataset": "mnist5k", "n_tasks": 3, "max_train": None, "max_test": None,
-                "overrides": {"paper": {**PAPER_ON_MNIST5K, **CIFAR_EN, "en_max_steps": 80},
-                              "default": {"en_max_steps": 300}}},
+                "overrides": {"paper": {**PAPER_ON_MNIST5K, **CIFAR_EN, "en_max_steps": 50},
+                              "default": {"en_max_steps": 3000, "en_check_every": 50}}},
     "full": {"dataset": "cifar10", "n_tasks": 10, "max_train": None, "max_test": None,
              "overrides": {"paper": CIFAR_EN, "default": {}}},
 }
