@@ -114,3 +114,12 @@ def test_statistics_against_hand_computed_values():
     assert spearman([1, 2, 3], [5, 5, 5]) != spearman([1, 2, 3], [5, 5, 5])  # NaN: no ranks
     # ties share their mean rank: ranks (0, 1.5, 1.5, 3) against (0, 1, 2, 3)
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)
+
+
+def test_full_size_without_the_full_data_says_what_is_missing(dead_network, fresh_data_cache,
+                                                               tmp_path, capsys):
+    code = main(["paper", "robustness", "--full", "--data-root", str(tmp_path / "empty"),
+                 "--out", str(tmp_path)])
+    assert code == 2
+    assert "dataset 'mnist' was not found" in capsys.readouterr().err
+    assert not (tmp_path / "robustness.json").exists()
