@@ -86,13 +86,15 @@ def test_figures_are_consistent(folder):
     assert split["paper"]["chunks"]["n_chunks"] == 3 * split["paper"]["chunks"]["n_skills"]
 
     continual = load_record(folder / "continual.json")
-    mixed = load_record(folder / "mixed.json")["figures"]
+    mixed_record = load_record(folder / "mixed.json")
+    mixed, mixed_settings = mixed_record["figures"], mixed_record["settings"]
     for preset in PRESET_NAMES:
         result = continual["figures"][preset]["result"]
         assert len(result["accuracy"]) == continual["settings"]["env_kwargs"][preset]["n_tasks"]
         assert result["status"] == "complete"
         sizes = [m["tn_parameters"] for m in mixed[preset]["result"]["agent_metrics"]]
-        assert sizes == [21432] * 5 + [61388]
+        m = mixed_settings["mnist_networks"][preset]
+        assert sizes == [21432] * m + [61388]
 
 
 def test_paper_command_rejects_bad_requests(tmp_path, capsys):

@@ -233,6 +233,15 @@ def evaluate_preset(preset: str, overrides: dict[str, Any], env_id: str,
     return result.to_dict()
 
 
+def verdict(outcomes: dict[str, tuple[bool, str]]) -> str:
+    """``agrees`` where every preset agrees with the paper, else each preset's outcome,
+    with the reason where it differs."""
+    if all(ok for ok, _ in outcomes.values()):
+        return "agrees"
+    return "; ".join(f"{preset}: agrees" if ok else f"{preset}: differs ({why})"
+                     for preset, (ok, why) in outcomes.items())
+
+
 def stream_summary(result: dict[str, Any]) -> dict[str, Any]:
     """Per task: EN iterations, backprop calls (TN + EN), learn FLOPs and seconds, bytes."""
     agent = result["agent_metrics"]
@@ -268,32 +277,29 @@ def stream_section(preset: str, result: dict[str, Any], overrides: dict[str, Any
             f"forgetting {pct(metrics['forgetting'])}.", ""]
 
 
-def plot_stream_accuracy(figures: dict[str, Any], shown: Sequence[int], folder: Path,
-                         filename: str, xlabel: str) -> str:
-    """Bars: test accuracy of every stored skill after ``k`` skills, for each ``k`` shown,
-    both presets side by side; black ticks: each TN's own held-out accuracy."""
-    fig, axes = figure(len(shown), width=3.6)
-    width = 0.4
-    for ax, k in zip(axes, shown, strict=True):
-        present = [p for p in PRESET_NAMES if len(figures[p]["result"]["accuracy"]) >= k]
-        for offset, preset in zip((-width / 2, width / 2), PRESET_NAMES, strict=True):
+def plot_stream_accuracy(figures: dict[str, Any], panels: Sequence[tuple[str, dict[str, int]]],
+                         folder: Path, filename: str, xlabel: str) -> str:
+    """Bars per panel ``(title, {preset: k})``: the test accuracy of every stored skill after
+    ``k`` skills of that preset's run; black ticks: each TN's own held-out accuracy."""
+    fig, axes = figure(len(panels), width=3.6)
+    for ax, (title, rows) in zip(axes, panels, strict=True):
+        width = 0.8 / len(rows)
+        for index, (preset, k) in enumerate(rows.items()):
             result = figures[preset]["result"]
-            if preset not in present:
-                continue
-            stored = result["agent_metrics"][k - 1]["skills"]
+            offset = (index - (len(rows) - 1) / 2) * width
             xs = [j + offset for j in range(k)]
             ax.bar(xs, result["accuracy"][k - 1], width=width, color=PRESET_COLORS[preset],
                    label=preset)
-            ax.scatter(xs, [s["original_accuracy"] for s in stored], marker="_", s=80,
-                       color="black", zorder=3)
-        ax.set_title(f"after {k} skills" + ("" if len(present) == len(PRESET_NAMES) else
-                                             f" ({', '.join(present)} only)"), fontsize=10)
-        ax.set_xticks(range(k))
+            ax.scatter(xs, [s["tn_held_out_accuracy"]
+                            for s in result["agent_metrics"][k - 1]["skills"]],
+                       marker="_", s=80, color="black", zorder=3)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(max(rows.values())))
         ax.set_xlabel(xlabel)
-        lowest = min(min(figures[p]["result"]["accuracy"][k - 1]) for p in present)
+        lowest = min(min(figures[p]["result"]["accuracy"][k - 1]) for p, k in rows.items())
         ax.set_ylim(min(0.5, lowest - 0.05), 1.0)
+        ax.legend(fontsize=8, loc="lower left")
     axes[0].set_ylabel("test accuracy of the reconstruction\n(black: TN on held-out data)")
-    axes[0].legend(fontsize=8, loc="lower left")
     return save_figure(fig, folder, filename)
 
 

@@ -38,6 +38,7 @@ from clbench.paper.common import (
     spearman,
     summary,
     table,
+    verdict,
 )
 from clbench.training import minibatches, predict_batched
 
@@ -198,28 +199,26 @@ def degradation(curve: dict[str, Any]) -> dict[str, Any]:
 
 def claims(record: dict[str, Any]) -> list[list[str]]:
     figures = record["figures"]
-    rows = []
-    ours = "; ".join(f"{p}: {pct(figures[p]['original_accuracy'])}" for p in PRESET_NAMES)
-    close = all(abs(figures[p]["original_accuracy"] - PAPER_ACCURACY) <= 0.01
-                for p in PRESET_NAMES)
-    verdict = "agrees" if close else "differs"
-    if not close and record["settings"]["dataset"] == "mnist5k":
-        verdict += ": mnist5k has 4,000 training digits, MNIST 60,000"
-    rows.append(["The 10-digit convnet reaches about 98%", ours, verdict])
+    accuracies = {p: figures[p]["original_accuracy"] for p in PRESET_NAMES}
+    why = ("mnist5k has 4,000 training digits, MNIST 60,000"
+           if record["settings"]["dataset"] == "mnist5k" else "a lower accuracy")
     facts = {p: degradation(figures[p]) for p in PRESET_NAMES}
-    gradual = all(f["levels_in_between"] >= 2 for f in facts.values())
-    rows.append(["Accuracy degrades gradually with the noise std, not catastrophically",
-                 "; ".join(f"{p}: within 1 point up to std {num(f['last_within_1pt'])}, "
-                           f"halfway to chance at {num(f['first_halfway_to_chance'])}, "
-                           f"{f['levels_in_between']} levels in between"
-                           for p, f in facts.items()),
-                 "agrees" if gradual else "differs: the drop happens within one or two levels"])
-    tracks = all((f["spearman_mse_accuracy"] or 0) <= -0.8 for f in facts.values())
-    rows.append(["Accuracy tracks the MSE to the original weights",
-                 "; ".join(f"{p}: Spearman rho {num(f['spearman_mse_accuracy'], 2)}"
-                           for p, f in facts.items()),
-                 "agrees" if tracks else "only loosely (rho above -0.8)"])
-    return rows
+    return [
+        ["The 10-digit convnet reaches about 98%",
+         "; ".join(f"{p}: {pct(a)}" for p, a in accuracies.items()),
+         verdict({p: (abs(a - PAPER_ACCURACY) <= 0.01, why) for p, a in accuracies.items()})],
+        ["Accuracy degrades gradually with the noise std, not catastrophically",
+         "; ".join(f"{p}: within 1 point up to std {num(f['last_within_1pt'])}, halfway to "
+                   f"chance at {num(f['first_halfway_to_chance'])}, "
+                   f"{f['levels_in_between']} levels in between" for p, f in facts.items()),
+         verdict({p: (f["levels_in_between"] >= 2, "the drop happens within two noise levels")
+                  for p, f in facts.items()})],
+        ["Accuracy tracks the MSE to the original weights",
+         "; ".join(f"{p}: Spearman rho {num(f['spearman_mse_accuracy'], 2)}"
+                   for p, f in facts.items()),
+         verdict({p: ((f["spearman_mse_accuracy"] or 0) <= -0.8, "only loosely: rho above -0.8")
+                  for p, f in facts.items()})],
+    ]
 
 
 # ---------------------------------------------------------------------------- report
