@@ -50,7 +50,7 @@ SIZES: dict[str, dict[str, Any]] = {
                            "default": TINY_EN}},
     "reduced": {"dataset": "mnist5k", "n_tasks": 3, "max_train": None, "max_test": None,
                 "overrides": {"paper": {**PAPER_ON_MNIST5K, **CIFAR_EN, "en_max_steps": 50},
-                              "default": {"en_max_steps": 3000, "en_check_every": 50}}},
+                              "default": {"en_max_steps": 600, "en_check_every": 50}}},
     "full": {"dataset": "cifar10", "n_tasks": 10, "max_train": None, "max_test": None,
              "overrides": {"paper": CIFAR_EN, "default": {}}},
 }
