@@ -26,6 +26,7 @@ from clbench.paper.common import (
     pct,
     plot_stream_accuracy,
     plot_stream_costs,
+    preset_config,
     size_bytes,
     stream_section,
     stream_summary,
@@ -91,6 +92,17 @@ def growth(values: list[float]) -> float | None:
     return (sum(values[-third:]) / third) / first if first else None
 
 
+def _flops_trend(ratio: float | None, record: dict[str, Any], preset: str) -> str:
+    """Whether learn FLOPs grow with the skills stored, and what in the preset makes them."""
+    if ratio is None or ratio <= 1.5:
+        return "flat"
+    replay = preset_config(preset, record["figures"][preset]["overrides"])["replay_chunks"]
+    if replay is None:
+        return "they grow: every EN step replays every stored chunk"
+    return (f"they grow while fewer than {replay} chunks are stored (each EN step replays at "
+            "most that many) and with the checks, which decode every stored chunk")
+
+
 def claims(record: dict[str, Any]) -> list[list[str]]:
     figures = record["figures"]
     facts = {p: retention(figures[p]["result"]) for p in PRESET_NAMES}
@@ -116,9 +128,7 @@ def claims(record: dict[str, Any]) -> list[list[str]]:
                            f"{size_bytes(s['bytes'][-1])} kept for {len(s['skills'])} skills "
                            f"vs {size_bytes(s['fp32_bytes'][-1])} as fp32 networks"
                            for p, s in summaries.items()),
-                 "; ".join(f"{p}: " + ("cost per skill grows (every step replays all stored "
-                                       "chunks)" if flops[p] > 1.5 else "cost per skill flat")
-                           for p in PRESET_NAMES)])
+                 "; ".join(f"{p}: {_flops_trend(flops[p], record, p)}" for p in PRESET_NAMES)])
     return rows
 
 

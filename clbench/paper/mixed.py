@@ -115,8 +115,8 @@ def render(record: dict[str, Any], folder: Path) -> str:
     lines = [f"## {TITLE}", ""]
     for preset in PRESET_NAMES:
         part = figures[preset]
-        lines += [f"Preset `{preset}`: {part['note']} (`{part['env']}` {part['env_kwargs']}), "
-                  "through the harness.", ""]
+        lines += [f"The `{preset}` run: {part['note']} (`{part['env']}` "
+                  f"{part['env_kwargs']}), through the harness.", ""]
         lines += stream_section(preset, part["result"], part["overrides"])
     panels = [(f"preset {p}", {p: len(figures[p]["result"]["accuracy"])}) for p in PRESET_NAMES]
     accuracy = plot_stream_accuracy(figures, panels, folder, "mixed_accuracy.png",
