@@ -95,11 +95,11 @@ def growth(values: list[float]) -> float | None:
 def _flops_trend(ratio: float | None, record: dict[str, Any], preset: str) -> str:
     """Whether learn FLOPs grow with the skills stored, and what in the preset makes them."""
     if ratio is None or ratio <= 1.5:
-        return "flat"
+        return "are flat"
     replay = preset_config(preset, record["figures"][preset]["overrides"])["replay_chunks"]
     if replay is None:
-        return "they grow: every EN step replays every stored chunk"
-    return (f"they grow while fewer than {replay} chunks are stored (each EN step replays at "
+        return "grow: every EN step replays every stored chunk"
+    return (f"grow while fewer than {replay} chunks are stored (each EN step replays at "
             "most that many) and with the checks, which decode every stored chunk")
 
 
@@ -126,9 +126,13 @@ def claims(record: dict[str, Any]) -> list[list[str]]:
     rows.append(["(not measured by the paper) learn FLOPs per skill and bytes kept",
                  "; ".join(f"{p}: learn FLOPs last third / first third = {flops[p]:.2f}, "
                            f"{size_bytes(s['bytes'][-1])} kept for {len(s['skills'])} skills "
-                           f"vs {size_bytes(s['fp32_bytes'][-1])} as fp32 networks"
+                           f"vs {size_bytes(s['fp32_bytes'][-1])} as fp32 networks and about "
+                           f"{size_bytes(s['fp32_bytes'][-1] // 4)} as int8 networks"
                            for p, s in summaries.items()),
-                 "; ".join(f"{p}: {_flops_trend(flops[p], record, p)}" for p in PRESET_NAMES)])
+                 "; ".join(f"{p}: learn FLOPs {_flops_trend(flops[p], record, p)}; "
+                           + ("fewer" if s["bytes"][-1] < s["fp32_bytes"][-1] // 4 else "more")
+                           + " bytes than int8 copies of the networks"
+                           for p, s in summaries.items())])
     return rows
 
 

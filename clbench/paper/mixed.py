@@ -105,7 +105,8 @@ def claims(record: dict[str, Any]) -> list[list[str]]:
          verdict(outcomes)],
         ["(not measured by the paper) bytes kept and learn FLOPs",
          "; ".join(f"{p}: {size_bytes(s['bytes'][-1])} kept vs {size_bytes(s['fp32_bytes'][-1])}"
-                   f" as fp32 networks; {sum(s['learn_flops']) / 1e9:.3g} GFLOP to learn all"
+                   f" as fp32 networks (about {size_bytes(s['fp32_bytes'][-1] // 4)} as int8); "
+                   f"{sum(s['learn_flops']) / 1e9:.3g} GFLOP to learn all"
                    for p, s in summaries.items()), "-"],
     ]
 
