@@ -201,8 +201,7 @@ def encode_at_once(skills: list[Skill], config: dict[str, Any], seed: int) -> di
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         en = ContractiveAutoencoder(config["chunk_size"], config["hidden_sizes"],
-                                    config["latent_size"], config["activation"],
-                                    config["tied_weights"]).to(device)
+                                    config["latent_size"], config["activation"]).to(device)
     targets = torch.cat([skill.chunks for skill in skills])
     optimizer = torch.optim.Adam(en.parameters(), lr=config["en_lr"])
     batch_size = len(targets) if config["replay_chunks"] is None else min(
