@@ -1,0 +1,127 @@
+"""Experiment 5, mixed architectures: one EN storing networks of different sizes.
+
+The paper stores 5 MNIST networks and 1 CIFAR-10 network in one EN. Here the reference
+agent runs through the stream in the harness: m MNIST one-vs-rest tasks (0..m-1), then,
+with CIFAR-10 present (``--full``), CIFAR-10's 0-vs-rest, each with its reference net
+(21,432 and 61,326 parameters); otherwise (always at ``reduced`` size) MNIST's m-vs-rest
+learned by the 61,388-parameter MLP of the splitting experiment, so the EN still holds two
+architectures of different sizes. m is 5 as in the paper, except for the paper preset at
+``reduced`` size (see ``NOTES``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clbench.paper.common import (
+    PAPER_ON_MNIST5K,
+    PAPER_ON_MNIST5K_NOTE,
+    PRESET_NAMES,
+    TINY_OVERRIDES,
+    dataset_present,
+    evaluate_preset,
+    pct,
+    plot_stream_accuracy,
+    plot_stream_costs,
+    size_bytes,
+    stream_section,
+    stream_summary,
+    verdict,
+)
+from clbench.paper.continual import NEAR, retention
+from clbench.paper.split import STAND_IN
+from clbench.tasks import one_vs_rest
+
+NAME = "mixed"
+TITLE = "5. Mixed architectures: MNIST networks and 1 larger network in one EN"
+
+NOTES = ("Without CIFAR-10 (always at `reduced` size) the larger network is the "
+         "61,388-parameter MLP of the splitting experiment on MNIST-shaped data, so the EN "
+         "still stores two architectures of different sizes. At `reduced` size the paper "
+         "preset stores only 2 MNIST networks before the larger one, with a smaller EN input "
+         "n and an iteration cap: its EN iteration costs FLOPs in proportion to every number "
+         "stored (times latent size times hidden size, for the exact contractive penalty), "
+         "and the harness runs every `learn` twice (timed, and again to count FLOPs). "
+         ) + PAPER_ON_MNIST5K_NOTE
+
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"verify": False, "cifar": False, "env": "clbench/OneVsRestMNIST5k-v0",
+             "mnist_networks": {"paper": 2, "default": 2},
+             "env_kwargs": {"max_train_per_task": 120, "max_test_per_task": 60},
+             "overrides": TINY_OVERRIDES},
+    "reduced": {"cifar": False, "env": "clbench/OneVsRestMNIST5k-v0",
+                "mnist_networks": {"paper": 2, "default": 5}, "env_kwargs": {},
+                "overrides": {"paper": {**PAPER_ON_MNIST5K, "chunk_size": 5358,
+                                        "en_max_steps": 100},
+                              "default": {}}},
+    "full": {"cifar": True, "env": "clbench/OneVsRestMNIST-v0",
+             "mnist_networks": {"paper": 5, "default": 5}, "env_kwargs": {},
+             "overrides": {"paper": {}, "default": {}}},
+}
+
+
+def _stream(settings: dict[str, Any], preset: str, data_root) -> tuple[str, dict, dict, str]:
+    """(env id, env kwargs, extra agent kwargs, note): m MNIST networks, then CIFAR-10's
+    0-vs-rest where it is present and asked for, else the MLP stand-in on m vs rest."""
+    m = settings["mnist_networks"][preset]
+    env_kwargs = {**settings["env_kwargs"], **({"data_root": data_root} if data_root else {})}
+    if settings["cifar"] and dataset_present("cifar10", data_root):
+        names = [spec.name for spec in one_vs_rest("mnist", m) + one_vs_rest("cifar10", 1)]
+        return ("clbench/MixedMNISTCIFAR10-v0", {**env_kwargs, "tasks": names}, {},
+                f"{m} MNIST one-vs-rest networks, then 1 CIFAR-10 network (0 vs rest)")
+    note = ("CIFAR-10 is not present: " if settings["cifar"] else "") + (
+        f"{m} MNIST-shaped one-vs-rest reference convnets, then a `{STAND_IN}` network "
+        f"(61,388 parameters) on {m} vs rest")
+    return (settings["env"], {**env_kwargs, "n_tasks": m + 1},
+            {"architecture": {str(m): STAND_IN}}, note)
+
+
+def run(settings: dict[str, Any], seed: int, device: str, data_root) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for preset in PRESET_NAMES:
+        env_id, env_kwargs, agent_kwargs, note = _stream(settings, preset, data_root)
+        overrides = {**settings["overrides"][preset], **agent_kwargs}
+        figures[preset] = {"env": env_id, "env_kwargs": env_kwargs, "note": note,
+                           "overrides": overrides,
+                           "result": evaluate_preset(preset, overrides, env_id, env_kwargs,
+                                                     seed, device, settings.get("verify", True))}
+    return figures
+
+
+def claims(record: dict[str, Any]) -> list[list[str]]:
+    figures = record["figures"]
+    facts = {p: retention(figures[p]["result"]) for p in PRESET_NAMES}
+    outcomes = {p: (f["worst_storing_loss"] <= NEAR and f["worst_drift"] >= -NEAR,
+                    f"a skill lost more than {pct(NEAR, 0)}") for p, f in facts.items()}
+    summaries = {p: stream_summary(figures[p]["result"]) for p in PRESET_NAMES}
+    return [
+        ["One EN stores 5 MNIST networks and 1 CIFAR network at once",
+         "; ".join(f"{p} ({figures[p]['note']}): final test accuracies "
+                   f"{' '.join(pct(a, 0) for a in figures[p]['result']['accuracy'][-1])}; "
+                   f"worst loss when stored {pct(f['worst_storing_loss'])}, worst later drift "
+                   f"{pct(f['worst_drift'])}" for p, f in facts.items()),
+         verdict(outcomes)],
+        ["(not measured by the paper) bytes kept and learn FLOPs",
+         "; ".join(f"{p}: {size_bytes(s['bytes'][-1])} kept vs {size_bytes(s['fp32_bytes'][-1])}"
+                   f" as fp32 networks (about {size_bytes(s['fp32_bytes'][-1] // 4)} as int8); "
+                   f"{sum(s['learn_flops']) / 1e9:.3g} GFLOP to learn all"
+                   for p, s in summaries.items()), "-"],
+    ]
+
+
+def render(record: dict[str, Any], folder: Path) -> str:
+    figures = record["figures"]
+    lines = [f"## {TITLE}", ""]
+    for preset in PRESET_NAMES:
+        part = figures[preset]
+        lines += [f"The `{preset}` run: {part['note']} (`{part['env']}` "
+                  f"{part['env_kwargs']}), through the harness.", ""]
+        lines += stream_section(preset, part["result"], part["overrides"])
+    panels = [(f"preset {p}", {p: len(figures[p]["result"]["accuracy"])}) for p in PRESET_NAMES]
+    accuracy = plot_stream_accuracy(figures, panels, folder, "mixed_accuracy.png",
+                                    "skill (the last one: the larger network)")
+    costs = plot_stream_costs(figures, folder, "mixed_costs.png")
+    lines += [f"![final accuracies]({accuracy})", "", f"![costs and bytes]({costs})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Regenerate ``leaderboard/paper/`` from its JSON records alone: every experiment's section
+(``NAME.md`` and its PNG plots) and ``README.md``, which sets our numbers beside the paper's
+claims experiment by experiment. No number in these files is typed by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.tnen import ContractiveAutoencoder
+from clbench.nets import count_parameters
+from clbench.paper import EXPERIMENTS, experiment_module
+from clbench.paper.common import PRESET_NAMES, load_record, preset_config, table
+
+INTRO = """\
+# The paper's experiments, reproduced
+
+The method behind clbench's reference agent (task networks stored as latent vectors of one
+contractive autoencoder, TN+EN; Mandivarapu, Camp & Estrada, *Self-Net: Lifelong Learning
+via Continual Self-Modeling*, Frontiers in AI, 2020) was evaluated by its authors in five
+experiments. Each is reproduced here with `agents/tnen.py` under both of its presets:
+
+{presets}
+
+Beside accuracy, every experiment reports what the paper did not measure: the bytes kept
+(EN weights + latents, as serialised) and the FLOPs of training.
+
+Everything below is generated from the JSON records in this folder by
+`clbench paper report`; `clbench paper NAME` reruns one experiment (`--full` for the
+paper's sizes on the full datasets). The committed records are `reduced` runs: offline, on
+`mnist5k` (4,000 training and 1,000 test digits, against MNIST's 60,000 and 10,000), sized
+to take minutes each on a 2-core CPU (`OMP_NUM_THREADS=1 clbench paper all`; one thread,
+since the machine was shared); each section lists its sizes and what was scaled down.
+Timings are wall seconds on that shared CPU and noisy; accuracies, bytes and FLOPs are not.
+"""
+
+
+def describe_preset(preset: str) -> str:
+    """One Markdown bullet with a preset's TN and EN settings, read from ``agents.tnen``."""
+    config = preset_config(preset)
+    sizes = [config["chunk_size"], *config["hidden_sizes"], config["latent_size"]]
+    widths = sizes + sizes[-2::-1]
+    with torch.device("meta"):  # counted, not allocated
+        parameters = count_parameters(ContractiveAutoencoder(
+            config["chunk_size"], config["hidden_sizes"], config["latent_size"],
+            config["activation"]))
+    start = "its own random initialisation" if not config["shared_init"] else (
+        "one shared seeded initialisation (the EN stores the change, scaled to unit RMS)")
+    rule = [f"every skill has cosine >= {config['min_cosine']}"]
+    new = []
+    if config["max_relative_error"] is not None:
+        new.append(f"relative error <= {config['max_relative_error']}")
+    if config["accuracy_tolerance"] is not None:
+        new.append(f"held-out accuracy within {config['accuracy_tolerance']} of its TN's")
+    if new:
+        rule.append(f"the new one {' and '.join(new)}")
+    if config["max_recall_drift"] is not None:
+        rule.append(f"stored ones drift <= {config['max_recall_drift']}")
+    return (f"- `{preset}`: TNs trained from {start} by SGD (lr {config['tn_lr']}, momentum "
+            f"{config['tn_momentum']}, at most {config['max_epochs']} epochs, stop at "
+            f"{config['threshold']:.0%} held-out accuracy); EN "
+            f"{' -> '.join(f'{w:,}' for w in widths)} ({config['activation']}, "
+            f"{parameters / 1e6:.3g}M parameters stored as {config['en_dtype']}), "
+            f"{config['latent_bits']}-bit latents; EN training stops when {', '.join(rule)} "
+            f"(at most {config['en_max_steps']:,} iterations).")
+
+
+def _record_line(record: dict[str, Any]) -> str:
+    commit = (record.get("git_commit") or "unknown")[:10]
+    return (f"*Size `{record['size']}`, seed {record['seed']}, device {record['device']} "
+            f"({record['torch_threads']} threads), {record['wall_seconds']:.0f} s, "
+            f"clbench {record['versions']['clbench']} at commit {commit}; "
+            f"regenerate with `clbench paper report`.*")
+
+
+NOT_MEASURED = "(not measured by the paper)"
+
+
+def overview(claims_by_title: dict[str, list[list[str]]]) -> str:
+    """One row per experiment: which of the paper's claims hold here and which do not."""
+    rows = []
+    for title, claims in claims_by_title.items():
+        tested = [row for row in claims if not row[0].startswith(NOT_MEASURED)]
+        holds = [row[0] for row in tested if row[2].startswith("agrees")]
+        not_quite = [f"{row[0]} ({row[2]})" for row in tested if not row[2].startswith("agrees")]
+        rows.append([title, f"{len(holds)} of {len(tested)}", "<br>".join(not_quite) or "-"])
+    return table(["experiment", "claims that hold here", "claims that do not, or only partly"],
+                 rows, align="lrl")
+
+
+def write_report(folder: Path) -> Path:
+    """Rewrite every section and plot of the records in ``folder``, then its README."""
+    folder = Path(folder)
+    parts, claims_by_title = [], {}
+    for name in EXPERIMENTS:
+        path = folder / f"{name}.json"
+        module = experiment_module(name)
+        if not path.exists():
+            parts.append(f"## {module.TITLE}\n\nNot run yet: `clbench paper {name}`.\n")
+            continue
+        record = load_record(path)
+        section = module.render(record, folder)
+        (folder / f"{name}.md").write_text(f"{section}\n{_record_line(record)}\n")
+        rows = claims_by_title[module.TITLE] = module.claims(record)
+        parts.append("\n".join([
+            f"## {module.TITLE}", "",
+            table(["the paper says", "we measured", "verdict"], rows, align="lll"), "",
+            f"**Setup and why it differs from the paper.** {module.NOTES} Settings of this "
+            f"run: `{json.dumps(record['settings'])}`.", "",
+            f"Details, tables and plots: [{name}.md]({name}.md). {_record_line(record)}", ""]))
+    intro = INTRO.format(presets="\n".join(describe_preset(p) for p in PRESET_NAMES))
+    summary = ["## Overview", "", overview(claims_by_title), ""] if claims_by_title else []
+    readme = folder / "README.md"
+    readme.write_text("\n".join([intro, *summary, *parts]))
+    return readme
