@@ -67,6 +67,7 @@ class Result:
 
 COST_KEYS = (
     "learn_seconds", "learn_flops", "learn_peak_memory_bytes", "predict_seconds",
+    "predict_flops",
 )
 
 

@@ -16,7 +16,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from torchvision import datasets
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 NETWORK_PROBE_SECONDS = 3.0
@@ -52,6 +51,14 @@ def _host_reachable(url: str, timeout: float | None = None) -> bool:
     return connected.is_set()
 
 
+def _datasets():
+    """``torchvision.datasets``, imported on first use: importing torchvision takes about a
+    second (it loads its models and ops too), which the built-in offline data never needs."""
+    from torchvision import datasets
+
+    return datasets
+
+
 def _open_torchvision(cls, root: Path, train: bool, download: bool, urls: list[str]):
     """Open a torchvision dataset; download only if a mirror answers at once."""
     try:
@@ -64,6 +71,7 @@ def _open_torchvision(cls, root: Path, train: bool, download: bool, urls: list[s
 
 def read_mnist_family(name: str, root: Path, train: bool, download: bool):
     """MNIST or FashionMNIST through torchvision (IDX files under ``root/<Class>/raw``)."""
+    datasets = _datasets()
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
     if name == "fashion_mnist":
         _copy_debian_fashion_mnist(root)
@@ -73,6 +81,7 @@ def read_mnist_family(name: str, root: Path, train: bool, download: bool):
 
 def read_cifar(name: str, root: Path, train: bool, download: bool):
     """CIFAR-10 or CIFAR-100 through torchvision (python batches, md5-checked)."""
+    datasets = _datasets()
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
     dataset = _open_torchvision(cls, root, train, download, [cls.url])
     images = torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)))
@@ -87,7 +96,7 @@ def _copy_debian_fashion_mnist(root: Path, debian: Path | None = None) -> None:
     """
     source = DEBIAN_FASHION_MNIST if debian is None else debian
     raw = root / "FashionMNIST" / "raw"
-    for filename, _ in datasets.FashionMNIST.resources:
+    for filename, _ in _datasets().FashionMNIST.resources:
         target = raw / filename.removesuffix(".gz")
         if target.exists():
             continue
