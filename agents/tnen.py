@@ -29,8 +29,9 @@ Two presets (any setting can be overridden by keyword):
   the measurements behind it). Every TN starts from one shared *seeded* initialisation
   (regenerated from an int in the state, so it costs no bytes) and the EN stores only what
   training changed, scaled to unit RMS. A small EN (320 -> 160 -> 320, 103k parameters,
-  fp16) over chunks of 320, which line up with the rows of the reference net's big layer;
-  4-bit latents, the EN trained with that rounding as noise. A recalled chunk keeps its
+  stored as int8 with one scale per row: ``clbench.quantize``) over chunks of 320, which
+  line up with the rows of the reference net's big layer; 4-bit latents, the EN trained
+  with that rounding as noise. A recalled chunk keeps its
   code unless re-encoding reconstructs it better, and a loss term keeps old codes decoding
   to their recall, so consolidation does not re-add rounding noise to old skills.
 - ``"paper"``: the authors' settings: TNs from their own random init (3 epochs of SGD lr
@@ -50,9 +51,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from clbench.data import dataset_info
 from clbench.nets import count_parameters, reference_net
+from clbench.quantize import DTYPES, dequantize_into, quantize, round_to_storage
 from clbench.tasks import Task
 from clbench.training import minibatches, predict_batched
 
@@ -75,9 +78,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "latent_size": 160,
         "activation": "tanh",
         "contractive_weight": 1e-4,
-        "en_lr": 1e-4,
+        "en_lr": 3e-4,
         "normalize": True,            # scale each skill's vector to unit RMS before encoding
-        "en_dtype": "float16",        # storage dtype of the EN's weights
+        "en_dtype": "int8",           # storage of the EN's weights (clbench.quantize.DTYPES)
         "latent_bits": 4,             # latents stored on a grid of 2**bits - 1 levels (or 16/32)
         "latent_noise": True,         # train the EN with that grid's rounding noise
         "keep_codes": True,           # a recalled chunk keeps its code unless re-encoding helps
@@ -123,7 +126,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-EN_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LATENT_BITS = (4, 8, 16, 32)  # 4 and 8: a uniform grid on [-1, 1]; 16, 32: floats
 
 
@@ -240,6 +242,12 @@ class ContractiveAutoencoder(nn.Module):
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(sizes))
         self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(sizes[::-1]))
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ContractiveAutoencoder:
+        """The EN a TNEN preset (or overrides of one) describes."""
+        return cls(config["chunk_size"], config["hidden_sizes"], config["latent_size"],
+                   config["activation"])
+
     def _slope(self, h: torch.Tensor) -> torch.Tensor:
         """Derivative of the nonlinearity, written in terms of its output ``h``."""
         return 1 - h * h if self.is_tanh else h * (1 - h)
@@ -342,9 +350,9 @@ class TNEN:
                              f"{', '.join(PRESETS[preset])}")
         self.device = torch.device(device)
         self.config = {**PRESETS[preset], **settings}
-        if self.config["en_dtype"] not in EN_DTYPES:
+        if self.config["en_dtype"] not in DTYPES:
             raise ValueError(f"en_dtype={self.config['en_dtype']!r}: choose one of "
-                             f"{', '.join(EN_DTYPES)}")
+                             f"{', '.join(DTYPES)}")
         if self.config["latent_bits"] not in LATENT_BITS:
             raise ValueError(f"latent_bits={self.config['latent_bits']!r}: choose one of "
                              f"{', '.join(map(str, LATENT_BITS))}")
@@ -405,24 +413,41 @@ class TNEN:
         return self.en.decode(self.latents)
 
     # ------------------------------------------------------------ learn
-    def learn(self, task: Task) -> None:
+    def task_network(self, task: Task, generator: torch.Generator | None = None):
+        """Train the TN that ``learn`` trains for ``task``, without storing anything.
+
+        This is the fp32 network a stored skill is measured against (benchmarks compare
+        its test accuracy with the reconstruction's). ``generator`` defaults to the task's
+        own seeded one, so two calls give the same network. Returns ``(net, (held-out
+        inputs, held-out labels, held-out accuracy, epochs, backprop calls))``.
+        """
         config = self.config
-        if self.seed is None:
-            self.seed = int(torch.randint(2**31 - 1, (1,)).item())
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + task.id)
+        if generator is None:
+            generator = self._generator(task.id)
         spec = self._architecture_for(task.id)
         shape = tuple(task.input_shape)
-        base = self._base(spec, shape)
         net = build_task_network(spec, shape).to(self.device)
         if config["shared_init"]:
-            load_parameters(net, base)
+            load_parameters(net, self._base(spec, shape))
         if config["warm_start"]:  # transfer by initialisation from the latest skill of its kind
             earlier = [i for i, s in enumerate(self.skills) if s["architecture"] == spec
                        and dataset_info(s["dataset"]).input_shape == shape]
             if earlier:
                 load_parameters(net, flatten_parameters(self._network(earlier[-1])))
-        x_held, y_held, tn_accuracy, epochs, tn_steps = train_task_network(
-            net, task, config, generator)
+        return net, train_task_network(net, task, config, generator)
+
+    def _generator(self, task_id: int) -> torch.Generator:
+        """The task's own random stream (draws the agent's seed first if it has none)."""
+        if self.seed is None:
+            self.seed = int(torch.randint(2**31 - 1, (1,)).item())
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + task_id)
+
+    def learn(self, task: Task) -> None:
+        config = self.config
+        generator = self._generator(task.id)
+        net, (x_held, y_held, tn_accuracy, epochs, tn_steps) = self.task_network(task, generator)
+        spec = self._architecture_for(task.id)
+        base = self._base(spec, tuple(task.input_shape))
 
         delta = flatten_parameters(net) - base
         scale = delta.pow(2).mean().sqrt().clamp_min(1e-12) if config["normalize"] else 1.0
@@ -464,17 +489,8 @@ class TNEN:
         config = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            en = ContractiveAutoencoder(config["chunk_size"], config["hidden_sizes"],
-                                        config["latent_size"], config["activation"])
+            en = ContractiveAutoencoder.from_config(config)
         return en.to(self.device)
-
-    @torch.no_grad()
-    def _round_to_storage(self) -> None:
-        """Put the EN's weights on their storage dtype's grid, so what is checked is what
-        is stored."""
-        dtype = EN_DTYPES[self.config["en_dtype"]]
-        for parameter in self.en.parameters():
-            parameter.copy_(parameter.to(dtype).float())
 
     @torch.no_grad()
     def _encode(self, targets: torch.Tensor, n_old: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -516,7 +532,10 @@ class TNEN:
         while True:
             last = steps == config["en_max_steps"]
             if steps % config["en_check_every"] == 0 or last:
-                self._round_to_storage()
+                # check what would be stored: the EN rounded to its storage dtype (training
+                # goes on from the unrounded weights, so small steps are not rounded away)
+                master = parameters_to_vector(self.en.parameters()).detach().clone()
+                round_to_storage(self.en, config["en_dtype"])
                 new_codes, new_recon = self._encode(new_chunks, 0)
                 new_cosine, new_error = _cosine_and_error(new_recon, new_chunks,
                                                           owner[:n_new] * 0, 1)
@@ -530,6 +549,7 @@ class TNEN:
                                              tn_accuracy) and self._recalled_ok(cosine, error)
                     if met or last:
                         break
+                vector_to_parameters(master, self.en.parameters())
             if replay is None or replay >= n_old:
                 pick = torch.arange(n_old, device=self.device)
             else:
@@ -614,7 +634,6 @@ class TNEN:
     def state_dict(self) -> dict[str, Any]:
         if self.en is None:
             return {"base_seed": self.seed, "skills": {}}
-        dtype = EN_DTYPES[self.config["en_dtype"]]
         columns = {key: [s[key] for s in self.skills] for key in self.skills[0]}
         columns["scale"] = torch.tensor(columns["scale"], dtype=torch.float32)
         for key in ("tn_accuracy", "stored_accuracy"):
@@ -622,7 +641,7 @@ class TNEN:
         return {
             "base_seed": self.seed,
             "skills": columns,
-            "en": {k: v.detach().to(dtype).cpu() for k, v in self.en.state_dict().items()},
+            "en": quantize(self.en, self.config["en_dtype"]),
             "latents": pack_latents(self.latents, self.config["latent_bits"]),
         }
 
@@ -639,7 +658,7 @@ class TNEN:
             for i in range(len(columns["architecture"]))
         ]
         self.en = self._new_encoding_network()
-        self.en.load_state_dict({k: v.float() for k, v in state["en"].items()})
+        dequantize_into(self.en, state["en"])
         shape = (sum(s["n_chunks"] for s in self.skills), self.config["latent_size"])
         self.latents = unpack_latents(state["latents"], self.config["latent_bits"],
                                       shape).to(self.device)

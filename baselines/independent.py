@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from baselines.common import train_on_task
 from clbench.nets import reference_net
+from clbench.quantize import DTYPES, INT8_SCALES, dequantize_into, quantize
 from clbench.tasks import Task
 from clbench.training import predict_batched
 
@@ -48,58 +48,6 @@ BATCH_SIZE = 64
 EPOCHS = 3
 DTYPE = "float32"
 INT8_SCALE = "channel"
-
-DTYPES = ("float32", "float16", "int8")
-INT8_SCALES = ("channel", "tensor")
-INT8_MAX = 127
-
-
-def channels(weight: torch.Tensor, per_channel: bool) -> int:
-    """How many int8 scales a tensor gets: one per output channel (dim 0) of a weight matrix or
-    kernel when ``per_channel``, else one (always one for a bias vector)."""
-    return weight.shape[0] if per_channel and weight.dim() > 1 else 1
-
-
-def symmetric_scale(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """float32 scale(s) ``max|w| / 127`` for symmetric int8, flat, one per :func:`channels`;
-    an all-zero channel gets scale 1 so that it still dequantises to zeros."""
-    peak = weight.detach().abs().reshape(channels(weight, per_channel), -1).amax(dim=1)
-    scale = peak.to(torch.float32) / INT8_MAX
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
-
-
-def broadcastable(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return scale.view(-1, *[1] * (weight.dim() - 1))
-
-
-def quantize(net: nn.Module, dtype: str, int8_scale: str) -> dict[str, torch.Tensor]:
-    """One net's weights, flattened (in ``net.parameters()`` order) and stored in ``dtype``:
-    ``{"weights"}`` for float32/float16, ``{"values", "scales"}`` (int8, float32) for int8.
-    One flat tensor per kind keeps the serialised overhead to a few hundred bytes a task."""
-    weights = [p.detach() for p in net.parameters()]
-    if dtype != "int8":
-        return {"weights": parameters_to_vector(weights).to(getattr(torch, dtype)).clone()}
-    scales = [symmetric_scale(w, int8_scale == "channel") for w in weights]
-    values = [torch.round(w / broadcastable(s, w)).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
-              for w, s in zip(weights, scales, strict=True)]
-    return {"values": torch.cat([v.flatten() for v in values]), "scales": torch.cat(scales)}
-
-
-@torch.no_grad()
-def dequantize_into(net: nn.Module, stored: dict[str, torch.Tensor], int8_scale: str) -> nn.Module:
-    """Write :func:`quantize`'s stored weights, as float32, into ``net`` (same architecture)."""
-    if "weights" in stored:
-        vector_to_parameters(stored["weights"].to(torch.float32), net.parameters())
-        return net
-    value_at = scale_at = 0
-    for weight in net.parameters():
-        n_scales = channels(weight, int8_scale == "channel")
-        values = stored["values"][value_at : value_at + weight.numel()].view_as(weight)
-        scales = stored["scales"][scale_at : scale_at + n_scales]
-        weight.copy_(values.to(torch.float32) * broadcastable(scales, weight))
-        value_at, scale_at = value_at + weight.numel(), scale_at + n_scales
-    return net
-
 
 class Independent:
     """One reference net per task, trained from scratch, stored in ``dtype``."""

@@ -8,7 +8,7 @@ import functools
 import pytest
 import torch
 
-from baselines.independent import INT8_MAX, Independent, dequantize_into, quantize
+from baselines.independent import Independent
 from baselines.joint import Joint
 from baselines.memory import class_balanced_slots, reservoir_slots
 from baselines.pnn import PNN
@@ -16,6 +16,7 @@ from baselines.replay import Replay
 from clbench.agent import load_agent_class
 from clbench.harness import check_state, deserialize_state, evaluate, serialize_state
 from clbench.nets import reference_net
+from clbench.quantize import INT8_MAX, dequantize_into, quantize
 from clbench.tasks import Task, TaskSpec, materialize, split
 
 ENV_ID = "clbench/SplitMNIST5k-v0"

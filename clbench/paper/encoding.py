@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.tnen import (
-    EN_DTYPES,
     ContractiveAutoencoder,
     accuracy,
     build_task_network,
@@ -53,6 +52,7 @@ from agents.tnen import (
 from clbench.costs import count_flops
 from clbench.nets import count_parameters
 from clbench.paper.common import Stopwatch, log
+from clbench.quantize import quantize, round_to_storage
 from clbench.tasks import Task, TaskSpec, materialize
 
 
@@ -135,9 +135,8 @@ def rechunk(skill: Skill, chunk_size: int) -> Skill:
 
 def stored_bytes(en: ContractiveAutoencoder, codes: torch.Tensor, config: dict) -> int:
     """Bytes of the EN in its storage dtype plus the packed latents, serialised."""
-    dtype = EN_DTYPES[config["en_dtype"]]
     buffer = io.BytesIO()
-    torch.save({"en": {k: v.detach().to(dtype).cpu() for k, v in en.state_dict().items()},
+    torch.save({"en": quantize(en, config["en_dtype"]),
                 "latents": pack_latents(codes, config["latent_bits"])}, buffer)
     return len(buffer.getvalue())
 
@@ -155,12 +154,7 @@ def _loss(en: ContractiveAutoencoder, targets: torch.Tensor, config: dict) -> to
 def _check(en: ContractiveAutoencoder, skills: list[Skill], targets: torch.Tensor,
            config: dict) -> dict[str, Any]:
     """Rebuild every skill from the stored form of the EN and latents; test it."""
-    dtype = EN_DTYPES[config["en_dtype"]]
-    stored = en
-    if dtype != torch.float32:
-        stored = copy.deepcopy(en)
-        for parameter in stored.parameters():
-            parameter.copy_(parameter.to(dtype).float())
+    stored = round_to_storage(copy.deepcopy(en), config["en_dtype"])
     codes = quantize_latents(stored.encode(targets), config["latent_bits"])
     recon = stored.decode(codes)
     figures: dict[str, list] = {"accuracy": [], "held_out_accuracy": [], "cosine": [],
@@ -200,8 +194,7 @@ def encode_at_once(skills: list[Skill], config: dict[str, Any], seed: int) -> di
     device = skills[0].base.device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        en = ContractiveAutoencoder(config["chunk_size"], config["hidden_sizes"],
-                                    config["latent_size"], config["activation"]).to(device)
+        en = ContractiveAutoencoder.from_config(config).to(device)
     targets = torch.cat([skill.chunks for skill in skills])
     optimizer = torch.optim.Adam(en.parameters(), lr=config["en_lr"])
     batch_size = len(targets) if config["replay_chunks"] is None else min(

@@ -44,9 +44,7 @@ def describe_preset(preset: str) -> str:
     sizes = [config["chunk_size"], *config["hidden_sizes"], config["latent_size"]]
     widths = sizes + sizes[-2::-1]
     with torch.device("meta"):  # counted, not allocated
-        parameters = count_parameters(ContractiveAutoencoder(
-            config["chunk_size"], config["hidden_sizes"], config["latent_size"],
-            config["activation"]))
+        parameters = count_parameters(ContractiveAutoencoder.from_config(config))
     start = "its own random initialisation" if not config["shared_init"] else (
         "one shared seeded initialisation (the EN stores the change, scaled to unit RMS)")
     rule = [f"every skill has cosine >= {config['min_cosine']}"]
