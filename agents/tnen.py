@@ -18,8 +18,10 @@ PAPER.md). Learning a skill and storing it are decoupled:
    until every reconstruction meets the stopping rule, checked on the *stored* form (EN
    weights and latents rounded to their storage dtypes): the new skill against its TN
    (cosine, relative error, held-out accuracy within a tolerance), the recalled ones against
-   their recall (cosine, relative error). Then every skill is re-encoded and the TN weights
-   are discarded. Only the new task's own data is used.
+   their recall (cosine, relative error). When the new skill is close enough in weights but
+   not in held-out accuracy, its codes alone are trained on the task's training data through
+   the fixed decoder (``refine_epochs``; no other skill moves). Then every skill is
+   re-encoded and the TN weights are discarded. Only the new task's own data is used.
 5. **Recall.** ``predict`` decodes the task's latents, loads them into a TN of the stored
    architecture and runs it (decoding counts as prediction cost).
 
@@ -46,7 +48,7 @@ from __future__ import annotations
 
 import math
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +86,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "latent_bits": 4,             # latents stored on a grid of 2**bits - 1 levels (or 16/32)
         "latent_noise": True,         # train the EN with that grid's rounding noise
         "keep_codes": True,           # a recalled chunk keeps its code unless re-encoding helps
+        "refine_epochs": 2,           # new skill below its TN's accuracy: train its codes
+        "refine_lr": 0.01,            # (Adam, straight-through rounding), the EN held fixed,
+        "max_refinements": 10,        # at most this often per new skill
         "recall_weight": 10.0,        # weight of "old codes still decode to their recall"
         # consolidation and its stopping rule
         "en_max_steps": 800,
@@ -115,6 +120,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "latent_bits": 32,
         "latent_noise": False,
         "keep_codes": False,
+        "refine_epochs": 0,
+        "refine_lr": 0.0,
+        "max_refinements": 0,
         "recall_weight": 0.0,
         "en_max_steps": 3000,
         "en_check_every": 10,
@@ -203,9 +211,22 @@ def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset
     return (predict_batched(net, images, dataset) == labels).double().mean().item()
 
 
-def train_task_network(net: nn.Module, task: Task, config: dict, generator: torch.Generator):
+class TrainedTaskNetwork(NamedTuple):
+    """What training a TN leaves besides its weights: the data split and the effort."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_held: torch.Tensor
+    y_held: torch.Tensor
+    held_out_accuracy: float
+    epochs: int
+    steps: int
+
+
+def train_task_network(net: nn.Module, task: Task, config: dict,
+                       generator: torch.Generator) -> TrainedTaskNetwork:
     """Plain backprop on one task until held-out accuracy reaches ``threshold`` or
-    ``max_epochs`` pass. Returns (held-out inputs, labels, held-out accuracy, epochs, steps)."""
+    ``max_epochs`` pass."""
     x_train, y_train, x_held, y_held = holdout_split(task, config["holdout_fraction"], generator)
     optimizer = torch.optim.SGD(net.parameters(), lr=config["tn_lr"],
                                 momentum=config["tn_momentum"])
@@ -220,7 +241,7 @@ def train_task_network(net: nn.Module, task: Task, config: dict, generator: torc
             steps += 1
         epochs += 1
         held_accuracy = accuracy(net, x_held, y_held, task.dataset)
-    return x_held, y_held, held_accuracy, epochs, steps
+    return TrainedTaskNetwork(x_train, y_train, x_held, y_held, held_accuracy, epochs, steps)
 
 
 # ---------------------------------------------------------------- encoding network
@@ -418,8 +439,8 @@ class TNEN:
 
         This is the fp32 network a stored skill is measured against (benchmarks compare
         its test accuracy with the reconstruction's). ``generator`` defaults to the task's
-        own seeded one, so two calls give the same network. Returns ``(net, (held-out
-        inputs, held-out labels, held-out accuracy, epochs, backprop calls))``.
+        own seeded one, so two calls give the same network. Returns ``(net,
+        TrainedTaskNetwork)``.
         """
         config = self.config
         if generator is None:
@@ -445,7 +466,8 @@ class TNEN:
     def learn(self, task: Task) -> None:
         config = self.config
         generator = self._generator(task.id)
-        net, (x_held, y_held, tn_accuracy, epochs, tn_steps) = self.task_network(task, generator)
+        net, trained = self.task_network(task, generator)
+        x_held, y_held, tn_accuracy = trained.x_held, trained.y_held, trained.held_out_accuracy
         spec = self._architecture_for(task.id)
         base = self._base(spec, tuple(task.input_shape))
 
@@ -461,7 +483,12 @@ class TNEN:
         def held_out_accuracy(chunks: torch.Tensor) -> float:
             return accuracy(self._network_from(skill, chunks), x_held, y_held, task.dataset)
 
-        report = self._consolidate(new_chunks, held_out_accuracy, tn_accuracy, generator)
+        def refine(codes: torch.Tensor) -> torch.Tensor:
+            return self._refine_codes(skill, codes, trained.x_train, trained.y_train, generator)
+
+        report = self._consolidate(new_chunks, held_out_accuracy,
+                                   refine if config["refine_epochs"] else None,
+                                   tn_accuracy, generator)
         skill["stored_accuracy"] = report.pop("new_accuracy")
         self.skills.append(skill)
         self._networks = {}
@@ -471,8 +498,8 @@ class TNEN:
             "task_id": task.id,
             "architecture": spec,
             "tn_parameters": count_parameters(net),
-            "tn_epochs": epochs,
-            "tn_backprop_calls": tn_steps,
+            "tn_epochs": trained.epochs,
+            "tn_backprop_calls": trained.steps,
             "tn_held_out_accuracy": tn_accuracy,
             "stored_held_out_accuracy": skill["stored_accuracy"],
             **report,
@@ -507,7 +534,8 @@ class TNEN:
             recon[:n_old][better] = kept[better]
         return codes, recon
 
-    def _consolidate(self, new_chunks, held_out_accuracy, tn_accuracy, generator) -> dict:
+    def _consolidate(self, new_chunks, held_out_accuracy, refine, tn_accuracy,
+                     generator) -> dict:
         """Retrain the EN on recalled + new chunks until the stopping rule holds; re-encode.
 
         Every ``en_check_every`` steps the new skill is checked (cheap: its own chunks and
@@ -528,7 +556,7 @@ class TNEN:
         replay = config["replay_chunks"]
         levels = grid_levels(config["latent_bits"])
         noise_step = 1 / levels if levels and config["latent_noise"] else 0.0
-        steps, full_checks, met = 0, 0, False
+        steps, full_checks, refinements, met = 0, 0, 0, False
         while True:
             last = steps == config["en_max_steps"]
             if steps % config["en_check_every"] == 0 or last:
@@ -540,10 +568,25 @@ class TNEN:
                 new_cosine, new_error = _cosine_and_error(new_recon, new_chunks,
                                                           owner[:n_new] * 0, 1)
                 new_accuracy = held_out_accuracy(new_recon)
+                if (refine is not None and refinements < config["max_refinements"]
+                        and not self._accuracy_ok(new_accuracy, tn_accuracy)
+                        and self._weights_ok(new_cosine.item(), new_error.item())):
+                    refined_codes = refine(new_codes)
+                    refined_recon = self.en.decode(refined_codes)
+                    refined_accuracy = held_out_accuracy(refined_recon)
+                    refined_cosine, refined_error = _cosine_and_error(
+                        refined_recon, new_chunks, owner[:n_new] * 0, 1)
+                    refinements += 1
+                    if refined_accuracy > new_accuracy and self._weights_ok(
+                            refined_cosine.item(), refined_error.item()):
+                        new_codes, new_recon, new_accuracy = (
+                            refined_codes, refined_recon, refined_accuracy)
+                        new_cosine, new_error = refined_cosine, refined_error
                 if self._new_skill_ok(new_cosine.item(), new_error.item(), new_accuracy,
                                       tn_accuracy) or last:
                     full_checks += 1
                     codes, recon = self._encode(targets, n_old)
+                    codes[n_old:], recon[n_old:] = new_codes, new_recon
                     cosine, error = _cosine_and_error(recon, targets, owner, n_skills)
                     met = self._new_skill_ok(new_cosine.item(), new_error.item(), new_accuracy,
                                              tn_accuracy) and self._recalled_ok(cosine, error)
@@ -575,6 +618,7 @@ class TNEN:
             "en_iterations": steps,
             "en_backprop_calls": steps,
             "en_full_checks": full_checks,
+            "code_refinements": refinements,
             "stopping_rule_met": bool(met),
             "new_accuracy": new_accuracy,
             "new_cosine": cosine[-1].item(),
@@ -588,12 +632,54 @@ class TNEN:
     def _new_skill_ok(self, cosine: float, error: float, held_out_accuracy: float,
                       tn_accuracy: float) -> bool:
         """The stopping rule for the new skill: against its TN's weights and accuracy."""
+        return (self._weights_ok(cosine, error)
+                and self._accuracy_ok(held_out_accuracy, tn_accuracy))
+
+    def _weights_ok(self, cosine: float, error: float) -> bool:
         config = self.config
-        tolerance = config["accuracy_tolerance"]
-        return (cosine >= config["min_cosine"]
-                and (config["max_relative_error"] is None
-                     or error <= config["max_relative_error"])
-                and (tolerance is None or held_out_accuracy >= tn_accuracy - tolerance))
+        return cosine >= config["min_cosine"] and (
+            config["max_relative_error"] is None or error <= config["max_relative_error"])
+
+    def _accuracy_ok(self, held_out_accuracy: float, tn_accuracy: float) -> bool:
+        tolerance = self.config["accuracy_tolerance"]
+        return tolerance is None or held_out_accuracy >= tn_accuracy - tolerance
+
+    def _refine_codes(self, skill: dict, codes: torch.Tensor, images: torch.Tensor,
+                      labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The new skill's codes after ``refine_epochs`` of Adam on its task's training data,
+        through the EN's decoder (held fixed: no other skill moves) and the TN.
+
+        Weight-space closeness (cosine, relative error) does not say which errors hurt the
+        task; this trains the reconstruction on the task itself. Rounding to the latent grid
+        is straight-through, so what is trained is what is stored.
+        """
+        config = self.config
+        shape = dataset_info(skill["dataset"]).input_shape
+        net = build_task_network(skill["architecture"], shape).to(self.device).train()
+        base = self._base(skill["architecture"], shape)
+        names = [name for name, _ in net.named_parameters()]
+        shapes = [p.shape for p in net.parameters()]
+        sizes = [p.numel() for p in net.parameters()]
+        latent = codes.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([latent], lr=config["refine_lr"])
+        bits = config["latent_bits"]
+        self.en.requires_grad_(False)
+        try:
+            for _ in range(config["refine_epochs"]):
+                for x, y in minibatches(images, labels, skill["dataset"],
+                                        config["tn_batch_size"], generator):
+                    stored = latent + (quantize_latents(latent, bits) - latent).detach()
+                    vector = base + skill["scale"] * from_chunks(self.en.decode(stored),
+                                                                 base.numel())
+                    parameters = {name: part.view(size) for name, part, size in
+                                  zip(names, vector.split(sizes), shapes, strict=True)}
+                    loss = F.cross_entropy(torch.func.functional_call(net, parameters, (x,)), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+        finally:
+            self.en.requires_grad_(True)
+        return quantize_latents(latent.detach(), bits)
 
     def _recalled_ok(self, cosine: torch.Tensor, error: torch.Tensor) -> bool:
         """The stopping rule for the recalled skills: against their recall."""

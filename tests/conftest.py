@@ -1,4 +1,5 @@
-"""Shared fixtures: an empty dataset cache, a dead network, trusted fake CIFAR checksums."""
+"""Shared fixtures: an empty dataset cache, a dead network, trusted fake CIFAR checksums,
+a data root of small generated MNIST and CIFAR-10 files."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from fake_datasets import trust_checksums
+from fake_datasets import trust_checksums, write_cifar10, write_mnist_idx
+from torchvision import datasets
 
 from clbench.data import registry, sources
 
@@ -46,3 +48,11 @@ def cifar_checksums_for(monkeypatch: pytest.MonkeyPatch):
     """``cifar_checksums_for(cls, md5)``: trust generated CIFAR files for this test only."""
     return lambda cls, md5: trust_checksums(monkeypatch, cls, md5)
 
+
+@pytest.fixture
+def fake_full_data(tmp_path, fresh_data_cache, cifar_checksums_for):
+    """A data root holding small generated MNIST (IDX) and CIFAR-10 (pickled batches)."""
+    write_mnist_idx(tmp_path / "MNIST" / "raw", train_per_class=20, test_per_class=10)
+    *_, md5 = write_cifar10(tmp_path, per_class_per_batch=4, test_per_class=10)
+    cifar_checksums_for(datasets.CIFAR10, md5)
+    return tmp_path

@@ -8,7 +8,7 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from fake_datasets import write_cifar10, write_cifar100, write_mnist_idx
+from fake_datasets import write_cifar100
 from gymnasium.utils import RecordConstructorArgs
 from gymnasium.utils.env_checker import check_env
 from torchvision import datasets
@@ -367,15 +367,6 @@ def test_cuda_device_keeps_data_and_observations_on_the_gpu():
 
 
 # ---------------------------------------------------------------- CIFAR and mixed streams
-
-
-@pytest.fixture
-def fake_full_data(tmp_path, fresh_data_cache, cifar_checksums_for):
-    """A data root holding small generated MNIST (IDX) and CIFAR-10 (pickled batches)."""
-    write_mnist_idx(tmp_path / "MNIST" / "raw", train_per_class=20, test_per_class=10)
-    *_, md5 = write_cifar10(tmp_path, per_class_per_batch=4, test_per_class=10)
-    cifar_checksums_for(datasets.CIFAR10, md5)
-    return tmp_path
 
 
 def test_split_cifar10_runs_on_files_in_cifar_format(fake_full_data):

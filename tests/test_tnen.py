@@ -26,6 +26,7 @@ from agents.tnen import (
     to_chunks,
     unpack_latents,
 )
+from clbench.data import normalize
 from clbench.harness import check_state
 from clbench.nets import count_parameters
 from clbench.tasks import Task
@@ -225,3 +226,44 @@ def test_paper_preset_at_tiny_size():
     assert state["latents"].dtype == torch.float32 and state["latents"].shape == (22, 4)
     assert all(v.dtype == torch.float32 for v in state["en"].values())
     assert agent.metrics() == {}  # figures describe a learn call, not a loaded state
+
+
+def test_code_refinement_trains_only_the_new_skills_codes():
+    """Refining moves the skill's codes on their storage grid toward a lower training loss
+    and leaves the EN (hence every other skill) untouched."""
+    task = stream("clbench/SplitMNIST5k-v0", n_tasks=1)[0].for_agent()
+    agent = TNEN(**FAST)
+    agent.learn(task)
+    skill, codes = agent.skills[0], agent.latents.clone()
+    en_before = [p.detach().clone() for p in agent.en.parameters()]
+
+    def training_loss(latents):
+        net = agent._network_from(skill, agent.en.decode(latents))
+        with torch.no_grad():
+            x = normalize(task.x_train, task.dataset)
+            return torch.nn.functional.cross_entropy(net(x), task.y_train).item()
+
+    refined = agent._refine_codes(skill, codes, task.x_train, task.y_train,
+                                  torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(en_before, agent.en.parameters(),
+                                                  strict=True))
+    assert all(p.requires_grad for p in agent.en.parameters())
+    assert torch.equal(quantize_latents(refined, agent.config["latent_bits"]), refined)
+    assert not torch.equal(refined, codes)
+    assert training_loss(refined) < training_loss(codes)
+
+
+def test_mnist_and_cifar_skills_share_one_encoding_network(fake_full_data):
+    """The MNIST + CIFAR-10 stream (small files in the real formats) through the harness:
+    five 21,432-parameter skills and one 61,326-parameter CIFAR skill in one EN."""
+    result = clbench.evaluate("tnen", "clbench/MixedMNISTCIFAR10-v0", device="cpu",
+                              agent_kwargs=FAST, env_kwargs={"data_root": str(fake_full_data)},
+                              flops=False, verify=False)
+    assert result.status == "complete"
+    assert [m["tn_parameters"] for m in result.agent_metrics] == [21_432] * 5 + [61_326]
+    skills = result.agent_metrics[-1]["skills"]
+    assert len(skills) == 6 and all(s["architecture"] == "reference" for s in skills)
+    # the CIFAR skill adds its latents: 384 chunks of 160 numbers, 32 4-bit codes each
+    growth = result.storage["bytes"][-1] - result.storage["bytes"][-2]
+    assert abs(growth - 384 * 32 // 2) < 200
+

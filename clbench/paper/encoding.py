@@ -112,18 +112,18 @@ def train_skill(spec: TaskSpec, task_id: int, architecture: str, config: dict[st
     generator = torch.Generator().manual_seed(seed * 1_000_003 + task_id)
     watch = Stopwatch()
     with watch:
-        x_held, y_held, held_accuracy, epochs, steps = train_task_network(
-            net, task, config, generator)
+        trained = train_task_network(net, task, config, generator)
     delta = flatten_parameters(net) - base
     scale = max(delta.pow(2).mean().sqrt().item(), 1e-12) if config["normalize"] else 1.0
-    examples = epochs * (len(task.y_train) - len(y_held))
+    examples = trained.epochs * len(trained.y_train)
     return Skill(
         task=task, architecture=architecture, base=base, scale=scale,
         chunks=to_chunks(delta / scale, config["chunk_size"]),
         n_parameters=count_parameters(net),
         original_accuracy=accuracy(net, task.x_test, task.y_test, task.dataset),
-        held_out=(x_held, y_held), held_out_accuracy=held_accuracy, epochs=epochs,
-        steps=steps, seconds=watch.seconds,
+        held_out=(trained.x_held, trained.y_held),
+        held_out_accuracy=trained.held_out_accuracy, epochs=trained.epochs,
+        steps=trained.steps, seconds=watch.seconds,
         flops=examples * flops_per_example(architecture, shape))
 
 
