@@ -245,9 +245,17 @@ def evaluate(
     env_kwargs = _jsonable(dict(env_kwargs or {}), "env_kwargs")
     dev = resolve_device(device)
     wall_start = time.perf_counter()
-    env = gymnasium.make(env_id, **{**env_kwargs, "device": str(dev), "backend": "torch"},
-                         disable_env_checker=True)
-    obs, info = env.reset(seed=seed)
+    # the fresh interpreter starts first, so its start-up overlaps loading the data too
+    checker = FreshProcessCheck(name, agent_kwargs, env_id, env_kwargs, seed, dev) if verify \
+        else None
+    try:
+        env = gymnasium.make(env_id, **{**env_kwargs, "device": str(dev), "backend": "torch"},
+                             disable_env_checker=True)
+        obs, info = env.reset(seed=seed)
+    except BaseException:
+        if checker is not None:
+            checker.close()
+        raise
     spec_kwargs = {k: v for k, v in env.spec.kwargs.items() if k not in ("backend",)}
     result = Result(
         env={"id": env_id, "kwargs": _jsonable(spec_kwargs, "env kwargs"),
@@ -263,8 +271,6 @@ def evaluate(
     blob: bytes | None = None
     task = info["task"]
     stage = "construct"
-    checker = FreshProcessCheck(name, agent_kwargs, env_id, env_kwargs, seed, dev) if verify \
-        else None
     try:
         _seed(seed, 0, 0)
         current = build_agent(cls, agent_kwargs, dev, None)
