@@ -32,9 +32,10 @@ Everything below is generated from the JSON records in this folder by
 `clbench paper report`; `clbench paper NAME` reruns one experiment (`--full` for the
 paper's sizes on the full datasets). The committed records are `reduced` runs: offline, on
 `mnist5k` (4,000 training and 1,000 test digits, against MNIST's 60,000 and 10,000), sized
-to take minutes each on a 2-core CPU (`OMP_NUM_THREADS=1 clbench paper all`; one thread,
-since the machine was shared); each section lists its sizes and what was scaled down.
-Timings are wall seconds on that shared CPU and noisy; accuracies, bytes and FLOPs are not.
+to take minutes each on a 2-core CPU (`clbench paper all`: about 10 minutes for all five
+on an idle one; each record says how many threads it used); each section lists its sizes
+and what was scaled down. Timings are wall seconds on that CPU and vary from machine to
+machine; accuracies, bytes and FLOPs do not.
 """
 
 
