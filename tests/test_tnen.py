@@ -267,3 +267,15 @@ def test_mnist_and_cifar_skills_share_one_encoding_network(fake_full_data):
     growth = result.storage["bytes"][-1] - result.storage["bytes"][-2]
     assert abs(growth - 384 * 32 // 2) < 200
 
+
+
+def test_harness_run_passes_the_fresh_process_check():
+    """What a user runs: the harness rebuilds TN+EN from its state after every task, counts
+    learn FLOPs on a replay, and a fresh process reproduces the final accuracy row."""
+    result = clbench.evaluate("tnen", "clbench/SplitMNIST5k-v0", device="cpu",
+                              agent_kwargs=FAST,
+                              env_kwargs={"n_tasks": 2, "max_train_per_task": 200,
+                                          "max_test_per_task": 100})
+    assert result.status == "complete"
+    assert result.verification["matches"] is True
+    assert all(flops > 0 for flops in result.costs["learn_flops"])
