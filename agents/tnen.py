@@ -557,6 +557,13 @@ class TNEN:
         levels = grid_levels(config["latent_bits"])
         noise_step = 1 / levels if levels and config["latent_noise"] else 0.0
         steps, full_checks, refinements, met = 0, 0, 0, False
+        new_owner = owner[:n_new] * 0
+
+        def new_fit(recon: torch.Tensor) -> tuple[float, float]:
+            """(cosine, relative error) of the new skill's reconstruction to its TN."""
+            cosine, error = _cosine_and_error(recon, new_chunks, new_owner, 1)
+            return cosine.item(), error.item()
+
         while True:
             last = steps == config["en_max_steps"]
             if steps % config["en_check_every"] == 0 or last:
@@ -565,31 +572,28 @@ class TNEN:
                 master = parameters_to_vector(self.en.parameters()).detach().clone()
                 round_to_storage(self.en, config["en_dtype"])
                 new_codes, new_recon = self._encode(new_chunks, 0)
-                new_cosine, new_error = _cosine_and_error(new_recon, new_chunks,
-                                                          owner[:n_new] * 0, 1)
+                new_cosine, new_error = new_fit(new_recon)
                 new_accuracy = held_out_accuracy(new_recon)
                 if (refine is not None and refinements < config["max_refinements"]
                         and not self._accuracy_ok(new_accuracy, tn_accuracy)
-                        and self._weights_ok(new_cosine.item(), new_error.item())):
+                        and self._weights_ok(new_cosine, new_error)):
                     refined_codes = refine(new_codes)
                     refined_recon = self.en.decode(refined_codes)
                     refined_accuracy = held_out_accuracy(refined_recon)
-                    refined_cosine, refined_error = _cosine_and_error(
-                        refined_recon, new_chunks, owner[:n_new] * 0, 1)
+                    refined_cosine, refined_error = new_fit(refined_recon)
                     refinements += 1
-                    if refined_accuracy > new_accuracy and self._weights_ok(
-                            refined_cosine.item(), refined_error.item()):
+                    if (refined_accuracy > new_accuracy
+                            and self._weights_ok(refined_cosine, refined_error)):
                         new_codes, new_recon, new_accuracy = (
                             refined_codes, refined_recon, refined_accuracy)
                         new_cosine, new_error = refined_cosine, refined_error
-                if self._new_skill_ok(new_cosine.item(), new_error.item(), new_accuracy,
-                                      tn_accuracy) or last:
+                new_ok = self._new_skill_ok(new_cosine, new_error, new_accuracy, tn_accuracy)
+                if new_ok or last:
                     full_checks += 1
                     codes, recon = self._encode(targets, n_old)
                     codes[n_old:], recon[n_old:] = new_codes, new_recon
                     cosine, error = _cosine_and_error(recon, targets, owner, n_skills)
-                    met = self._new_skill_ok(new_cosine.item(), new_error.item(), new_accuracy,
-                                             tn_accuracy) and self._recalled_ok(cosine, error)
+                    met = new_ok and self._recalled_ok(cosine, error)
                     if met or last:
                         break
                 vector_to_parameters(master, self.en.parameters())
@@ -656,7 +660,6 @@ class TNEN:
         config = self.config
         shape = dataset_info(skill["dataset"]).input_shape
         net = build_task_network(skill["architecture"], shape).to(self.device).train()
-        base = self._base(skill["architecture"], shape)
         names = [name for name, _ in net.named_parameters()]
         shapes = [p.shape for p in net.parameters()]
         sizes = [p.numel() for p in net.parameters()]
@@ -669,8 +672,7 @@ class TNEN:
                 for x, y in minibatches(images, labels, skill["dataset"],
                                         config["tn_batch_size"], generator):
                     stored = latent + (quantize_latents(latent, bits) - latent).detach()
-                    vector = base + skill["scale"] * from_chunks(self.en.decode(stored),
-                                                                 base.numel())
+                    vector = self._weights_of(skill, self.en.decode(stored))
                     parameters = {name: part.view(size) for name, part, size in
                                   zip(names, vector.split(sizes), shapes, strict=True)}
                     loss = F.cross_entropy(torch.func.functional_call(net, parameters, (x,)), y)

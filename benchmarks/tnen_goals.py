@@ -9,7 +9,7 @@ beside it measures what the agent is compared with:
   its test accuracy is the "independent fp32 TN per task trained the same way";
 - the **reconstruction**: the final state's prediction accuracy on every task's test set;
 - **storage**: state bytes after each task next to ``k`` fp32 reference networks and ``k``
-  int8 copies (per-channel scales, as ``baselines/independent.py`` stores them);
+  int8 copies (the tensors ``clbench.quantize`` stores for ``baselines/independent.py``);
 - **learn FLOPs** of the tasks named in ``--flops-at`` (that ``learn`` runs under
   ``FlopCounterMode``; FLOPs depend on shapes, not on how fast the machine is). With
   ``--flops-at all`` every task is counted and the summary adds the mean over the ten tasks
@@ -40,7 +40,7 @@ from clbench import costs
 from clbench.cli import parse_assignments
 from clbench.harness import build_agent, serialize_state
 from clbench.nets import count_parameters, reference_net
-from clbench.quantize import channels
+from clbench.quantize import quantize
 
 WINDOW_ENDS = (10, 50, 100)
 
@@ -71,7 +71,7 @@ def run(env_id: str, n_tasks: int | None, agent_kwargs: dict, seed: int,
         blob = serialize_state(agent.state_dict())
         agent = build_agent(TNEN, kwargs, device, blob)
         parameters = count_parameters(original)
-        int8_bytes = parameters + 4 * sum(channels(p, True) for p in original.parameters())
+        int8_bytes = sum(t.numel() * t.element_size() for t in quantize(original, "int8").values())
         rows.append({
             "k": k, "task": task.name, "architecture": figures["architecture"],
             "parameters": parameters, "int8_bytes": int8_bytes,

@@ -304,7 +304,9 @@ def evaluate(
                         lambda a=current, o=obs: predict_queries(a, o, input_shapes, dev))
                 obs, _, _, _, info = env.step(labels)
                 _record(result, info["accuracies"], len(blob), reference_bytes[task_id],
-                        (seconds, learn_flops, peak, predict_seconds, predict_flops),
+                        {"learn_seconds": seconds, "learn_flops": learn_flops,
+                         "learn_peak_memory_bytes": peak, "predict_seconds": predict_seconds,
+                         "predict_flops": predict_flops},
                         agent_figures, retain_threshold)
                 save()
                 bar.update(1)
@@ -368,16 +370,16 @@ def _twin_flops(cls, kwargs, device, previous: bytes | None, seed: int, task) ->
 
 
 def _record(result: Result, accuracies, state_bytes: int, reference_bytes: int,
-            task_costs: tuple, agent_figures: dict, threshold: float) -> None:
-    """Append one task's row; ``task_costs`` is in the order of ``results.COST_KEYS``."""
+            task_costs: dict[str, Any], agent_figures: dict, threshold: float) -> None:
+    """Append one task's row; ``task_costs`` holds every one of ``results.COST_KEYS``."""
     result.accuracy.append([float(a) for a in accuracies])
     result.metrics = metrics.summarize(result.accuracy, threshold)
     result.storage["bytes"].append(state_bytes)
     result.storage["reference_fp32_bytes"].append(reference_bytes)
     result.storage["compression"] = metrics.compression(
         result.storage["bytes"], result.storage["reference_fp32_bytes"])
-    for key, value in zip(COST_KEYS, task_costs, strict=True):
-        result.costs[key].append(value)
+    for key in COST_KEYS:
+        result.costs[key].append(task_costs[key])
     result.agent_metrics.append(agent_figures)
 
 
