@@ -1,5 +1,7 @@
 """The ``clbench`` command line: ``run`` an agent on a stream, ``list`` what exists, ``table``
-to compare result files, ``paper`` to reproduce the paper's experiments."""
+to compare result files; further commands (such as ``paper``, the reference agent's
+experiments) plug in through the ``clbench.commands`` entry-point group, so that this package
+imports no agent."""
 
 from __future__ import annotations
 
@@ -7,19 +9,18 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import gymnasium
 
 import clbench  # noqa: F401  (registers the environments)
-from clbench import paper
 from clbench.agent import registered_agents
 from clbench.devices import DEVICE_CHOICES
 from clbench.harness import AgentError, evaluate
-from clbench.paper import DEFAULT_FOLDER, EXPERIMENTS
-from clbench.paper.common import SIZE_NAMES
-from clbench.paper.report import write_report
 from clbench.results import Result, ResultFormatError, load_result
+
+COMMAND_GROUP = "clbench.commands"
 
 
 def parse_assignments(pairs: Sequence[str], option: str) -> dict:
@@ -127,28 +128,6 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_paper(args: argparse.Namespace) -> int:
-    if args.full and args.size not in (None, "full"):
-        print(f"clbench: --full and --size {args.size} disagree; give one", file=sys.stderr)
-        return 2
-    size = "full" if args.full else (args.size or "reduced")
-    names = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
-    try:
-        if args.experiment == "report":
-            print(f"report: {write_report(Path(args.out))}")
-            return 0
-        for name in names:
-            path = paper.run_experiment(name, size=size, seed=args.seed, device=args.device,
-                                        data_root=args.data_root, folder=args.out,
-                                        report=False)
-            print(f"{name}: {path}")
-        print(f"report: {write_report(Path(args.out))}")
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"clbench: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -177,22 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("results", nargs="+", help="result JSON files")
     table.set_defaults(handler=cmd_table)
 
-    reproduce = commands.add_parser(
-        "paper", help="reproduce the paper's experiments with TN+EN (writes leaderboard/paper/)")
-    reproduce.add_argument("experiment", choices=[*EXPERIMENTS, "all", "report"],
-                           help="one experiment, all of them, or `report` to regenerate the "
-                                "sections, plots and README from the JSON files alone")
-    reproduce.add_argument("--full", action="store_true",
-                           help="the paper's sizes on the full datasets (same as --size full)")
-    reproduce.add_argument("--size", choices=SIZE_NAMES,
-                           help="reduced (default: offline on mnist5k, minutes on a CPU), "
-                                "full, or tiny (seconds, for tests)")
-    reproduce.add_argument("--seed", type=int, default=0)
-    reproduce.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
-    reproduce.add_argument("--data-root", help="folder of the full datasets")
-    reproduce.add_argument("--out", default=str(DEFAULT_FOLDER),
-                           help=f"output folder (default {DEFAULT_FOLDER})")
-    reproduce.set_defaults(handler=cmd_paper)
+    for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
+        plugin.load()(commands)
     return parser
 
 
