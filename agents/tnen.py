@@ -59,7 +59,12 @@ from clbench.data import dataset_info
 from clbench.nets import count_parameters, reference_net
 from clbench.quantize import DTYPES, dequantize_into, quantize, round_to_storage
 from clbench.tasks import Task
-from clbench.training import minibatches, predict_batched
+from clbench.training import (
+    dataset_for_unseen_task,
+    minibatches,
+    predict_batched,
+    seeded_for_unseen_task,
+)
 
 # Hyperparameters of the two presets. Every key is also a keyword of TNEN(...).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -701,12 +706,25 @@ class TNEN:
         return self._networks[task_id]
 
     def predict(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
-        if not 0 <= task_id < len(self.skills):
-            raise ValueError(f"task {task_id} has not been learned; {len(self.skills)} skills "
-                             "are stored")
+        if task_id >= len(self.skills):  # not learned yet (query_future): a best guess
+            shape = tuple(x.shape[1:])
+            dataset = dataset_for_unseen_task(shape, [s["dataset"] for s in self.skills])
+            return predict_batched(self._unseen_network(task_id, shape), x.to(self.device),
+                                   dataset)
         net = self._network(task_id)
         net.eval()
         return predict_batched(net, x.to(self.device), self.skills[task_id]["dataset"])
+
+    def _unseen_network(self, task_id: int, shape: tuple[int, ...]) -> nn.Module:
+        """The untrained TN of a task not learned yet: the shared base its training would start
+        from (``shared_init``, once the agent has its seed), else one drawn for the task id."""
+        spec = self._architecture_for(task_id)
+        if self.config["shared_init"] and self.seed is not None:
+            net = seeded_task_network(spec, shape, self.seed)
+        else:
+            with seeded_for_unseen_task(task_id):
+                net = build_task_network(spec, shape)
+        return net.to(self.device).eval()
 
     def metrics(self) -> dict[str, Any]:
         """Figures of the last ``learn``: the TN (epochs, backprop calls, held-out accuracy),

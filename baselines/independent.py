@@ -39,7 +39,7 @@ from baselines.common import train_on_task
 from clbench.nets import reference_net
 from clbench.quantize import DTYPES, INT8_SCALES, dequantize_into, quantize
 from clbench.tasks import Task
-from clbench.training import predict_batched
+from clbench.training import dataset_for_unseen_task, predict_batched, seeded_for_unseen_task
 
 # Hyperparameters (the paper's TN training settings)
 LEARNING_RATE = 0.01
@@ -90,6 +90,12 @@ class Independent:
         self.nets.append(self._build(task.input_shape, stored))
 
     def predict(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
+        if task_id >= len(self.nets):  # not learned yet (query_future): a fresh, untrained net
+            shape = tuple(x.shape[1:])
+            with seeded_for_unseen_task(task_id):
+                net = reference_net(shape)
+            return predict_batched(net.to(self.device).eval(), x,
+                                   dataset_for_unseen_task(shape, self.datasets))
         return predict_batched(self.nets[task_id], x, self.datasets[task_id])
 
     def state_dict(self) -> dict:

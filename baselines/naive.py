@@ -12,7 +12,12 @@ import torch.nn.functional as F
 
 from clbench.nets import MultiHeadNet
 from clbench.tasks import Task
-from clbench.training import minibatches, predict_batched
+from clbench.training import (
+    dataset_for_unseen_task,
+    minibatches,
+    predict_batched,
+    seeded_for_unseen_task,
+)
 
 # Hyperparameters (the paper's TN training settings)
 LEARNING_RATE = 0.01
@@ -55,8 +60,25 @@ class Naive:
                 optimizer.step()
 
     def predict(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
+        if task_id >= len(self.datasets):  # not learned yet (query_future): a best guess
+            shape = tuple(x.shape[1:])
+            return predict_batched(self._unseen_model(task_id, shape), x,
+                                   dataset_for_unseen_task(shape, self.datasets))
         self.net.eval()
         return predict_batched(lambda batch: self.net(batch, task_id), x, self.datasets[task_id])
+
+    def _unseen_model(self, task_id: int, input_shape: tuple[int, ...]):
+        """Logits for a task not learned yet: the trunk as it stands with a fresh head (as
+        learning the task would start), or a fresh net before any task; both drawn for the
+        task id, so the guess is the same whenever it is asked."""
+        with seeded_for_unseen_task(task_id):
+            fresh = MultiHeadNet(input_shape)
+            head = fresh.add_head()
+        fresh.to(self.device).eval()
+        if self.net is None or self.net.input_shape != input_shape:
+            return lambda batch: fresh(batch, 0)
+        self.net.eval()
+        return lambda batch: head(self.net.trunk(batch))
 
     def state_dict(self) -> dict:
         if self.net is None:

@@ -40,6 +40,7 @@ from baselines.common import require_input_shape, train_on_task
 from baselines.naive import Naive
 from clbench.nets import reference_net
 from clbench.tasks import Task
+from clbench.training import seeded_for_unseen_task
 
 # Hyperparameters (the rest are naive's: SGD lr 0.01, momentum 0.5, batch 64, 3 epochs)
 ALPHA_INIT = 0.1  # each adapter scale starts uniform in [0, ALPHA_INIT): "a random small value"
@@ -133,10 +134,15 @@ class ProgressiveNet(nn.Module):
         return column
 
     def forward(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
-        earlier: list[list[torch.Tensor]] = []
-        for column in self.columns[: task_id + 1]:
-            earlier.append(column(x, earlier))
-        return earlier[-1][-1]
+        return run_columns(self.columns[: task_id + 1], x)
+
+
+def run_columns(columns, x: torch.Tensor) -> torch.Tensor:
+    """The logits of the last of ``columns``, each column fed the earlier ones' activations."""
+    earlier: list[list[torch.Tensor]] = []
+    for column in columns:
+        earlier.append(column(x, earlier))
+    return earlier[-1][-1]
 
 
 class PNN(Naive):
@@ -153,6 +159,16 @@ class PNN(Naive):
         self.datasets.append(task.dataset)
         train_on_task(lambda x: self.net(x, task.id), column.parameters(), task, self.epochs,
                       self.lr, self.momentum, self.batch_size)
+
+    def _unseen_model(self, task_id: int, input_shape: tuple[int, ...]):
+        """Logits for a task not learned yet: a fresh column drawn for the task id, laterally
+        connected to the frozen columns so far (what learning the task would start from)."""
+        earlier = [] if self.net is None or self.net.input_shape != input_shape \
+            else list(self.net.columns)
+        with seeded_for_unseen_task(task_id):
+            column = Column(input_shape, len(earlier))
+        columns = [*earlier, column.to(self.device).eval()]
+        return lambda batch: run_columns(columns, batch)
 
     def load_state_dict(self, state: dict) -> None:
         self.datasets = list(state["datasets"])
