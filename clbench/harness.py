@@ -272,6 +272,11 @@ def evaluate(
     task = info["task"]
     stage = "construct"
     try:
+        if env.unwrapped.query_future:
+            stage = "predict (untrained, the FWT baseline)"
+            result.fwt_baseline = _untrained_accuracies(cls, agent_kwargs, dev, seed, env, obs,
+                                                        input_shapes)
+            stage = "construct"
         _seed(seed, 0, 0)
         current = build_agent(cls, agent_kwargs, dev, None)
         with _task_bar(n_tasks, name, progress_bars) as bar:
@@ -361,6 +366,17 @@ def _agent_metrics(agent: Any) -> dict[str, Any]:
     return _jsonable(method(), "metrics()")
 
 
+def _untrained_accuracies(cls, kwargs, device, seed: int, env, obs, input_shapes
+                          ) -> list[float]:
+    """The FWT baseline b: the accuracy on every task of the agent as built to learn task 0
+    (same seed), before it learned anything. A separate build, so that whatever its
+    ``predict`` does cannot change what the learning agent does."""
+    _seed(seed, 0, 0)
+    untrained = build_agent(cls, kwargs, device, None)
+    labels = predict_queries(untrained, obs, input_shapes, device)
+    return [float(a) for a in env.unwrapped.score(labels)]
+
+
 def _twin_flops(cls, kwargs, device, previous: bytes | None, seed: int, task) -> int:
     """Replay the task's ``learn`` on a twin rebuilt from the previous state, counting FLOPs."""
     _seed(seed, task.id, 0)
@@ -373,7 +389,7 @@ def _record(result: Result, accuracies, state_bytes: int, reference_bytes: int,
             task_costs: dict[str, Any], agent_figures: dict, threshold: float) -> None:
     """Append one task's row; ``task_costs`` holds every one of ``results.COST_KEYS``."""
     result.accuracy.append([float(a) for a in accuracies])
-    result.metrics = metrics.summarize(result.accuracy, threshold)
+    result.metrics = metrics.summarize(result.accuracy, threshold, result.fwt_baseline)
     result.storage["bytes"].append(state_bytes)
     result.storage["reference_fp32_bytes"].append(reference_bytes)
     result.storage["compression"] = metrics.compression(

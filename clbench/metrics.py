@@ -8,7 +8,9 @@ T is the number of tasks learned (rows).
 - BWT = mean_{j<T-1} (R[T-1][j] - R[j][j]) (backward transfer, Lopez-Paz & Ranzato 2017)
 - forgetting = mean_{j<T-1} (max_{j<=l<T-1} R[l][j] - R[T-1][j]) (Chaudhry et al. 2018)
 - learning accuracy = mean_j R[j][j]
-- FWT = mean_{j>=1} (R[j-1][j] - b_j), needs future queries; b_j defaults to chance (0.5)
+- FWT = mean_{j>=1} (R[j-1][j] - b_j) (forward transfer, Lopez-Paz & Ranzato 2017), needs
+  future queries; b_j is the accuracy on task j of the freshly built agent before it learned
+  anything (measured, not assumed: a constant predictor scores 0.6 on a 40/60 task)
 - retained(p) = number of tasks with R[T-1][j] >= p (the paper's threshold, p = 0.95)
 """
 
@@ -56,16 +58,22 @@ def learning_accuracy(matrix: Matrix) -> float:
     return _mean([_entry(matrix, j, j) for j in range(len(matrix))])
 
 
-def forward_transfer(matrix: Matrix, baseline: Sequence[float] | None = None) -> float | None:
-    """FWT: accuracy on task j before learning it, above ``baseline[j]`` (default 0.5).
+def forward_transfer(matrix: Matrix, baseline: Sequence[float | None] | None) -> float | None:
+    """FWT: accuracy on task j just before learning it, above ``baseline[j]``, the accuracy
+    of the freshly built agent on task j (Lopez-Paz & Ranzato 2017).
 
-    Returns None unless future tasks were queried (R[j-1][j] exists for every j >= 1).
+    Returns None unless future tasks were queried (R[j-1][j] exists for every j >= 1). There
+    is no default baseline: chance is not 0.5 on an unbalanced task (a constant answer scores
+    0.6 on a 40/60 task), and an agent's untrained guess need not be chance; a matrix with
+    future entries and no baseline is an error.
     """
     n = len(matrix)
     if n < 2 or any(len(matrix[j - 1]) <= j or matrix[j - 1][j] is None for j in range(1, n)):
         return None
-    base = [0.5] * n if baseline is None else list(baseline)
-    return _mean([_entry(matrix, j - 1, j) - base[j] for j in range(1, n)])
+    if baseline is None or len(baseline) < n or any(baseline[j] is None for j in range(1, n)):
+        raise ValueError(f"FWT needs the untrained agent's accuracy on tasks 1..{n - 1} "
+                         f"(the baseline row measured with query_future); got {baseline}")
+    return _mean([_entry(matrix, j - 1, j) - float(baseline[j]) for j in range(1, n)])
 
 
 def tasks_retained(matrix: Matrix, threshold: float = 0.95) -> int:
@@ -80,14 +88,18 @@ def compression(storage_bytes: Sequence[int], reference_bytes: Sequence[int]) ->
             for kept, ref in zip(storage_bytes, reference_bytes, strict=True)]
 
 
-def summarize(matrix: Matrix, threshold: float = 0.95) -> dict[str, float | int | None]:
-    """Every scalar metric of R in one dict (the ``metrics`` field of a result file)."""
+def summarize(matrix: Matrix, threshold: float = 0.95,
+              fwt_baseline: Sequence[float | None] | None = None
+              ) -> dict[str, float | int | None]:
+    """Every scalar metric of R in one dict (the ``metrics`` field of a result file);
+    ``fwt_baseline`` is the untrained agent's accuracy per task (see :func:`forward_transfer`).
+    """
     return {
         "acc": final_accuracy(matrix),
         "bwt": backward_transfer(matrix),
         "forgetting": forgetting(matrix),
         "learning_accuracy": learning_accuracy(matrix),
-        "fwt": forward_transfer(matrix),
+        "fwt": forward_transfer(matrix, fwt_baseline),
         "retained": tasks_retained(matrix, threshold),
         "retained_threshold": threshold,
     }

@@ -3,8 +3,9 @@
 A result holds everything needed to trust and compare a run: the environment (id, kwargs,
 task names), the agent (name, kwargs), seed, device, versions, git commit, the accuracy
 matrix R with its metrics, storage after every task, per-task costs, agent metrics, the
-fresh-process check of the final state, status and timestamps. :func:`load_result`
-validates a file and names the first malformed field.
+fresh-process check of the final state, status and timestamps; with future queries, the
+untrained agent's accuracy per task (``fwt_baseline``, what FWT is measured against).
+:func:`load_result` validates a file and names the first malformed field.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Result:
     costs: dict[str, list] = field(default_factory=lambda: {key: [] for key in COST_KEYS})
     agent_metrics: list[dict[str, Any]] = field(default_factory=list)
     verification: dict[str, Any] | None = None
+    # accuracy on each task of the freshly built agent before any learning (query_future only)
+    fwt_baseline: list[float] | None = None
     finished_at: str | None = None
     wall_seconds: float | None = None
     schema: str = SCHEMA
@@ -181,6 +184,11 @@ def validate_result(data: Any) -> dict[str, Any]:
             check.get("matches") is True or check.get("fresh_process") is False):
         _fail("verification", "a complete run needs a matching fresh-process check "
                               "(or one skipped on purpose, fresh_process false)")
+    if data.get("fwt_baseline") is not None:
+        _expect_number_list(data["fwt_baseline"], "fwt_baseline", length=n_tasks)
+        for j, value in enumerate(data["fwt_baseline"]):
+            if not 0.0 <= value <= 1.0:
+                _fail(f"fwt_baseline[{j}]", f"accuracy {value} is outside [0, 1]")
     _expect(data["finished_at"], str, "finished_at", nullable=True)
     _expect(data["wall_seconds"], (int, float), "wall_seconds", nullable=True)
     return data

@@ -23,7 +23,7 @@ def test_hand_computed_ragged_matrix():
     # forgetting: task 0 best 0.90 -> 0.70 (0.20); task 1 best 0.95 -> 0.85 (0.10)
     assert metrics.forgetting(R) == pytest.approx(0.15)
     assert metrics.learning_accuracy(R) == pytest.approx((0.90 + 0.95 + 0.99) / 3)
-    assert metrics.forward_transfer(R) is None
+    assert metrics.forward_transfer(R, None) is None
     assert metrics.tasks_retained(R, 0.95) == 1
     assert metrics.tasks_retained(R, 0.80) == 2
 
@@ -35,16 +35,29 @@ def test_forgetting_uses_the_best_earlier_accuracy_not_the_first():
     assert metrics.backward_transfer(matrix) == pytest.approx(((0.5 - 0.6) + 0.0) / 2)
 
 
-def test_forward_transfer_with_future_queries():
+def test_forward_transfer_against_the_untrained_agent():
     square = [
         [0.9, 0.6, 0.5],
         [0.8, 0.9, 0.7],
         [0.7, 0.9, 0.9],
     ]
-    # FWT = mean(R[0][1] - 0.5, R[1][2] - 0.5) = mean(0.1, 0.2)
-    assert metrics.forward_transfer(square) == pytest.approx(0.15)
-    assert metrics.forward_transfer(square, baseline=[0.5, 0.6, 0.7]) == pytest.approx(0.0)
+    # b = the freshly built agent's accuracies; task 0's (0.4) is not used.
+    # FWT = mean(R[0][1] - b_1, R[1][2] - b_2) = mean(0.6 - 0.6, 0.7 - 0.55) = 0.075
+    baseline = [0.4, 0.6, 0.55]
+    assert metrics.forward_transfer(square, baseline) == pytest.approx(0.075)
+    assert metrics.summarize(square, fwt_baseline=baseline)["fwt"] == pytest.approx(0.075)
+    # a constant predictor on 40/60 tasks scores 0.6 before and after: no transfer, not +0.1
+    constant = [[0.6, 0.6], [0.6, 0.6]]
+    assert metrics.forward_transfer(constant, [0.6, 0.6]) == pytest.approx(0.0)
     assert metrics.final_accuracy(square) == pytest.approx((0.7 + 0.9 + 0.9) / 3)
+
+
+def test_forward_transfer_never_assumes_chance():
+    square = [[0.9, 0.6], [0.8, 0.9]]
+    for baseline in (None, [0.5], [0.5, None]):
+        with pytest.raises(ValueError, match="untrained agent's accuracy on tasks 1..1"):
+            metrics.forward_transfer(square, baseline)
+    assert metrics.forward_transfer(R, None) is None  # ragged: future tasks were not asked
 
 
 def test_single_task_has_no_transfer():
