@@ -245,6 +245,16 @@ class TaskStreamEnv(gym.Env):
             info.update(self._arrival_info(self._current))
         return obs, reward, terminated, False, info
 
+    def score(self, action) -> np.ndarray:
+        """Accuracies of ``action`` on the current queries, without advancing the episode.
+
+        The harness uses it once after ``reset`` with ``query_future``: the labels of the
+        freshly built agent give FWT's baseline b_i (Lopez-Paz & Ranzato 2017).
+        """
+        if not 0 <= self._current < self.n_tasks:
+            raise RuntimeError("score() needs a running episode: call reset() first")
+        return self._score(self._read_action(action))
+
     # ------------------------------------------------------------------ helpers
     def task(self, task_id: int) -> Task:
         """Task ``task_id`` of this episode with its test split (for analysis, not agents)."""
