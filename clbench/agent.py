@@ -55,6 +55,8 @@ def _import_module_or_file(module_name: str):
     if not module_name.endswith(".py"):
         return importlib.import_module(module_name)
     path = Path(module_name).resolve()
+    if str(path.parent) not in sys.path:  # the file may import its sibling modules
+        sys.path.insert(0, str(path.parent))
     alias = f"clbench_user_agent_{abs(hash(str(path)))}"
     if alias in sys.modules:
         return sys.modules[alias]
@@ -69,7 +71,7 @@ def _import_module_or_file(module_name: str):
 
 def load_agent_class(name: str) -> type:
     """Resolve a registered agent name or a ``module:Class`` path to the agent's class."""
-    known = registered_agents()
+    known = {} if ":" in name else registered_agents()
     target = known.get(name, name)
     if ":" not in target:
         raise ValueError(

@@ -90,11 +90,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             agent_kwargs=parse_assignments(args.agent_arg, "--agent-arg"),
             env_kwargs=parse_assignments(args.env_arg, "--env-arg"),
             out=out, progress_bars=not args.quiet, flops=not args.no_flops,
+            seal=not args.no_seal, learn_timeout=args.learn_timeout,
         )
     except AgentError as error:
+        failure = error.result.failure if error.result is not None else None
+        if failure and failure.get("traceback"):
+            print(f"the agent's traceback:\n{failure['traceback']}", file=sys.stderr, end="")
         print(f"clbench: {error}", file=sys.stderr)
         print(f"clbench: the finished tasks are kept in {out} (status failed)", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:
+        signal_name = getattr(interrupt, "signal_name", "SIGINT")
+        print(f"clbench: interrupted by {signal_name}; the finished tasks are kept in {out} "
+              "(status interrupted)", file=sys.stderr)
+        return 143 if signal_name == "SIGTERM" else 130
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"clbench: {error}", file=sys.stderr)
         return 2
@@ -146,7 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="result file (default runs/<agent>_<env>_s<seed>.json)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--no-flops", action="store_true",
-                     help="skip counting learn FLOPs (saves the twin replay of each learn)")
+                     help="skip counting FLOPs: no replay of each learn, so reproducibility "
+                          "is not checked")
+    run.add_argument("--no-seal", action="store_true",
+                     help="run the agent in this process (debugging: faster to iterate, "
+                          "nothing enforced, the result says unsealed)")
+    run.add_argument("--learn-timeout", type=float, metavar="SECONDS",
+                     help="kill a learn call that runs longer (the run fails, naming the task)")
     run.set_defaults(handler=cmd_run)
 
     listing = commands.add_parser("list", help="list environments and agents")

@@ -1,15 +1,23 @@
 """The evaluation harness: drives the task-stream env with an agent and writes a result.
 
-Between tasks an agent *is* its state. After every ``learn`` the harness serialises
-``agent.state_dict()`` (tensors and plain metadata, loadable with
-``torch.load(weights_only=True)``), counts its bytes, builds a fresh agent from the same
-constructor arguments, loads the state, and continues with that fresh agent, for evaluation
-and for the next task. Whatever an agent keeps outside its state is therefore lost, and the
-storage footprint cannot be under-reported. At the end the final state is evaluated again in
-a fresh Python process and must reproduce the final accuracy row (this also catches state
-hidden in class attributes or module globals).
+Between tasks an agent *is* its state, and the operating system enforces it. The harness
+process owns the environment (test inputs, test labels, dataset files); the agent's code
+runs only in sealed workers (:mod:`clbench.sealed`): one fresh process per call, forked from
+a zygote that has torch imported, sandboxed with bubblewrap where that works, started from
+the serialised state of the previous task and nothing else. Per task:
 
-Scoring happens in the environment (``env.step``): there is one evaluation path.
+1. ``learn`` (timed) in a worker that receives the task's training data; it answers with the
+   serialised ``state_dict()``, whose bytes are the storage footprint;
+2. with FLOPs on: a replay of the same ``learn`` from the same previous state and seeds under
+   ``FlopCounterMode``; its state must equal the timed call's (bitwise on CPU; on CUDA, the
+   same labels on the task's training inputs up to :data:`CUDA_LABEL_TOLERANCE`), otherwise
+   the run fails: something outside the state was used, or ``learn`` is not deterministic;
+3. ``predict`` (timed) of every query in a worker loaded from the new state, and with FLOPs
+   on, once more in another fresh worker under the FLOP counter (so a cache the timed call
+   filled, such as TN+EN's decoded weights, is counted);
+4. ``env.step`` scores the labels: there is one evaluation path.
+
+``seal=False`` runs the same calls in this process, for debugging (results say unsealed).
 """
 
 from __future__ import annotations
@@ -17,17 +25,15 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.metadata
-import io
-import json
-import math
 import os
 import platform
-import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,128 +43,255 @@ import torch
 
 import clbench
 from clbench import costs, metrics, progress
-from clbench.agent import load_agent_class
+from clbench.agent import load_agent_class, registered_agents
 from clbench.devices import resolve_device
-from clbench.env import crop
 from clbench.nets import count_parameters, reference_net
 from clbench.results import COST_KEYS, Result
+from clbench.sealed import sandbox
+from clbench.sealed.calls import (
+    FRESH_AGENT,
+    PREDICT,
+    AgentCallError,
+    LearnOutcome,
+    PredictOutcome,
+    deserialize_state,
+    jsonable,
+    learn_call,
+    predict_call,
+)
+from clbench.sealed.channel import array_blob, blob_array
+from clbench.sealed.workers import WorkerFailure, WorkerPool
+from clbench.sealed.zygote import WORKER_FLAG
 
-PLAIN_TYPES = (str, int, float, bool, type(None))
-VERIFY_FLAG = "CLBENCH_VERIFYING"
+# On CUDA, kernels are not bitwise deterministic: the replay's state passes when it labels
+# the task's training inputs like the timed call's state, but for at most this fraction.
+CUDA_LABEL_TOLERANCE = 0.01
 
 
 class AgentError(RuntimeError):
-    """An agent broke the contract or raised; ``result`` holds every finished task."""
+    """An agent broke the contract, raised or died; ``result`` holds every finished task,
+    ``result.failure`` the machine-readable kind and the agent's traceback."""
 
     def __init__(self, message: str, result: Result | None = None) -> None:
         super().__init__(message)
         self.result = result
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) asked the run to stop; the result says ``interrupted``."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
 # ----------------------------------------------------------------------------- agents
-def agent_reference(agent: str | type) -> tuple[type, str]:
-    """(class, name) for a registered name, a ``module:Class`` / ``file.py:Class`` or a class."""
+def agent_reference(agent: str | type) -> str:
+    """The canonical name of an agent: a registered name, ``module:Class`` or
+    ``/abs/path/file.py:Class``. Nothing is imported: the agent's module is imported in
+    the workers only."""
     if isinstance(agent, str):
-        return load_agent_class(agent), agent
+        if ":" not in agent:
+            known = registered_agents()
+            if agent not in known:
+                raise ValueError(
+                    f"unknown agent {agent!r}; registered agents: "
+                    f"{', '.join(sorted(known)) or 'none'}; or give a 'module:Class' or "
+                    "'file.py:Class' path")
+            return agent
+        module, _, qualname = agent.rpartition(":")
+        if module.endswith(".py"):
+            path = Path(module).expanduser().resolve()
+            if not path.is_file():
+                raise ValueError(f"agent {agent!r}: no Python file at {path}")
+            return f"{path}:{qualname}"
+        return agent
     if isinstance(agent, type):
         if "<locals>" in agent.__qualname__:
             raise ValueError(
                 f"agent class {agent.__qualname__} is defined inside a function; define it at "
-                "module level so that a fresh process can import it for the final check")
+                "module level so that a worker process can import it")
         module = agent.__module__
         if module == "__main__":
             module = getattr(sys.modules["__main__"], "__file__", None)
             if module is None:
                 raise ValueError(
                     f"agent class {agent.__qualname__} lives in an interactive session; put it "
-                    "in a module or file so that a fresh process can import it")
-        return agent, f"{module}:{agent.__qualname__}"
+                    "in a module or file so that a worker process can import it")
+            module = str(Path(module).resolve())
+        return f"{module}:{agent.__qualname__}"
     raise TypeError(
         f"agent must be a registered name, a 'module:Class' path or a class, not "
         f"{type(agent).__name__}: the harness builds fresh agents from constructor arguments")
 
 
-def check_state(value: Any, where: str = "state") -> None:
-    """States are tensors plus plain metadata; name the first entry that is not."""
-    if torch.is_tensor(value) or isinstance(value, PLAIN_TYPES):
-        return
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            check_state(item, f"{where}[{index}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (str, int)):
-                raise TypeError(f"{where} has a key of type {type(key).__name__}; "
-                                "use str or int keys")
-            check_state(item, f"{where}[{key!r}]")
-        return
-    raise TypeError(f"{where} is a {type(value).__name__}; a state may hold only tensors, "
-                    "str, int, float, bool, None, lists and dicts (it must load with "
-                    "torch.load(weights_only=True))")
+def _worker_target(name: str) -> str:
+    """``module:Class`` for a worker (registered names resolved here, once)."""
+    return name if ":" in name else registered_agents()[name]
 
 
-def serialize_state(state: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
+def worker_import_paths() -> list[str]:
+    """This process's import path, less the current directory (a worker must not import
+    from it: an ``agents/`` folder there would shadow the installed agents)."""
+    here = os.getcwd()
+    return [p for p in sys.path if p and os.path.abspath(p) != here]
 
 
-def deserialize_state(blob: bytes, device: torch.device) -> dict[str, Any]:
-    return torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+# ----------------------------------------------------------------------------- runners
+class InProcessRunner:
+    """The agent calls in this process (debugging; nothing is enforced)."""
+
+    sealed = False
+
+    def __init__(self, target: str | type, kwargs: dict, device: torch.device, seed: int,
+                 input_shapes) -> None:
+        self.cls = target if isinstance(target, type) else load_agent_class(target)
+        self.kwargs, self.device, self.seed, self.shapes = kwargs, device, seed, input_shapes
+        self.isolation = {"mode": "in-process", "sandbox": None,
+                          "reason": "in-process mode (--no-seal / seal=False): the agent "
+                                    "shares the harness's process and can reach anything",
+                          "worker_start_median_seconds": None}
+
+    def learn(self, previous: bytes | None, task, count_flops: bool,
+              timeout: float | None) -> LearnOutcome:
+        with _as_failure("learn"):
+            return learn_call(self.cls, self.kwargs, self.device, previous, task.for_agent(),
+                              self.seed, count_flops)
+
+    def predict(self, state: bytes | None, inputs, task_ids, seed_task: int,
+                count_flops: bool, purpose: int = PREDICT) -> PredictOutcome:
+        with _as_failure("predict"):
+            return predict_call(self.cls, self.kwargs, self.device, state, inputs, task_ids,
+                                self.shapes, self.seed, seed_task, count_flops, purpose)
+
+    def close(self) -> None:
+        pass
 
 
-def build_agent(cls: type, kwargs: dict[str, Any], device: torch.device,
-                state: bytes | None) -> Any:
-    """A fresh agent from constructor arguments, loaded from serialised ``state`` if any."""
-    agent = cls(device=device, **kwargs)
-    if state is not None:
-        agent.load_state_dict(deserialize_state(state, device))
-    return agent
+class SealedRunner:
+    """The agent calls in fresh workers (:mod:`clbench.sealed`), sandboxed where possible."""
 
+    def __init__(self, target: str, kwargs: dict, device: torch.device, seed: int,
+                 input_shapes, data_roots) -> None:
+        usable, reason = sandbox.bwrap_status()
+        hidden = sandbox.dataset_sources(data_roots) if usable else []
+        self.pool = WorkerPool(usable, hidden, worker_import_paths())
+        self.sealed = usable
+        self.base = {"agent": target, "kwargs": kwargs, "device": str(device), "seed": seed,
+                     "threads": torch.get_num_threads()}
+        self.shapes = [list(shape) for shape in input_shapes]
+        self.isolation = {"mode": "workers", "sandbox": "bwrap" if usable else None,
+                          "reason": reason, "worker_start_median_seconds": None}
 
-def check_predictions(labels: Any, n_inputs: int, device: torch.device) -> torch.Tensor:
-    """Validate ``predict``'s output; return int64 labels on ``device``."""
-    if not torch.is_tensor(labels):
-        if not isinstance(labels, np.ndarray):
-            raise TypeError(f"predict returned a {type(labels).__name__}; return a tensor of "
-                            "labels")
-        labels = torch.from_numpy(labels)
-    if tuple(labels.shape) != (n_inputs,):
-        raise ValueError(f"predict returned shape {tuple(labels.shape)} for {n_inputs} inputs; "
-                         f"expected ({n_inputs},)")
-    if labels.is_floating_point() or labels.is_complex():
-        if torch.isnan(labels).any():
-            raise ValueError("predict returned NaN labels")
-        raise TypeError(f"predict returned dtype {labels.dtype}; return integer or bool labels")
-    labels = labels.to(device=device, dtype=torch.int64)
-    outside = (labels != 0) & (labels != 1)
-    if outside.any():
-        raise ValueError(f"predict returned labels other than 0 and 1, e.g. "
-                         f"{labels[outside][:5].tolist()}")
-    return labels
-
-
-def predict_queries(agent: Any, obs: dict[str, Any], input_shapes, device) -> torch.Tensor:
-    """Ask ``agent`` for a label per query, task by task, at each task's native shape."""
-    task_ids = obs["query_task_ids"]
-    labels = torch.empty_like(task_ids)
-    for task_id in torch.unique(task_ids).tolist():
-        mask = task_ids == task_id
-        inputs = crop(obs["query_inputs"][mask], input_shapes[task_id])
-        with torch.no_grad():
-            raw = agent.predict(inputs, task_id)
+    def learn(self, previous: bytes | None, task, count_flops: bool,
+              timeout: float | None) -> LearnOutcome:
+        arrays = [array_blob(task.x_train), array_blob(task.y_train)]
+        header = {**self.base, "op": "learn", "task_id": task.id, "task_name": task.name,
+                  "count_flops": count_flops, "has_state": previous is not None,
+                  "arrays": [meta for meta, _ in arrays]}
+        reply, blobs = self.pool.call(header, [previous or b"", *(b for _, b in arrays)],
+                                      "learn", timeout)
+        self._note_starts()
         try:
-            labels[mask] = check_predictions(raw, len(inputs), device)
-        except (TypeError, ValueError) as error:
-            raise _ContractError(task_id, "predict", error) from None
-    return labels
+            return LearnOutcome(blobs[0], _number(reply, "seconds"),
+                                _number(reply, "peak_memory_bytes"), _number(reply, "flops"),
+                                jsonable(reply.get("metrics") or {}, "metrics()"))
+        except (IndexError, TypeError, ValueError) as error:
+            raise WorkerFailure("protocol", "learn", f"malformed reply: {error}") from None
+
+    def predict(self, state: bytes | None, inputs, task_ids, seed_task: int,
+                count_flops: bool, purpose: int = PREDICT) -> PredictOutcome:
+        arrays = [array_blob(inputs), array_blob(task_ids)]
+        header = {**self.base, "op": "predict", "task_id": seed_task, "purpose": purpose,
+                  "count_flops": count_flops, "has_state": state is not None,
+                  "input_shapes": self.shapes, "arrays": [meta for meta, _ in arrays]}
+        reply, blobs = self.pool.call(header, [state or b"", *(b for _, b in arrays)],
+                                      "predict")
+        self._note_starts()
+        try:
+            labels = blob_array(reply.get("labels"), blobs[0])
+            if labels.dtype != torch.int64 or tuple(labels.shape) != (len(task_ids),):
+                raise ValueError(f"labels of dtype {labels.dtype} and shape "
+                                 f"{tuple(labels.shape)} for {len(task_ids)} queries")
+            if ((labels != 0) & (labels != 1)).any():
+                raise ValueError("labels other than 0 and 1")
+            return PredictOutcome(labels.to(task_ids.device), _number(reply, "seconds"),
+                                  _number(reply, "flops"))
+        except (IndexError, TypeError, ValueError) as error:
+            raise WorkerFailure("protocol", "predict", f"malformed reply: {error}") from None
+
+    def _note_starts(self) -> None:
+        self.isolation["worker_start_median_seconds"] = self.pool.median_start_seconds
+
+    def close(self) -> None:
+        self.pool.close()
 
 
-class _ContractError(Exception):
-    def __init__(self, task_id: int, method: str, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.task_id, self.method, self.error = task_id, method, error
+def _number(reply: dict, key: str) -> int | float | None:
+    value = reply.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TypeError(f"{key} is a {type(value).__name__}")
+    return value
+
+
+@contextlib.contextmanager
+def _as_failure(stage: str) -> Iterator[None]:
+    try:
+        yield
+    except AgentCallError as error:
+        raise WorkerFailure(error.kind, error.stage, str(error), error.traceback,
+                            error.task_id) from error
+
+
+# ----------------------------------------------------------------------------- reproducibility
+def state_difference(first: bytes, second: bytes) -> str | None:
+    """None when two serialised states hold bitwise the same values, else where they differ."""
+    if first == second:
+        return None
+    return _difference(deserialize_state(first), deserialize_state(second), "state")
+
+
+def _difference(a: Any, b: Any, where: str) -> str | None:
+    if torch.is_tensor(a) and torch.is_tensor(b):
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return f"{where} is {a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}"
+        bits_a = a.detach().contiguous().view(-1).view(torch.uint8)
+        bits_b = b.detach().contiguous().view(-1).view(torch.uint8)
+        if not torch.equal(bits_a, bits_b):
+            changed = int((a.reshape(-1) != b.reshape(-1)).sum()) if a.numel() else 0
+            return f"{where} differs in {changed} of {a.numel()} values"
+        return None
+    if isinstance(a, dict) and isinstance(b, dict):
+        if list(a) != list(b):
+            return f"{where} has keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
+        for key in a:
+            found = _difference(a[key], b[key], f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = _difference(x, y, f"{where}[{index}]")
+            if found:
+                return found
+        return None
+    return None if type(a) is type(b) and a == b else f"{where} is {a!r} vs {b!r}"
+
+
+def _reproduction_problem(runner, timed: LearnOutcome, replay: LearnOutcome, task,
+                          device: torch.device) -> str | None:
+    """Why the replay's state does not reproduce the timed call's, or None."""
+    if device.type != "cuda":
+        found = state_difference(timed.state, replay.state)
+        return None if found is None else f"the states differ bitwise: {found}"
+    ids = torch.full((len(task.y_train),), task.id, dtype=torch.int64, device=task.x_train.device)
+    labels = [runner.predict(state, task.x_train, ids, task.id, False).labels
+              for state in (timed.state, replay.state)]
+    share = float((labels[0] != labels[1]).double().mean()) if len(ids) else 0.0
+    if share <= CUDA_LABEL_TOLERANCE:
+        return None
+    return (f"the two states label {share:.1%} of the task's training inputs differently "
+            f"(on CUDA at most {CUDA_LABEL_TOLERANCE:.0%} may differ)")
 
 
 # ----------------------------------------------------------------------------- run facts
@@ -195,23 +328,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _jsonable(value: Any, what: str) -> Any:
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{what} must be plain JSON values (numbers, strings, lists, dicts): "
-                         f"{error}") from None
-
-
 def _reference_bytes(input_shapes) -> list[int]:
     sizes = {shape: 4 * count_parameters(reference_net(shape)) for shape in set(input_shapes)}
     return list(np.cumsum([sizes[shape] for shape in input_shapes]).tolist())
-
-
-def _seed(seed: int, task_id: int, purpose: int) -> None:
-    # One fixed seed per (run, task, purpose: 0 = build the agent that learns the task,
-    # 1 = learn), so the FLOP twin replays the timed call exactly.
-    torch.manual_seed(int(np.random.SeedSequence([seed, task_id, purpose]).generate_state(1)[0]))
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -225,120 +344,87 @@ def evaluate(
     out: str | os.PathLike | None = None,
     progress_bars: bool = False,
     flops: bool = True,
-    verify: bool = True,
+    seal: bool = True,
+    learn_timeout: float | None = None,
     retain_threshold: float = 0.95,
 ) -> Result:
     """Run ``agent`` through the stream ``env_id`` and return its :class:`Result`.
 
-    ``out`` is written after every task (status ``running``), and at the end (``complete``
-    or ``failed``), atomically. ``flops`` counts learn FLOPs in a twin call, so the timed
-    call is not slowed; ``verify`` re-evaluates the final state in a fresh process. If the
-    agent breaks the contract or raises, an :class:`AgentError` names the agent, the task and
-    what was wrong, after the result file (with every finished task) was written.
+    ``out`` is checked writable first, then written after every task (status ``running``)
+    and at the end (``complete``, ``failed`` or ``interrupted``), atomically. ``flops``
+    replays every ``learn`` under the FLOP counter and checks that the replay reproduces the
+    state (without it, reproducibility is recorded as not checked). ``seal=False`` runs the
+    agent in this process (debugging; the result says unsealed). ``learn_timeout`` kills a
+    ``learn`` worker that runs longer (seconds). If the agent breaks the contract, raises or
+    dies, an :class:`AgentError` names the agent, the task and what was wrong, after the
+    result file (with every finished task) was written; SIGINT and SIGTERM end the run as
+    ``interrupted`` and raise :class:`KeyboardInterrupt` (:class:`RunInterrupted`).
     """
-    if os.environ.get(VERIFY_FLAG):
+    if os.environ.get(WORKER_FLAG):
         raise RuntimeError(
-            "clbench.evaluate was called while the fresh-process check imported the agent's "
+            "clbench.evaluate was called inside a sealed worker, while it imported the agent's "
             "file: put the code that runs the benchmark under `if __name__ == \"__main__\":`")
-    cls, name = agent_reference(agent)
-    agent_kwargs = _jsonable(dict(agent_kwargs or {}), "agent_kwargs")
-    env_kwargs = _jsonable(dict(env_kwargs or {}), "env_kwargs")
+    name = agent_reference(agent)
+    agent_kwargs = jsonable(dict(agent_kwargs or {}), "agent_kwargs")
+    env_kwargs = jsonable(dict(env_kwargs or {}), "env_kwargs")
+    if learn_timeout is not None and not learn_timeout > 0:
+        raise ValueError(f"learn_timeout={learn_timeout}: give a positive number of seconds")
+    if out is not None:
+        check_writable(out)
     dev = resolve_device(device)
     wall_start = time.perf_counter()
-    # the fresh interpreter starts first, so its start-up overlaps loading the data too
-    checker = FreshProcessCheck(name, agent_kwargs, env_id, env_kwargs, seed, dev) if verify \
-        else None
-    try:
+    with _signals_interrupt():
         env = gymnasium.make(env_id, **{**env_kwargs, "device": str(dev), "backend": "torch"},
                              disable_env_checker=True)
         obs, info = env.reset(seed=seed)
-    except BaseException:
-        if checker is not None:
-            checker.close()
-        raise
-    spec_kwargs = {k: v for k, v in env.spec.kwargs.items() if k not in ("backend",)}
-    result = Result(
-        env={"id": env_id, "kwargs": _jsonable(spec_kwargs, "env kwargs"),
-             "task_names": list(info["task_names"])},
-        agent={"name": name, "kwargs": agent_kwargs},
-        seed=int(seed), device=str(dev), versions=versions(), git_commit=git_commit(),
-        started_at=_now(),
-    )
-    input_shapes = info["input_shapes"]
-    reference_bytes = _reference_bytes(input_shapes)
-    n_tasks = len(input_shapes)
-    save = (lambda: result.save(out)) if out is not None else (lambda: None)
-    blob: bytes | None = None
-    task = info["task"]
-    stage = "construct"
-    try:
-        if env.unwrapped.query_future:
-            stage = "predict (untrained, the FWT baseline)"
-            result.fwt_baseline = _untrained_accuracies(cls, agent_kwargs, dev, seed, env, obs,
-                                                        input_shapes)
-            stage = "construct"
-        _seed(seed, 0, 0)
-        current = build_agent(cls, agent_kwargs, dev, None)
-        with _task_bar(n_tasks, name, progress_bars) as bar:
-            for task_id in range(n_tasks):
-                task = info["task"]
-                stage = "learn"
-                with progress.inner_bar(f"learn {task.name}", progress_bars):
-                    _seed(seed, task_id, 1)
-                    _, seconds, peak = costs.timed(lambda a=current, t=task: a.learn(t), dev)
-                stage = "metrics"
-                agent_figures = _agent_metrics(current)
-                stage = "state_dict"
-                state = current.state_dict()
-                check_state(state)
-                previous, blob = blob, serialize_state(state)
-                learn_flops = None
-                if flops:
-                    stage = "learn (FLOP count)"
-                    learn_flops = _twin_flops(cls, agent_kwargs, dev, previous, seed, task)
-                stage = "load_state_dict"
-                _seed(seed, task_id + 1, 0)
-                current = build_agent(cls, agent_kwargs, dev, blob)
-                stage = "predict"
-                labels, predict_seconds, _ = costs.timed(
-                    lambda a=current, o=obs: predict_queries(a, o, input_shapes, dev), dev)
-                predict_flops = None
-                if flops:
-                    stage = "predict (FLOP count)"
-                    predict_flops = costs.count_flops(
-                        lambda a=current, o=obs: predict_queries(a, o, input_shapes, dev))
-                obs, _, _, _, info = env.step(labels)
-                _record(result, info["accuracies"], len(blob), reference_bytes[task_id],
-                        {"learn_seconds": seconds, "learn_flops": learn_flops,
-                         "learn_peak_memory_bytes": peak, "predict_seconds": predict_seconds,
-                         "predict_flops": predict_flops},
-                        agent_figures, retain_threshold)
-                save()
-                bar.update(1)
-                bar.set_postfix(acc=f"{result.metrics['acc']:.3f}")
-        if checker is not None:
-            result.verification = checker.check(blob, result.accuracy[-1])
+        spec_kwargs = {k: v for k, v in env.spec.kwargs.items() if k not in ("backend",)}
+        result = Result(
+            env={"id": env_id, "kwargs": jsonable(spec_kwargs, "env kwargs"),
+                 "task_names": list(info["task_names"])},
+            agent={"name": name, "kwargs": agent_kwargs},
+            seed=int(seed), device=str(dev), versions=versions(), git_commit=git_commit(),
+            started_at=_now(),
+        )
+        save = (lambda: result.save(out)) if out is not None else (lambda: None)
+        input_shapes = info["input_shapes"]
+        if seal:
+            runner = SealedRunner(_worker_target(name), agent_kwargs, dev, seed, input_shapes,
+                                  {env.unwrapped.data_root, None})
         else:
-            result.verification = {"fresh_process": False, "matches": None,
-                                   "reason": "skipped by the caller (verify=False)"}
-        matches = result.verification["matches"] is not False
-        result.status = "complete" if matches else "failed"
-        if not matches:
-            result.error = result.verification["reason"]
-    except _ContractError as error:
-        _fail(result, save, wall_start, _describe(name, error.task_id, result.env, error.method,
-                                                  error.error))
-        raise AgentError(result.error, result) from error.error
-    except KeyboardInterrupt:
-        _fail(result, save, wall_start,
-              f"interrupted after {result.n_tasks_done} of {n_tasks} tasks")
-        raise
-    except Exception as error:
-        _fail(result, save, wall_start, _describe(name, task.id, result.env, stage, error))
-        raise AgentError(result.error, result) from error
-    finally:
-        if checker is not None:
-            checker.close()
+            runner = InProcessRunner(agent if isinstance(agent, type) else name, agent_kwargs,
+                                     dev, seed, input_shapes)
+        try:
+            result.sealed, result.isolation = runner.sealed, runner.isolation
+            result.isolation.update(
+                threads=torch.get_num_threads(),
+                reproducibility=(("bitwise state on CPU" if dev.type != "cuda" else
+                                  f"labels on the training inputs, at most "
+                                  f"{CUDA_LABEL_TOLERANCE:.0%} differ on CUDA")
+                                 if flops else "not checked: FLOPs off (no replay of learn)"))
+            save()
+            _run_stream(runner, env, obs, info, result, save, flops, learn_timeout,
+                        progress_bars, retain_threshold)
+        except WorkerFailure as failure:
+            task_id = failure.task_id if failure.task_id is not None else result.n_tasks_done
+            message = _describe(name, min(task_id, len(input_shapes) - 1), result.env,
+                                failure.stage, str(failure))
+            _finish(result, save, wall_start, "failed", message,
+                    {"kind": failure.kind, "stage": failure.stage, "task_id": task_id,
+                     "traceback": failure.traceback})
+            raise AgentError(message, result) from None
+        except KeyboardInterrupt as interrupt:
+            signal_name = getattr(interrupt, "signal_name", "SIGINT")
+            _finish(result, save, wall_start, "interrupted",
+                    f"interrupted by {signal_name} after {result.n_tasks_done} of "
+                    f"{len(input_shapes)} tasks",
+                    {"kind": "interrupted", "stage": None, "task_id": result.n_tasks_done,
+                     "traceback": None})
+            raise
+        finally:
+            runner.close()
+            result.isolation["worker_start_median_seconds"] = runner.isolation.get(
+                "worker_start_median_seconds")
+    result.status = "complete"
     result.finished_at = _now()
     result.wall_seconds = time.perf_counter() - wall_start
     result.costs["process_peak_memory_bytes"] = costs.process_peak_memory_bytes()
@@ -346,43 +432,104 @@ def evaluate(
     return result
 
 
-def _describe(name: str, task_id: int, env: dict, stage: str, error: BaseException) -> str:
+def _run_stream(runner, env, obs, info, result: Result, save, flops: bool,
+                learn_timeout: float | None, progress_bars: bool, threshold: float) -> None:
+    """Every task: learn (timed), replay (FLOPs + reproducibility), predict, step."""
+    input_shapes = info["input_shapes"]
+    reference_bytes = _reference_bytes(input_shapes)
+    n_tasks = len(input_shapes)
+    dev = env.unwrapped.device
+    if env.unwrapped.query_future:
+        fresh = runner.predict(None, obs["query_inputs"], obs["query_task_ids"], 0, False,
+                               FRESH_AGENT)
+        result.fwt_baseline = [float(a) for a in env.unwrapped.score(fresh.labels)]
+    blob: bytes | None = None
+    with _task_bar(n_tasks, result.agent["name"], progress_bars) as bar:
+        for task_id in range(n_tasks):
+            task = info["task"]
+            with progress.inner_bar(f"learn {task.name}", progress_bars):
+                learned = runner.learn(blob, task, False, learn_timeout)
+            reproducible = None
+            if flops:
+                replay = runner.learn(blob, task, True, learn_timeout)
+                problem = _reproduction_problem(runner, learned, replay, task, dev)
+                if problem is not None:
+                    raise WorkerFailure(
+                        "irreproducible", "learn (replay)",
+                        f"replaying learn from the previous state with the same seeds did not "
+                        f"reproduce its state ({problem}): something outside the state was "
+                        "used (hidden storage, files, the clock), or learn is not "
+                        "deterministic under the harness's seeds", task_id=task_id)
+                reproducible = True
+            blob = learned.state
+            answer = runner.predict(blob, obs["query_inputs"], obs["query_task_ids"], task_id,
+                                    False)
+            predict_flops = None
+            if flops:
+                predict_flops = runner.predict(blob, obs["query_inputs"],
+                                               obs["query_task_ids"], task_id, True).flops
+            obs, _, _, _, info = env.step(answer.labels)
+            _record(result, info["accuracies"], len(blob), reference_bytes[task_id],
+                    {"learn_seconds": learned.seconds,
+                     "learn_flops": replay.flops if flops else None,
+                     "learn_peak_memory_bytes": learned.peak_memory_bytes,
+                     "predict_seconds": answer.seconds, "predict_flops": predict_flops},
+                    learned.metrics, threshold)
+            result.reproducible.append(reproducible)
+            result.isolation["worker_start_median_seconds"] = runner.isolation.get(
+                "worker_start_median_seconds")
+            save()
+            bar.update(1)
+            bar.set_postfix(acc=f"{result.metrics['acc']:.3f}")
+
+
+def check_writable(out: str | os.PathLike) -> None:
+    """Fail before any work when ``out`` cannot be written (it is written after every task)."""
+    target = Path(out)
+    if target.is_dir():
+        raise ValueError(f"--out {target} is a folder; give a file path such as "
+                         f"{target / 'result.json'}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                         suffix=".probe")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"--out {target}: cannot write there ({error.strerror or error}); "
+                         "choose a writable folder") from None
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Within: SIGTERM (like SIGINT) raises :class:`RunInterrupted`, an orderly stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number, _frame):
+        raise RunInterrupted(signal.Signals(number).name)
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM,
+                                                                   signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _describe(name: str, task_id: int, env: dict, stage: str, detail: str) -> str:
     task_name = env["task_names"][task_id]
-    return (f"agent {name!r} failed in {stage} on task {task_id} ({task_name}): "
-            f"{type(error).__name__}: {error}")
+    return f"agent {name!r} failed in {stage} on task {task_id} ({task_name}): {detail}"
 
 
-def _fail(result: Result, save: Callable[[], Any], wall_start: float, message: str) -> None:
-    result.status, result.error = "failed", message
+def _finish(result: Result, save: Callable[[], Any], wall_start: float, status: str,
+            message: str, failure: dict[str, Any]) -> None:
+    result.status, result.error, result.failure = status, message, failure
     result.finished_at = _now()
     result.wall_seconds = time.perf_counter() - wall_start
     save()
-
-
-def _agent_metrics(agent: Any) -> dict[str, Any]:
-    method = getattr(agent, "metrics", None)
-    if method is None:
-        return {}
-    return _jsonable(method(), "metrics()")
-
-
-def _untrained_accuracies(cls, kwargs, device, seed: int, env, obs, input_shapes
-                          ) -> list[float]:
-    """The FWT baseline b: the accuracy on every task of the agent as built to learn task 0
-    (same seed), before it learned anything. A separate build, so that whatever its
-    ``predict`` does cannot change what the learning agent does."""
-    _seed(seed, 0, 0)
-    untrained = build_agent(cls, kwargs, device, None)
-    labels = predict_queries(untrained, obs, input_shapes, device)
-    return [float(a) for a in env.unwrapped.score(labels)]
-
-
-def _twin_flops(cls, kwargs, device, previous: bytes | None, seed: int, task) -> int:
-    """Replay the task's ``learn`` on a twin rebuilt from the previous state, counting FLOPs."""
-    _seed(seed, task.id, 0)
-    twin = build_agent(cls, kwargs, device, previous)
-    _seed(seed, task.id, 1)
-    return costs.count_flops(lambda: twin.learn(task))
 
 
 def _record(result: Result, accuracies, state_bytes: int, reference_bytes: int,
@@ -408,55 +555,3 @@ def _task_bar(n_tasks: int, name: str, enabled: bool):
         yield bar
     finally:
         bar.close()
-
-
-# ----------------------------------------------------------------------------- fresh process
-class FreshProcessCheck:
-    """Evaluates the final state in a new interpreter and compares the final accuracy row.
-
-    The interpreter starts with the run, at the lowest CPU priority, so its start-up
-    (importing torch, rebuilding the episode) overlaps learning; at the end it receives the
-    path of the final state. What it still adds to a run's wall time (about a second on a
-    2-core CPU) does not grow with the run.
-    """
-
-    def __init__(self, name: str, agent_kwargs: dict, env_id: str, env_kwargs: dict,
-                 seed: int, device: torch.device) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="clbench-verify-"))
-        request = {"agent": name, "agent_kwargs": agent_kwargs, "env_id": env_id,
-                   "env_kwargs": env_kwargs, "seed": seed, "device": str(device)}
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "clbench.verify"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-
-    def check(self, blob: bytes, expected_row: list[float]) -> dict[str, Any]:
-        state_path = self.folder / "state.pt"
-        state_path.write_bytes(blob)
-        try:
-            stdout, stderr = self.process.communicate(str(state_path) + "\n")
-        except BrokenPipeError:
-            stdout, stderr = self.process.communicate()
-        if self.process.returncode != 0 or not stdout.strip():
-            last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
-            return {"fresh_process": True, "matches": False, "final_row": None,
-                    "reason": f"the fresh-process check could not evaluate the final state: "
-                              f"{last}"}
-        report = json.loads(stdout.strip().splitlines()[-1])
-        row = report["accuracies"]
-        matches = len(row) == len(expected_row) and all(
-            math.isclose(a, b, abs_tol=1e-12) for a, b in zip(row, expected_row, strict=True))
-        reason = None if matches else (
-            f"the final state evaluated in a fresh process gives accuracies {row} instead of "
-            f"{expected_row}: the agent keeps something outside its state_dict (class "
-            "attributes, globals) or predicts non-deterministically")
-        return {"fresh_process": True, "matches": matches, "reason": reason, "final_row": row,
-                "predict_seconds": report["predict_seconds"]}
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.communicate()
-        shutil.rmtree(self.folder, ignore_errors=True)

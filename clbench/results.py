@@ -1,11 +1,16 @@
-"""Result files: one JSON per run, schema ``clbench.result/1``, written atomically.
+"""Result files: one JSON per run, schema ``clbench.result/2``, written atomically.
 
 A result holds everything needed to trust and compare a run: the environment (id, kwargs,
 task names), the agent (name, kwargs), seed, device, versions, git commit, the accuracy
-matrix R with its metrics, storage after every task, per-task costs, agent metrics, the
-fresh-process check of the final state, status and timestamps; with future queries, the
-untrained agent's accuracy per task (``fwt_baseline``, what FWT is measured against).
+matrix R with its metrics, storage after every task, per-task costs, agent metrics, status
+and timestamps; how it was isolated (``sealed``: fresh sandboxed workers; ``isolation``: the
+mode, the reason, the median worker start), whether each task's ``learn`` was reproduced by
+its replay (``reproducible``), FWT's fresh-agent baseline (``fwt_baseline``) and, when it
+did not complete, what went wrong (``failure``: kind, stage, task, the agent's traceback).
 :func:`load_result` validates a file and names the first malformed field.
+
+Schema 2 (the sealed harness) replaced schema 1's ``verification`` (the fresh-process check
+of the final state) with ``sealed``, ``isolation``, ``reproducible`` and ``failure``.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "clbench.result/1"
-STATUSES = ("running", "complete", "failed")
+SCHEMA = "clbench.result/2"
+STATUSES = ("running", "complete", "failed", "interrupted")
+FAILURE_KINDS = ("agent_error", "contract", "worker_died", "timeout", "protocol",
+                 "irreproducible", "interrupted")
 
 
 class ResultFormatError(ValueError):
@@ -45,9 +52,11 @@ class Result:
         default_factory=lambda: {"bytes": [], "reference_fp32_bytes": [], "compression": []})
     costs: dict[str, list] = field(default_factory=lambda: {key: [] for key in COST_KEYS})
     agent_metrics: list[dict[str, Any]] = field(default_factory=list)
-    verification: dict[str, Any] | None = None
-    # accuracy on each task of the freshly built agent before any learning (query_future only)
+    sealed: bool = False
+    isolation: dict[str, Any] = field(default_factory=dict)
+    reproducible: list[bool | None] = field(default_factory=list)
     fwt_baseline: list[float] | None = None
+    failure: dict[str, Any] | None = None
     finished_at: str | None = None
     wall_seconds: float | None = None
     schema: str = SCHEMA
@@ -118,13 +127,14 @@ def _expect_number_list(values: Any, path: str, nullable_items: bool = False,
 
 
 def validate_result(data: Any) -> dict[str, Any]:
-    """Check a parsed result against schema ``clbench.result/1``; return it unchanged."""
+    """Check a parsed result against schema ``clbench.result/2``; return it unchanged."""
     _expect(data, dict, "<root>")
     if data.get("schema") != SCHEMA:
         _fail("schema", f"expected {SCHEMA!r}, got {data.get('schema')!r}")
     required = ("env", "agent", "seed", "device", "versions", "git_commit", "started_at",
                 "status", "error", "accuracy", "metrics", "storage", "costs", "agent_metrics",
-                "verification", "finished_at", "wall_seconds")
+                "sealed", "isolation", "reproducible", "fwt_baseline", "failure",
+                "finished_at", "wall_seconds")
     for key in required:
         if key not in data:
             _fail(key, "missing")
@@ -143,8 +153,8 @@ def validate_result(data: Any) -> dict[str, Any]:
     if data["status"] not in STATUSES:
         _fail("status", f"expected one of {STATUSES}, got {data['status']!r}")
     _expect(data["error"], str, "error", nullable=True)
-    if data["status"] == "failed" and not data["error"]:
-        _fail("error", "a failed run must say why")
+    if data["status"] in ("failed", "interrupted") and not data["error"]:
+        _fail("error", f"a {data['status']} run must say why")
 
     rows = data["accuracy"]
     _expect(rows, list, "accuracy")
@@ -178,20 +188,35 @@ def validate_result(data: Any) -> dict[str, Any]:
     _expect(data["agent_metrics"], list, "agent_metrics")
     if len(data["agent_metrics"]) != len(rows):
         _fail("agent_metrics", f"expected {len(rows)} entries, got {len(data['agent_metrics'])}")
-    _expect(data["verification"], dict, "verification", nullable=True)
-    check = data["verification"] or {}
-    if data["status"] == "complete" and not (
-            check.get("matches") is True or check.get("fresh_process") is False):
-        _fail("verification", "a complete run needs a matching fresh-process check "
-                              "(or one skipped on purpose, fresh_process false)")
-    if data.get("fwt_baseline") is not None:
-        _expect_number_list(data["fwt_baseline"], "fwt_baseline", length=n_tasks)
-        for j, value in enumerate(data["fwt_baseline"]):
-            if not 0.0 <= value <= 1.0:
-                _fail(f"fwt_baseline[{j}]", f"accuracy {value} is outside [0, 1]")
+    _validate_isolation(data, len(rows), n_tasks)
     _expect(data["finished_at"], str, "finished_at", nullable=True)
     _expect(data["wall_seconds"], (int, float), "wall_seconds", nullable=True)
     return data
+
+
+def _validate_isolation(data: dict[str, Any], n_rows: int, n_tasks: int) -> None:
+    """The schema-2 fields: sealed, isolation, reproducible, fwt_baseline, failure."""
+    _expect(data["sealed"], bool, "sealed")
+    _expect(data["isolation"], dict, "isolation")
+    for key in ("mode", "reason"):
+        _expect(data["isolation"].get(key), str, f"isolation.{key}")
+    if data["sealed"] and data["isolation"].get("sandbox") is None:
+        _fail("isolation.sandbox", "a sealed run names its sandbox")
+    _expect(data["reproducible"], list, "reproducible")
+    if len(data["reproducible"]) != n_rows:
+        _fail("reproducible", f"expected {n_rows} entries, got {len(data['reproducible'])}")
+    for index, value in enumerate(data["reproducible"]):
+        _expect(value, bool, f"reproducible[{index}]", nullable=True)
+        if data["status"] == "complete" and value is False:
+            _fail(f"reproducible[{index}]", "a complete run has no irreproducible task")
+    if data["fwt_baseline"] is not None:
+        _expect_number_list(data["fwt_baseline"], "fwt_baseline", length=n_tasks)
+    _expect(data["failure"], dict, "failure", nullable=True)
+    if data["status"] in ("failed", "interrupted") and data["failure"] is None:
+        _fail("failure", f"a {data['status']} run says what went wrong")
+    if data["failure"] is not None and data["failure"].get("kind") not in FAILURE_KINDS:
+        _fail("failure.kind", f"expected one of {FAILURE_KINDS}, got "
+                              f"{data['failure'].get('kind')!r}")
 
 
 def load_result(path: str | os.PathLike) -> Result:

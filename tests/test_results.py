@@ -56,8 +56,6 @@ def test_a_good_result_round_trips(tmp_path):
     (lambda d: d.update(verification={"fresh_process": True, "matches": False}),
      "verification"),
     (lambda d: d.update(status="failed", error=None), "error"),
-    (lambda d: d.update(fwt_baseline=[0.5]), "fwt_baseline"),
-    (lambda d: d.update(fwt_baseline=[0.5, 1.2]), "fwt_baseline[1]"),
 ])
 def test_malformed_results_name_the_field(tmp_path, edit, field):
     data = copy.deepcopy(make_result())

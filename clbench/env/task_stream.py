@@ -231,7 +231,8 @@ class TaskStreamEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self._current >= self.n_tasks:
             raise RuntimeError("the episode has terminated; call reset() to start a new one")
-        accuracies = self.score(action)
+        predictions = self._read_action(action)
+        accuracies = self._score(predictions)
         scored = self._current
         reward = float(np.mean(accuracies[: scored + 1]))
         self._current += 1
@@ -243,6 +244,16 @@ class TaskStreamEnv(gym.Env):
             obs = self._observe(self._current)
             info.update(self._arrival_info(self._current))
         return obs, reward, terminated, False, info
+
+    def score(self, action) -> np.ndarray:
+        """Accuracies of ``action`` on the current queries, without advancing the episode.
+
+        The harness uses it once after ``reset`` with ``query_future``: the labels of the
+        freshly built agent give FWT's baseline b_i (Lopez-Paz & Ranzato 2017).
+        """
+        if not 0 <= self._current < self.n_tasks:
+            raise RuntimeError("score() needs a running episode: call reset() first")
+        return self._score(self._read_action(action))
 
     # ------------------------------------------------------------------ helpers
     def task(self, task_id: int) -> Task:
@@ -319,14 +330,6 @@ class TaskStreamEnv(gym.Env):
             bad = predictions[(predictions != 0) & (predictions != 1)][:5].tolist()
             raise ValueError(f"action holds values other than 0 and 1, e.g. {bad}")
         return predictions.to(torch.int64)
-
-    def score(self, action) -> np.ndarray:
-        """Accuracy per task asked about of ``action`` (labels for the current queries), without
-        advancing the episode. ``step`` scores with it; the harness also uses it for the
-        forward-transfer baseline: the untrained agent's answers to the first queries."""
-        if self._current < 0 or self._current >= self.n_tasks:
-            raise RuntimeError("no queries to score: call reset() (or the episode has ended)")
-        return self._score(self._read_action(action))
 
     def _score(self, predictions: torch.Tensor) -> np.ndarray:
         correct = (predictions == self._query_labels).to(torch.float64)

@@ -1,0 +1,72 @@
+"""The bubblewrap sandbox that sealed workers run in, where Linux and ``bwrap`` allow it.
+
+Inside: no network (``--unshare-net``), the whole filesystem read-only (``--ro-bind / /``,
+``/dev`` remounted read-only), fresh ``/proc`` in a new PID namespace (the harness and its
+memory are not visible), a private empty ``/tmp`` (the zygote wipes it after every worker),
+and every dataset source hidden: the data roots, Debian's ``/usr/share/datasets`` and the
+folder of the installed mnist5k file. ``--die-with-parent`` ends the sandbox with the harness.
+
+Whether ``bwrap`` works is found by trying it once per process (it can be installed but not
+permitted, e.g. without user namespaces in a container).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+OPTIONS = (
+    "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc",
+    "--tmpfs", "/tmp", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+    "--new-session", "--die-with-parent",
+)
+DEBIAN_DATASETS = Path("/usr/share/datasets")
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_status() -> tuple[bool, str]:
+    """(usable, why): tried once per process with the options the workers get."""
+    if not sys.platform.startswith("linux"):
+        return False, f"no sandbox on {sys.platform}: bubblewrap needs Linux namespaces"
+    executable = shutil.which("bwrap")
+    if executable is None:
+        return False, ("bubblewrap is not installed (Debian/Ubuntu: apt-get install "
+                       "bubblewrap), so workers run unsandboxed")
+    try:
+        done = subprocess.run([executable, *OPTIONS, "--", sys.executable, "-c", "pass"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as error:
+        return False, f"bubblewrap could not be started ({error}), so workers run unsandboxed"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return False, f"bubblewrap is not permitted here ({last}), so workers run unsandboxed"
+    return True, ("bubblewrap: no network, read-only filesystem, private /tmp, "
+                  "dataset files hidden")
+
+
+def dataset_sources(data_roots: Iterable[str | os.PathLike | None]) -> list[Path]:
+    """Every existing place a dataset could be read from: data roots, Debian's folder, and
+    the folder of the installed mnist5k file."""
+    from clbench.data import resolve_root
+    from clbench.data.mnist5k import _csv_path
+
+    places = {resolve_root(root).resolve() for root in data_roots}
+    places.add(DEBIAN_DATASETS)
+    places.add(Path(str(_csv_path())).resolve().parent)
+    return sorted(place for place in places if place.exists())
+
+
+def bwrap_command(hidden: Iterable[Path]) -> list[str]:
+    """The ``bwrap`` prefix of the zygote's command line, hiding ``hidden``."""
+    command = [shutil.which("bwrap") or "bwrap", *OPTIONS]
+    for place in hidden:
+        if place.is_dir():
+            command += ["--tmpfs", str(place), "--remount-ro", str(place)]
+        else:
+            command += ["--ro-bind", "/dev/null", str(place)]
+    return [*command, "--"]

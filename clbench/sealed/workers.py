@@ -1,0 +1,151 @@
+"""The harness's side of sealed workers: start the zygote, run one call per fresh worker.
+
+:class:`WorkerPool` starts the zygote (:mod:`clbench.sealed.zygote`, under bubblewrap where
+that works), asks it for one forked worker per call, sends the request over a socket of its
+own, reads the reply (header + raw blobs; nothing is unpickled) and has the zygote reap the
+worker and kill anything it left running. :class:`WorkerFailure` says how a call went wrong
+in a machine-readable ``kind``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clbench.sealed.channel import ChannelClosed, MalformedMessage, receive_message, send_message
+from clbench.sealed.sandbox import bwrap_command
+
+# Seconds a worker gets to exit by itself after it answered, before it is killed.
+EXIT_GRACE_SECONDS = 5.0
+
+
+class WorkerFailure(Exception):
+    """A call failed. ``kind``: ``agent_error`` (the agent raised or called sys.exit),
+    ``contract`` (it returned what the contract forbids), ``worker_died`` (the worker ended
+    without answering: os._exit, a crash, a kill), ``timeout`` (past ``--learn-timeout``),
+    ``protocol`` (the reply did not follow the channel's format)."""
+
+    def __init__(self, kind: str, stage: str, message: str, traceback: str | None = None,
+                 task_id: int | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.stage, self.traceback, self.task_id = kind, stage, traceback, task_id
+
+
+class WorkerPool:
+    """A zygote and the fresh workers it forks, one per :meth:`call`; use as a context."""
+
+    def __init__(self, sandboxed: bool, hidden: Sequence[Path] = (),
+                 extra_paths: Sequence[str] = ()) -> None:
+        self.sandboxed = sandboxed
+        self.start_seconds: list[float] = []
+        self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        command = [sys.executable, "-P", "-m", "clbench.sealed.zygote", str(child.fileno()),
+                   "0" if sandboxed else str(os.getpid())]
+        if sandboxed:
+            command = bwrap_command(hidden) + command
+        try:
+            self.process = subprocess.Popen(
+                command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=2,
+                start_new_session=True)
+        finally:
+            child.close()
+        try:
+            self._send({"extra_paths": list(extra_paths), "sandboxed": sandboxed})
+            self._receive()
+        except BaseException:
+            self.close()
+            raise
+
+    def _send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+        socket.send_fds(self.control, [json.dumps(message).encode()], list(fds))
+
+    def _receive(self) -> dict[str, Any]:
+        data = self.control.recv(65536)
+        if not data:
+            code = self.process.wait()
+            raise RuntimeError(f"the sealed-worker zygote exited (code {code}); its error "
+                               "is printed above")
+        return json.loads(data)
+
+    def call(self, header: dict[str, Any], blobs: Sequence[bytes], stage: str,
+             timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
+        """Run one call in a fresh worker; return its successful reply or raise
+        :class:`WorkerFailure`."""
+        mine, theirs = socket.socketpair()
+        began = time.perf_counter()
+        try:
+            self._send({"op": "spawn"}, [theirs.fileno()])
+        finally:
+            theirs.close()
+        pid = self._receive()["pid"]
+        try:
+            mine.settimeout(timeout)
+            try:
+                send_message(mine, header, blobs)
+                reply, out = receive_message(mine)
+            except TimeoutError:
+                self._reap(pid, 0.0)
+                raise WorkerFailure("timeout", stage, f"ran past the learn timeout of "
+                                    f"{timeout:g} s; the worker was killed") from None
+            except (ChannelClosed, BrokenPipeError, ConnectionResetError):
+                status = self._reap(pid, EXIT_GRACE_SECONDS)
+                raise WorkerFailure("worker_died", stage, _describe_exit(status)) from None
+            except MalformedMessage as error:
+                self._reap(pid, 0.0)
+                raise WorkerFailure("protocol", stage, f"the worker's reply is malformed: "
+                                    f"{error}") from None
+        finally:
+            mine.close()
+        self._reap(pid, EXIT_GRACE_SECONDS)
+        if isinstance(reply.get("started"), (int, float)):
+            self.start_seconds.append(reply["started"] - began)
+        if reply.get("ok") is not True:
+            raise WorkerFailure(str(reply.get("kind", "agent_error")),
+                                str(reply.get("stage", stage)), str(reply.get("message")),
+                                reply.get("traceback"), reply.get("task_id"))
+        return reply, out
+
+    def _reap(self, pid: int, grace: float) -> dict[str, Any]:
+        self._send({"op": "reap", "pid": pid, "grace": grace})
+        return self._receive()
+
+    @property
+    def median_start_seconds(self) -> float | None:
+        return statistics.median(self.start_seconds) if self.start_seconds else None
+
+    def close(self) -> None:
+        """Stop the zygote: it kills its workers and removes its temp folder."""
+        try:
+            self._send({"op": "stop"})
+        except OSError:
+            pass
+        self.control.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def _describe_exit(status: dict[str, Any]) -> str:
+    if status.get("signal") is not None:
+        name = signal.Signals(status["signal"]).name
+        return (f"the worker was killed by {name} before it answered (a crash in the agent's "
+                "code, or it ran out of memory)")
+    return (f"the worker exited with code {status.get('exit')} before it answered (the "
+            "agent called os._exit, or its process ended)")

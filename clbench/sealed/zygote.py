@@ -1,0 +1,269 @@
+"""The zygote: a process with torch and clbench imported that forks one worker per call.
+
+Started by :class:`clbench.sealed.workers.WorkerPool` as
+``python -P -m clbench.sealed.zygote CONTROL_FD PARENT_PID`` (inside ``bwrap`` where the
+sandbox works; ``-P``: the current directory is not on the import path). It talks to the
+harness over a ``SOCK_SEQPACKET`` control socket, one JSON message per packet:
+
+- first the harness sends ``{"extra_paths": [...], "sandboxed": bool}``; the zygote
+  answers ``{"ready": true}`` once its imports are done;
+- ``{"op": "spawn"}`` with one socket passed as a file descriptor: fork a worker that
+  serves one call on that socket; answer ``{"pid": ...}``;
+- ``{"op": "reap", "pid": ..., "grace": seconds}``: let the worker exit (or kill it after
+  ``grace``), kill whatever it left running, wipe its temp folder; answer its exit status;
+- ``{"op": "stop"}``, a closed socket, or the harness's death: kill every worker, remove
+  the temp folder, exit.
+
+A worker (:func:`worker_main`) starts a new session (so its leftovers can be killed as a
+group), dies with the zygote (``PR_SET_PDEATHSIG``), sends its stdout to stderr, reads one
+request from its socket, runs the agent call (:func:`serve`) and answers with state bytes
+or labels as raw arrays (see :mod:`clbench.sealed.channel`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+WORKER_FLAG = "CLBENCH_SEALED_WORKER"
+SANDBOX_TEMP = Path("/tmp")
+
+
+def prctl(option: int, value: int) -> None:
+    """``prctl(2)`` through libc (Linux only; a no-op elsewhere)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------- worker side
+def serve(header: dict[str, Any], blobs: list[bytes], started: float
+          ) -> tuple[dict[str, Any], list[bytes]]:
+    """Run one agent call described by ``header``; return the reply (header, blobs)."""
+    import torch
+
+    from clbench.agent import load_agent_class
+    from clbench.sealed.calls import AgentCallError, learn_call, predict_call
+    from clbench.sealed.channel import array_blob, blob_array
+    from clbench.tasks import Task, TaskSpec
+
+    torch.set_num_threads(int(header["threads"]))
+    device = torch.device(header["device"])
+    state = blobs[0] if header["has_state"] else None
+    arrays = [blob_array(meta, blob).to(device)
+              for meta, blob in zip(header["arrays"], blobs[1:], strict=True)]
+    try:
+        try:
+            cls = load_agent_class(header["agent"])
+        except Exception as error:
+            raise AgentCallError("import", error) from error
+        if header["op"] == "learn":
+            task = Task(header["task_id"], TaskSpec.from_name(header["task_name"]), *arrays)
+            outcome = learn_call(cls, header["kwargs"], device, state, task, header["seed"],
+                                 header["count_flops"])
+            return ({"ok": True, "started": started, "seconds": outcome.seconds,
+                     "peak_memory_bytes": outcome.peak_memory_bytes, "flops": outcome.flops,
+                     "metrics": outcome.metrics}, [outcome.state])
+        inputs, task_ids = arrays
+        shapes = [tuple(shape) for shape in header["input_shapes"]]
+        outcome = predict_call(cls, header["kwargs"], device, state, inputs, task_ids, shapes,
+                               header["seed"], header["task_id"], header["count_flops"],
+                               header["purpose"])
+        meta, raw = array_blob(outcome.labels)
+        return ({"ok": True, "started": started, "seconds": outcome.seconds,
+                 "flops": outcome.flops, "labels": meta}, [raw])
+    except AgentCallError as error:
+        return ({"ok": False, "started": started, "kind": error.kind, "stage": error.stage,
+                 "task_id": error.task_id, "message": str(error),
+                 "traceback": error.traceback}, [])
+
+
+def worker_main(fd: int, workdir: Path, zygote_pid: int) -> None:
+    """The forked worker: one request in, one reply out, then exit (never returns)."""
+    started = time.perf_counter()
+    os.setsid()
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != zygote_pid:
+        os._exit(1)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
+    os.dup2(2, 1)  # the agent's prints go to the harness's stderr, never into the channel
+    os.environ["TMPDIR"] = str(workdir)
+    tempfile.tempdir = None
+    from clbench.sealed.channel import receive_message, send_message
+
+    sock = socket.socket(fileno=fd)
+    code = 0
+    try:
+        header, blobs = receive_message(sock)
+        reply, out = serve(header, blobs, started)
+        send_message(sock, reply, out)
+    except BaseException:  # noqa: BLE001  (the harness sees a worker that died)
+        code = 70
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001, S110
+                pass
+        os._exit(code)
+
+
+# --------------------------------------------------------------------------- zygote side
+class Zygote:
+    def __init__(self, control: socket.socket, temp: Path, sandboxed: bool) -> None:
+        self.control, self.temp, self.sandboxed = control, temp, sandboxed
+        self.workers: dict[int, Path] = {}
+        self.count = 0
+
+    def reply(self, message: dict[str, Any]) -> None:
+        self.control.send(json.dumps(message).encode())
+
+    def serve_forever(self) -> None:
+        while True:
+            data, fds, _, _ = socket.recv_fds(self.control, 65536, 1)
+            if not data:
+                return
+            request = json.loads(data)
+            if request["op"] == "spawn":
+                self.reply({"pid": self.spawn(fds[0])})
+            elif request["op"] == "reap":
+                self.reply(self.reap(int(request["pid"]), float(request["grace"])))
+            else:
+                return
+
+    def spawn(self, fd: int) -> int:
+        self.count += 1
+        workdir = self.temp / f"worker-{self.count}"
+        workdir.mkdir()
+        zygote_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.control.close()
+                worker_main(fd, workdir, zygote_pid)
+            finally:
+                os._exit(71)
+        os.close(fd)
+        self.workers[pid] = workdir
+        return pid
+
+    def reap(self, pid: int, grace: float) -> dict[str, Any]:
+        """Wait up to ``grace`` seconds for the worker, then kill it and all it started."""
+        deadline = time.monotonic() + grace
+        status = None
+        while status is None and time.monotonic() < deadline:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            status = raw if done else None
+            if status is None:
+                time.sleep(0.002)
+        _kill_group(pid)
+        if status is None:
+            _, status = os.waitpid(pid, 0)
+        _kill_group(pid)
+        self.kill_orphans()
+        workdir = self.workers.pop(pid)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if self.sandboxed:  # the private /tmp: nothing a worker wrote survives its call
+            for entry in SANDBOX_TEMP.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        if os.WIFSIGNALED(status):
+            return {"exit": None, "signal": os.WTERMSIG(status)}
+        return {"exit": os.WEXITSTATUS(status), "signal": None}
+
+    def kill_orphans(self) -> None:
+        """Kill the processes a worker left behind (reparented to this subreaper)."""
+        me = os.getpid()
+        for _ in range(20):
+            orphans = [pid for pid in _children(me) if pid not in self.workers]
+            if not orphans:
+                break
+            for pid in orphans:
+                _kill_group(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+
+    def shutdown(self) -> None:
+        for pid in list(self.workers):
+            _kill_group(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.workers.clear()
+        self.kill_orphans()
+        if not self.sandboxed:
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _children(parent: int) -> list[int]:
+    """Pids whose parent is ``parent``, read from /proc (Linux)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == parent:
+            children.append(int(entry.name))
+    return children
+
+
+def main(argv: list[str]) -> None:
+    control_fd, parent_pid = int(argv[0]), int(argv[1])
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if parent_pid and os.getppid() != parent_pid:
+        return  # the harness died before this line
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ[WORKER_FLAG] = "1"
+    control = socket.socket(fileno=control_fd)
+    config = json.loads(control.recv(65536) or b"{}")
+    sys.path.extend(p for p in config.get("extra_paths", []) if p not in sys.path)
+    sandboxed = bool(config.get("sandboxed"))
+    temp = SANDBOX_TEMP if sandboxed else Path(tempfile.mkdtemp(prefix="clbench-sealed-"))
+    zygote = Zygote(control, temp, sandboxed)
+    try:
+        import torch  # noqa: F401  (what makes a worker start in milliseconds)
+
+        import clbench  # noqa: F401
+        import clbench.nets  # noqa: F401
+        import clbench.sealed.calls  # noqa: F401
+        import clbench.training  # noqa: F401
+        zygote.reply({"ready": True})
+        zygote.serve_forever()
+    except (OSError, SystemExit):
+        pass
+    finally:
+        zygote.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
