@@ -1,0 +1,325 @@
+"""Agents that try to cheat the benchmark, one per kind of cheat (issue 10), for the tests.
+
+Each learns like ``naive`` and adds one cheat. Where the cheat cannot work it falls back to
+naive's honest behaviour (or stops with an error that says what went missing), so a sealed
+run of it must give exactly naive's accuracy matrix, fail, or show in ``metrics()`` that
+the attempt was blocked. Run unsealed, each cheat works: the tests check that too, so that
+a test of the seal cannot pass because the cheat itself was broken.
+
+They are loaded by file path (``adversaries.py:Class``), as a user's own agent file is.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import io
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+from baselines.naive import Naive
+from clbench.data import load_dataset
+from clbench.nets import reference_net
+from clbench.tasks import Task
+from clbench.training import minibatches, predict_batched
+
+
+class _KnowsItsTasks(Naive):
+    """Naive that also keeps each task's positive classes (small, honest metadata)."""
+
+    def __init__(self, device="cpu", **kwargs) -> None:
+        super().__init__(device, **kwargs)
+        self.positives: list[list[int]] = []
+
+    def learn(self, task: Task) -> None:
+        super().learn(task)
+        self.positives.append(list(task.spec.positive))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "positives": self.positives}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.positives = [list(p) for p in state["positives"]]
+
+    def _labels_from_digits(self, x: torch.Tensor, task_id: int, images: torch.Tensor,
+                            digits: torch.Tensor) -> torch.Tensor | None:
+        """Each query's label read off a labelled copy of the images; None if one is missing."""
+        lookup = {image.numpy().tobytes(): int(d) for image, d in zip(images, digits, strict=True)}
+        found = [lookup.get(image.cpu().numpy().tobytes()) for image in x]
+        if any(digit is None for digit in found):
+            return None
+        return torch.tensor([int(d in self.positives[task_id]) for d in found])
+
+
+# (a) ------------------------------------------------------------------------------------------
+class ReadsTestLabelsFromDataset(_KnowsItsTasks):
+    """``predict`` looks its query images up in the test split ``load_dataset`` hands out."""
+
+    def predict(self, x, task_id):
+        try:
+            test = load_dataset(self.datasets[task_id], train=False)
+        except Exception:  # the files are hidden: answer honestly
+            return super().predict(x, task_id)
+        stolen = self._labels_from_digits(x, task_id, test.images.cpu(), test.labels.cpu())
+        return super().predict(x, task_id) if stolen is None else stolen
+
+
+# (b) ------------------------------------------------------------------------------------------
+def _objects_holding_query_labels():
+    """Every object reachable from this call stack or the garbage collector that looks like
+    the environment (it holds the labels of the current queries)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        yield from frame.f_locals.values()
+        frame = frame.f_back
+    yield from gc.get_objects()
+
+
+class WalksTheStackToTheEnv(_KnowsItsTasks):
+    """``predict`` finds the env through the call stack or ``gc`` and reads its query labels."""
+
+    def predict(self, x, task_id):
+        for thing in _objects_holding_query_labels():
+            try:
+                env = getattr(thing, "unwrapped", thing)
+                labels, ids = env._query_labels, env._query_ids
+            except Exception:
+                continue
+            if torch.is_tensor(labels) and torch.is_tensor(ids):
+                mine = labels[ids == task_id]
+                if len(mine) == len(x):
+                    return mine.clone()
+        return super().predict(x, task_id)
+
+
+# (c) ------------------------------------------------------------------------------------------
+def cache_folders(name: str) -> list[Path]:
+    """Where the disk cache goes: the temp folder and torch hub's folder."""
+    return [Path(tempfile.gettempdir()) / name, Path(torch.hub.get_dir()) / name]
+
+
+class CachesWeightsOnDisk(Naive):
+    """Writes its net to a temp folder and torch hub's folder in ``learn``; keeps only the
+    number of tasks in its state and reads the net back from disk in ``predict``."""
+
+    def __init__(self, device="cpu", cache_name="clbench-adversary-cache", **kwargs) -> None:
+        super().__init__(device, **kwargs)
+        self.cache_name = cache_name
+
+    def learn(self, task):
+        if self.net is None and self.datasets:  # a fresh agent: bring the net back from disk
+            self.net = self._read_cache()
+        super().learn(task)
+        blob = io.BytesIO()
+        torch.save({"shape": list(self.net.input_shape), "heads": len(self.net.heads),
+                    "net": self.net.state_dict()}, blob)
+        for folder in cache_folders(self.cache_name):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "net.pt").write_bytes(blob.getvalue())
+            except OSError:
+                pass
+
+    def _read_cache(self):
+        for folder in cache_folders(self.cache_name):
+            path = folder / "net.pt"
+            if path.exists():
+                saved = torch.load(path, weights_only=True)
+                net = Naive(self.device)._ensure_net(saved["shape"])
+                for _ in range(saved["heads"]):
+                    net.add_head()
+                net.load_state_dict(saved["net"])
+                return net
+        raise FileNotFoundError(f"the disk cache is gone from {cache_folders(self.cache_name)}")
+
+    def predict(self, x, task_id):
+        if self.net is None:
+            self.net = self._read_cache()
+        return super().predict(x, task_id)
+
+    def state_dict(self):
+        return {"datasets": list(self.datasets)}
+
+    def load_state_dict(self, state):
+        self.datasets = list(state["datasets"])
+
+
+# (d) ------------------------------------------------------------------------------------------
+class RetrainsFromDatasetFiles(Naive):
+    """Keeps only task names; ``predict`` re-derives each task's net from the training split
+    that ``load_dataset`` hands out (free replay, never counted as storage)."""
+
+    def __init__(self, device="cpu", **kwargs) -> None:
+        super().__init__(device, **kwargs)
+        self.names: list[str] = []
+
+    def learn(self, task):
+        self.names.append(task.name)
+
+    def predict(self, x, task_id):
+        dataset, classes = self.names[task_id].split(":")
+        positive, negative = ([int(c) for c in side.split(",")] for side in classes.split("|"))
+        train = load_dataset(dataset, train=True)  # hidden in a sealed worker: this raises
+        keep = torch.isin(train.labels, torch.tensor(positive + negative))
+        images = train.images[keep][:200].cpu()
+        labels = torch.isin(train.labels[keep][:200], torch.tensor(positive)).long().cpu()
+        net = reference_net(images.shape[1:])
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.5)
+        for _ in range(3):
+            for inputs, targets in minibatches(images, labels, dataset, 32):
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(net(inputs), targets).backward()
+                optimizer.step()
+        return predict_batched(net.eval(), x.cpu(), dataset)
+
+    def state_dict(self):
+        return {"names": list(self.names)}
+
+    def load_state_dict(self, state):
+        self.names = list(state["names"])
+
+
+# (e) ------------------------------------------------------------------------------------------
+_KEPT: dict[str, dict] = {}
+
+
+class KeepsWeightsInAGlobal(Naive):
+    """Keeps its net in a module global and out of its state on every task but ``last_task``."""
+
+    def __init__(self, device="cpu", last_task=1, **kwargs) -> None:
+        super().__init__(device, **kwargs)
+        self.last_task = last_task
+
+    def state_dict(self):
+        state = super().state_dict()
+        if len(self.datasets) - 1 == self.last_task:
+            return state
+        _KEPT["state"] = state
+        return {"datasets": list(self.datasets)}
+
+    def load_state_dict(self, state):
+        if "net" not in state and state["datasets"]:
+            if "state" not in _KEPT:
+                raise RuntimeError("the weights kept in the module global are gone")
+            state = _KEPT["state"]
+        super().load_state_dict(state)
+
+
+# (f) ------------------------------------------------------------------------------------------
+class ReplaysFromAClassAttribute(Naive):
+    """Keeps every task's training data in a class attribute and replays it inside ``learn``
+    only: its state (naive's) never counts the buffer."""
+
+    buffer: list[Task] = []
+
+    def learn(self, task):
+        super().learn(task)
+        replay = type(self).buffer
+        if replay:
+            optimizer = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=self.momentum)
+            for old in replay:
+                for inputs, targets in minibatches(old.x_train, old.y_train, old.dataset, 64):
+                    optimizer.zero_grad()
+                    torch.nn.functional.cross_entropy(self.net(inputs, old.id), targets).backward()
+                    optimizer.step()
+        type(self).buffer = [*replay, task]
+
+
+# (g) ------------------------------------------------------------------------------------------
+_LEARNED: set[tuple[str, int]] = set()
+
+
+class DodgesTheSecondLearn(Naive):
+    """Does nothing on the second ``learn`` of a task in a process (the counted replay)."""
+
+    def learn(self, task):
+        if (task.name, len(self.datasets)) in _LEARNED:
+            self._ensure_net(task.input_shape).add_head()  # a head, so predict still answers
+            self.datasets.append(task.dataset)
+            return
+        _LEARNED.add((task.name, len(self.datasets)))
+        super().learn(task)
+
+
+class DodgesTheFlopCounter(Naive):
+    """Learns nothing while PyTorch's FLOP counter is on (the counted replay)."""
+
+    def learn(self, task):
+        if any("FlopCounter" in type(mode).__name__ for mode in _get_current_dispatch_mode_stack()):
+            self._ensure_net(task.input_shape).add_head()
+            self.datasets.append(task.dataset)
+            return
+        super().learn(task)
+
+
+# (h) ------------------------------------------------------------------------------------------
+class ReachesTheNetwork(Naive):
+    """Tries to reach a package registry in ``learn``; reports what happened in ``metrics``."""
+
+    def learn(self, task):
+        super().learn(task)
+        try:
+            with socket.create_connection(("pypi.org", 443), timeout=3):
+                self.network = "reached pypi.org:443"
+        except OSError as error:
+            self.network = f"blocked: {type(error).__name__}: {error}"
+
+    def metrics(self):
+        return {"network": self.network}
+
+
+# (i) ------------------------------------------------------------------------------------------
+def _mnist5k_file() -> Path:
+    from clbench.data import mnist5k
+
+    return Path(str(mnist5k._csv_path()))
+
+
+def _other_processes() -> list[int]:
+    """Ids of every other process visible in /proc, the parent (the harness) first."""
+    own, parent = os.getpid(), os.getppid()
+    found = sorted(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return [parent, *(pid for pid in found if pid not in (own, parent))]
+
+
+class ReadsTheHarnessThroughProc(_KnowsItsTasks):
+    """Reads the harness's ``/proc/<pid>/environ`` and, through ``/proc/<pid>/root`` of any
+    process it can see, the dataset file hidden from it, to look its queries' labels up.
+    ``harness_pid`` (the tests pass it) says whether the harness itself was reachable."""
+
+    def __init__(self, device="cpu", harness_pid=0, **kwargs) -> None:
+        super().__init__(device, **kwargs)
+        self.harness_pid = harness_pid
+
+    def learn(self, task):
+        super().learn(task)
+        try:
+            Path(f"/proc/{self.harness_pid}/environ").read_bytes()
+            self.harness_environ = True
+        except OSError:
+            self.harness_environ = False
+
+    def metrics(self):
+        return {"harness_environ_readable": self.harness_environ}
+
+    def predict(self, x, task_id):
+        target = _mnist5k_file()
+        for pid in _other_processes():
+            try:
+                with gzip.open(f"/proc/{pid}/root{target}", "rt") as handle:
+                    table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
+            except (OSError, ValueError, EOFError):
+                continue
+            images = torch.from_numpy(table[:, :-1].astype(np.uint8)).reshape(-1, 1, 28, 28)
+            stolen = self._labels_from_digits(x, task_id, images, torch.from_numpy(table[:, -1]))
+            if stolen is not None:
+                return stolen
+        return super().predict(x, task_id)

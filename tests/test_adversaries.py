@@ -1,0 +1,205 @@
+"""Agents that cheat (``tests/adversaries.py``) against the sealed harness.
+
+In a sealed run each cheat either fails with a message naming the task and what went wrong,
+or cannot do what it tries and scores exactly what honest ``naive`` scores. Each cheat is
+also run unsealed (in process, where nothing is enforced) to show that it does work there:
+the sealed tests cannot pass because a cheat was broken.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+
+import adversaries
+import pytest
+from tiny_runs import SPLIT, TINY_STREAM
+
+from clbench.harness import AgentError, evaluate
+from clbench.sealed import sandbox
+
+SANDBOX, WHY_NOT = sandbox.bwrap_status()
+needs_sandbox = pytest.mark.skipif(
+    not SANDBOX, reason=f"the sandbox is what stops this cheat, and here {WHY_NOT}")
+ONE_EPOCH = {"epochs": 1}
+
+
+def run(agent, seal: bool = True, agent_kwargs=None, **options):
+    """A run of ``agent`` on the tiny stream; a failed run's result instead of the error."""
+    try:
+        return evaluate(agent, SPLIT, seed=0, device="cpu", seal=seal, env_kwargs=TINY_STREAM,
+                        agent_kwargs={**ONE_EPOCH, **(agent_kwargs or {})}, **options)
+    except AgentError as error:
+        return error.result
+
+
+@pytest.fixture(scope="module")
+def honest():
+    """What naive scores on the same stream, seeds and settings."""
+    result = run("naive")
+    assert result.status == "complete", result.error
+    return result
+
+
+def failed_on_task_0(result, stage: str, kind: str):
+    assert result.status == "failed"
+    assert result.failure["kind"] == kind and result.failure["task_id"] == 0
+    assert f"failed in {stage} on task 0 (mnist5k:0|1)" in result.error
+    return result.error
+
+
+# (a), (b), (i): reading test labels -------------------------------------------------------
+LABEL_THIEVES = [adversaries.ReadsTestLabelsFromDataset, adversaries.WalksTheStackToTheEnv,
+                 adversaries.ReadsTheHarnessThroughProc]
+
+
+@pytest.mark.parametrize("thief", LABEL_THIEVES, ids=lambda cls: cls.__name__)
+def test_unsealed_a_label_thief_scores_perfectly(thief):
+    result = run(thief, seal=False, agent_kwargs={"harness_pid": os.getpid()}
+                 if thief is adversaries.ReadsTheHarnessThroughProc else None)
+    assert result.status == "complete" and result.metrics["acc"] == 1.0
+
+
+@needs_sandbox
+@pytest.mark.parametrize("thief", LABEL_THIEVES, ids=lambda cls: cls.__name__)
+def test_sealed_a_label_thief_finds_no_labels_and_scores_as_naive(thief, honest):
+    result = run(thief, agent_kwargs={"harness_pid": os.getpid()}
+                 if thief is adversaries.ReadsTheHarnessThroughProc else None)
+    assert result.status == "complete" and result.sealed
+    assert result.accuracy == honest.accuracy
+
+
+@needs_sandbox
+def test_sealed_the_harness_process_is_out_of_sight():
+    result = run(adversaries.ReadsTheHarnessThroughProc,
+                 agent_kwargs={"harness_pid": os.getpid()})
+    assert [m["harness_environ_readable"] for m in result.agent_metrics] == [False, False]
+    unsealed = run(adversaries.ReadsTheHarnessThroughProc, seal=False,
+                   agent_kwargs={"harness_pid": os.getpid()})
+    assert [m["harness_environ_readable"] for m in unsealed.agent_metrics] == [True, True]
+
+
+# (c) a disk cache ----------------------------------------------------------------------------
+@pytest.fixture
+def cache_name(monkeypatch, tmp_path):
+    """A cache folder name of this test only, removed afterwards wherever it was written."""
+    name = f"clbench-adversary-cache-{uuid.uuid4().hex}"
+    yield name
+    for folder in adversaries.cache_folders(name):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_unsealed_a_disk_cache_hides_the_weights(cache_name, honest, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # not the user's own torch hub
+    result = run(adversaries.CachesWeightsOnDisk, seal=False,
+                 agent_kwargs={"cache_name": cache_name})
+    assert result.status == "complete" and result.accuracy == honest.accuracy
+    assert max(result.storage_bytes) < 2_000 < min(honest.storage_bytes)
+
+
+@needs_sandbox
+def test_sealed_a_disk_cache_is_gone_by_the_next_call(cache_name):
+    result = run(adversaries.CachesWeightsOnDisk, agent_kwargs={"cache_name": cache_name})
+    error = failed_on_task_0(result, "predict", "agent_error")
+    assert "FileNotFoundError: the disk cache is gone" in error
+    assert not any(folder.exists() for folder in adversaries.cache_folders(cache_name))
+
+
+# (d) free replay from the dataset files ------------------------------------------------------
+def test_unsealed_task_names_suffice_to_retrain_from_the_dataset_files():
+    result = run(adversaries.RetrainsFromDatasetFiles, seal=False)
+    assert result.status == "complete" and max(result.storage_bytes) < 2_000
+    assert result.metrics["acc"] > 0.9
+
+
+@needs_sandbox
+def test_sealed_the_dataset_files_are_not_there():
+    result = run(adversaries.RetrainsFromDatasetFiles)
+    error = failed_on_task_0(result, "predict", "agent_error")
+    assert "FileNotFoundError" in error and "mnist_5k.csv.gz" in error
+
+
+# (e) weights in a module global until the last task ------------------------------------------
+def test_unsealed_a_global_hides_the_weights_until_the_last_task(honest):
+    result = run(adversaries.KeepsWeightsInAGlobal, seal=False)
+    assert result.status == "complete" and result.accuracy == honest.accuracy
+    assert result.storage_bytes[0] < 2_000 < result.storage_bytes[1]
+
+
+@needs_sandbox
+def test_sealed_a_global_is_empty_in_the_next_worker():
+    result = run(adversaries.KeepsWeightsInAGlobal)
+    error = failed_on_task_0(result, "predict", "agent_error")
+    assert "the weights kept in the module global are gone" in error
+
+
+# (f) a replay buffer in a class attribute, used only in learn ---------------------------------
+def test_unsealed_without_replay_check_a_class_attribute_buffer_changes_learning(
+        honest, monkeypatch):
+    monkeypatch.setattr(adversaries.ReplaysFromAClassAttribute, "buffer", [])
+    result = run(adversaries.ReplaysFromAClassAttribute, seal=False, flops=False)
+    assert result.status == "complete" and result.accuracy != honest.accuracy
+    assert result.storage_bytes == honest.storage_bytes  # the buffer is never counted
+
+
+def test_unsealed_the_replay_check_catches_a_class_attribute_buffer(monkeypatch):
+    monkeypatch.setattr(adversaries.ReplaysFromAClassAttribute, "buffer", [])
+    error = failed_on_task_0(run(adversaries.ReplaysFromAClassAttribute, seal=False),
+                             "learn (replay)", "irreproducible")
+    assert "did not reproduce its state" in error
+
+
+@needs_sandbox
+def test_sealed_a_class_attribute_buffer_is_empty_in_every_worker(honest):
+    result = run(adversaries.ReplaysFromAClassAttribute)
+    assert result.status == "complete" and result.accuracy == honest.accuracy
+    assert result.reproducible == [True, True]
+
+
+# (g) FLOP dodging ----------------------------------------------------------------------------
+@needs_sandbox
+def test_sealed_a_dodger_of_the_second_learn_cannot_tell_it_apart(honest, monkeypatch):
+    # a fresh worker per call remembers no earlier learn: every learn is done and counted
+    result = run(adversaries.DodgesTheSecondLearn)
+    assert result.status == "complete" and result.accuracy == honest.accuracy
+    assert result.costs["learn_flops"] == honest.costs["learn_flops"]
+    assert min(honest.costs["learn_flops"]) > 0
+
+
+def test_unsealed_a_dodger_of_the_second_learn_fails_the_replay_check(monkeypatch):
+    monkeypatch.setattr(adversaries, "_LEARNED", set())
+    error = failed_on_task_0(run(adversaries.DodgesTheSecondLearn, seal=False),
+                             "learn (replay)", "irreproducible")
+    assert "state['net']" in error  # what differs is named
+
+
+@pytest.mark.parametrize("seal", [pytest.param(True, marks=needs_sandbox), False])
+def test_a_dodger_of_the_flop_counter_is_not_reproducible(seal):
+    error = failed_on_task_0(run(adversaries.DodgesTheFlopCounter, seal=seal),
+                             "learn (replay)", "irreproducible")
+    assert "did not reproduce its state" in error
+
+
+# (h) the network -----------------------------------------------------------------------------
+def _registry_reachable() -> bool:
+    try:
+        with socket.create_connection(("pypi.org", 443), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+@needs_sandbox
+def test_sealed_there_is_no_network():
+    result = run(adversaries.ReachesTheNetwork)
+    assert result.status == "complete"
+    assert all(m["network"].startswith("blocked: ") for m in result.agent_metrics)
+
+
+def test_unsealed_the_network_is_reached():
+    if not _registry_reachable():
+        pytest.skip("this machine cannot reach pypi.org itself, so there is no control")
+    result = run(adversaries.ReachesTheNetwork, seal=False)
+    assert [m["network"] for m in result.agent_metrics] == ["reached pypi.org:443"] * 2
