@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fake_datasets import trust_checksums, write_cifar10, write_mnist_idx
+from tiny_runs import shadowing_folder
 from torchvision import datasets
 
 from clbench.data import registry, sources
@@ -56,3 +57,12 @@ def fake_full_data(tmp_path, fresh_data_cache, cifar_checksums_for):
     *_, md5 = write_cifar10(tmp_path, per_class_per_batch=4, test_per_class=10)
     cifar_checksums_for(datasets.CIFAR10, md5)
     return tmp_path
+
+
+@pytest.fixture
+def in_shadowing_folder(tmp_path, monkeypatch) -> Path:
+    """Run the test from a folder with its own ``agents/`` and ``baselines/`` packages (which
+    raise when imported): the harness and its workers must import the installed ones."""
+    folder = shadowing_folder(tmp_path / "cwd")
+    monkeypatch.chdir(folder)
+    return folder

@@ -1,5 +1,6 @@
-"""Future queries: every built-in agent answers a best guess for tasks it has not learned,
-deterministically, and FWT is measured against the untrained agent, not against 0.5."""
+"""Every built-in agent completes sealed; with future queries it answers a best guess for
+tasks it has not learned, deterministically, and FWT is measured against the untrained
+agent, not against 0.5."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ from tiny_runs import SPLIT, TINY_STREAM, builtin_agents, tiny_kwargs
 
 from clbench.agent import load_agent_class
 from clbench.harness import evaluate
+from clbench.sealed import sandbox
 from clbench.training import dataset_for_unseen_task
 
 FUTURE = {**TINY_STREAM, "query_future": True}
 
 
 @pytest.mark.parametrize("name", builtin_agents())
-def test_every_builtin_agent_answers_tasks_it_has_not_learned(name):
+def test_every_builtin_agent_completes_sealed_and_answers_unseen_tasks(name,
+                                                                     in_shadowing_folder):
+    # sealed, learn replayed and checked, from a folder whose agents/ must not shadow ours
     result = evaluate(name, SPLIT, seed=3, device="cpu", agent_kwargs=tiny_kwargs(name),
-                      env_kwargs=FUTURE, flops=False)
+                      env_kwargs=FUTURE)
     assert result.status == "complete", result.error
+    assert result.sealed is sandbox.bwrap_status()[0], result.isolation["reason"]
+    assert result.reproducible == [True, True]
     n = len(result.env["task_names"])
     assert [len(row) for row in result.accuracy] == [n] * n  # every row asks about every task
     assert len(result.fwt_baseline) == n
@@ -52,7 +58,7 @@ def test_the_fwt_baseline_is_the_untrained_agent_of_the_same_seed():
 
 def test_without_future_queries_there_is_no_fwt():
     result = evaluate("naive", SPLIT, device="cpu", agent_kwargs={"epochs": 1}, flops=False,
-                      verify=False, env_kwargs=TINY_STREAM)
+                      env_kwargs=TINY_STREAM)
     assert result.fwt_baseline is None and result.metrics["fwt"] is None
 
 

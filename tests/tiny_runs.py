@@ -7,6 +7,7 @@ registered agent in a few seconds.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from clbench.agent import registered_agents
@@ -31,3 +32,16 @@ def builtin_agents() -> list[str]:
     """Every agent this repository registers (third-party plug-ins are not ours to test)."""
     return sorted(name for name, target in registered_agents().items()
                   if target.startswith(("agents.", "baselines.")))
+
+
+SHADOW_MESSAGE = "the agents/ package of the current directory was imported"
+
+
+def shadowing_folder(folder: Path) -> Path:
+    """A working directory holding its own ``agents/`` and ``baselines/`` packages, which
+    raise when imported: the harness and its workers must import the installed ones."""
+    for package in ("agents", "baselines"):
+        (folder / package).mkdir(parents=True, exist_ok=True)
+        (folder / package / "__init__.py").write_text(f"raise ImportError({SHADOW_MESSAGE!r})\n")
+    return folder
+
