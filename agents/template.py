@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from clbench.data import dataset_info
 from clbench.nets import reference_net
 from clbench.tasks import Task
-from clbench.training import minibatches, predict_batched
+from clbench.training import (
+    dataset_for_unseen_task,
+    minibatches,
+    predict_batched,
+    seeded_for_unseen_task,
+)
 
 
 class TemplateAgent:
@@ -42,8 +47,16 @@ class TemplateAgent:
         self.nets.append(net)
         self.datasets.append(task.dataset)
 
-    # predict(x, task_id): uint8 inputs of a task seen before -> int64 labels in {0, 1}.
+    # predict(x, task_id): uint8 inputs of task ``task_id`` -> int64 labels in {0, 1}. With
+    # future queries (query_future=true) the task may not be learned yet: answer your best
+    # guess, never raise (here an untrained net, the same one whenever it is asked).
     def predict(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
+        if task_id >= len(self.nets):
+            shape = tuple(x.shape[1:])
+            with seeded_for_unseen_task(task_id):
+                net = reference_net(shape)
+            return predict_batched(net.to(self.device).eval(), x,
+                                   dataset_for_unseen_task(shape, self.datasets))
         net = self.nets[task_id].eval()
         return predict_batched(net, x, self.datasets[task_id])
 

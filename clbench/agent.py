@@ -5,7 +5,10 @@ An agent is a class built as ``AgentClass(device=..., **kwargs)`` with
 - ``learn(task)``: learn the new task from ``task.x_train`` / ``task.y_train`` (uint8 inputs,
   int64 {0,1} labels; ``task.normalize(x)`` standardises a batch). No test data is given.
 - ``predict(x, task_id) -> labels``: int64 (or bool) labels in {0, 1}, shape ``(len(x),)``,
-  for uint8 inputs ``x`` of a task seen before (task-incremental: the task id is given).
+  for uint8 inputs ``x`` of task ``task_id`` (task-incremental: the task id is given). With
+  future queries (env ``query_future=True``, for forward transfer) the task may not be
+  learned yet, or nothing may be: answer a best guess, do not raise
+  (:func:`clbench.training.seeded_for_unseen_task` makes a fresh head or net deterministic).
 - ``state_dict()`` / ``load_state_dict(state)``: everything the agent keeps between tasks,
   as tensors plus plain metadata (int, float, str, bool, None, lists, dicts). The harness
   serialises the state after every task, counts its bytes, and continues with a *fresh*

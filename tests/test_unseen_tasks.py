@@ -32,7 +32,7 @@ def test_every_builtin_agent_completes_sealed_and_answers_unseen_tasks(name,
     assert result.metrics["fwt"] == pytest.approx(expected / (n - 1))
 
 
-@pytest.mark.parametrize("name", builtin_agents())
+@pytest.mark.parametrize("name", [*builtin_agents(), "agents.template:TemplateAgent"])
 def test_a_guess_is_deterministic_and_leaves_the_global_rng_alone(name):
     cls = load_agent_class(name)
     torch.manual_seed(0)
