@@ -175,7 +175,9 @@ class SealedRunner:
                  input_shapes, data_roots) -> None:
         usable, reason = sandbox.bwrap_status()
         hidden = sandbox.dataset_sources(data_roots) if usable else []
-        self.pool = WorkerPool(usable, hidden, worker_import_paths())
+        module = target.rpartition(":")[0]
+        own_folder = [str(Path(module).parent)] if module.endswith(".py") else []
+        self.pool = WorkerPool(usable, hidden, own_folder + worker_import_paths())
         self.sealed = usable
         self.base = {"agent": target, "kwargs": kwargs, "device": str(device), "seed": seed,
                      "threads": torch.get_num_threads()}
