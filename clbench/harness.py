@@ -414,6 +414,13 @@ def evaluate(
                     {"kind": failure.kind, "stage": failure.stage, "task_id": task_id,
                      "traceback": failure.traceback})
             raise AgentError(message, result) from None
+        except Exception as error:  # the harness's own failure: still a terminal status
+            _finish(result, save, wall_start, "failed",
+                    f"the harness failed after {result.n_tasks_done} of {len(input_shapes)} "
+                    f"tasks: {type(error).__name__}: {error}",
+                    {"kind": "harness_error", "stage": None, "task_id": result.n_tasks_done,
+                     "traceback": None})
+            raise
         except KeyboardInterrupt as interrupt:
             signal_name = getattr(interrupt, "signal_name", "SIGINT")
             _finish(result, save, wall_start, "interrupted",
@@ -539,6 +546,8 @@ def _record(result: Result, accuracies, state_bytes: int, reference_bytes: int,
     """Append one task's row; ``task_costs`` holds every one of ``results.COST_KEYS``."""
     result.accuracy.append([float(a) for a in accuracies])
     result.metrics = metrics.summarize(result.accuracy, threshold)
+    if result.fwt_baseline is not None:  # Lopez-Paz & Ranzato's b_i: the fresh agent's row
+        result.metrics["fwt"] = metrics.forward_transfer(result.accuracy, result.fwt_baseline)
     result.storage["bytes"].append(state_bytes)
     result.storage["reference_fp32_bytes"].append(reference_bytes)
     result.storage["compression"] = metrics.compression(

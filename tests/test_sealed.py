@@ -127,6 +127,43 @@ def test_fresh_agent_baseline_with_future_queries():
                       env_kwargs={**TINY, "query_future": True})
     assert len(result.fwt_baseline) == 2
     assert result.fwt_baseline == result.accuracy[0]  # always 0: the same labels every time
+    assert result.metrics["fwt"] == 0.0  # R[0][1] - b_1, not R[0][1] - 0.5
+
+
+def test_without_bubblewrap_workers_run_unsandboxed_and_say_so(monkeypatch):
+    from clbench.sealed import sandbox
+
+    monkeypatch.setattr(sandbox, "bwrap_status", lambda: (False, "bubblewrap is not installed"))
+    result = run_tiny("Chatty")
+    assert result.status == "complete" and result.sealed is False
+    assert result.isolation == {**result.isolation, "mode": "workers", "sandbox": None,
+                                "reason": "bubblewrap is not installed"}
+
+
+def test_the_channel_carries_raw_arrays_and_rejects_malformed_ones():
+    import socket
+
+    import torch
+
+    from clbench.sealed.channel import (
+        MalformedMessage,
+        array_blob,
+        blob_array,
+        receive_message,
+        send_message,
+    )
+
+    labels = torch.tensor([0, 1, 1], dtype=torch.int64)
+    meta, raw = array_blob(labels)
+    left, right = socket.socketpair()
+    with left, right:
+        send_message(left, {"labels": meta}, [raw])
+        header, blobs = receive_message(right)
+    assert torch.equal(blob_array(header["labels"], blobs[0]), labels)
+    with pytest.raises(MalformedMessage, match="arrived as 23 bytes"):
+        blob_array(meta, raw[:-1])
+    with pytest.raises(MalformedMessage, match="dtype must be one of"):
+        blob_array({"dtype": "object", "shape": [3]}, raw)
 
 
 def test_in_process_mode_says_it_is_not_sealed():
