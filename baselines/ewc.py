@@ -39,7 +39,7 @@ Defaults, from the sweep below on the offline stream ``clbench/SplitMNIST5k-v0``
 validation split, so the test inputs are the same): the highest mean ACC. Run as
 
     python benchmarks/baselines_table.py --envs clbench/SplitMNIST5k-v0 --seeds 10 11 12 \
-        --no-flops --no-verify --agents naive ewc,ewc_lambda=1 ewc,ewc_lambda=10 \
+        --no-flops --agents naive ewc,ewc_lambda=1 ewc,ewc_lambda=10 \
         ewc,ewc_lambda=30 ewc,ewc_lambda=100 ewc,ewc_lambda=300 ewc,ewc_lambda=1000 \
         'ewc,ewc_lambda=100,fisher="predicted"' 'ewc,ewc_lambda=100,fisher="expected"' \
         online_ewc,ewc_lambda=1 online_ewc,ewc_lambda=10 online_ewc,ewc_lambda=30 \

@@ -24,7 +24,7 @@ A check on ``clbench/SplitMNIST5k-v0`` (seeds 10-12; naive: ACC 0.964 ± 0.002, 
 0.009) found no reason to change it:
 
     python benchmarks/baselines_table.py --envs clbench/SplitMNIST5k-v0 --seeds 10 11 12 \
-        --no-flops --no-verify --agents lwf,distill_weight=0.5 lwf,distill_weight=1 \
+        --no-flops --agents lwf,distill_weight=0.5 lwf,distill_weight=1 \
         lwf,distill_weight=2 lwf,distill_weight=4
 
     | distill_weight | ACC           | BWT    | forgetting |

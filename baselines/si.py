@@ -28,10 +28,10 @@ Defaults: ``damping`` xi = 0.1 (Zenke et al.'s permuted-MNIST runs); ``si_c`` fr
 sweeps below (seeds 10-12, not the 0-2 of reported figures), run as
 
     python benchmarks/baselines_table.py --envs clbench/SplitMNIST5k-v0 --seeds 10 11 12 \
-        --no-flops --no-verify --agents si,si_c=10 si,si_c=30 si,si_c=100 si,si_c=300 \
+        --no-flops --agents si,si_c=10 si,si_c=30 si,si_c=100 si,si_c=300 \
         si,si_c=1000 si,si_c=3000
     python benchmarks/baselines_table.py --envs clbench/OneVsRestMNIST5k-v0 --seeds 10 11 12 \
-        --no-flops --no-verify --agents naive si,si_c=30 si,si_c=100 si,si_c=300
+        --no-flops --agents naive si,si_c=30 si,si_c=100 si,si_c=300
 
     | si_c | Split ACC     | BWT    | forgetting | OneVsRest ACC | BWT    | forgetting |
     |-----:|---------------|--------|------------|---------------|--------|------------|

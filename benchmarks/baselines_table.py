@@ -7,9 +7,9 @@ seconds and FLOPs, each the mean over the stream's tasks, then over seeds).
 An agent is ``NAME`` or ``NAME,key=value,...`` (constructor arguments, values read as JSON),
 e.g. ``independent,dtype=int8``; NAME is a registered agent or ``module:Class``. With
 ``--out-dir`` every run's result file is kept there, and a complete result already there for
-the same agent, arguments, stream and seed is read instead of run again (clbench accepts a
-result as complete only with its fresh-process check, so runs made with ``--no-verify`` are
-made again).
+the same agent, arguments, stream and seed is read instead of run again (only a complete
+result run in sealed workers is reused by a sealed table; runs made with ``--no-seal`` are made
+again unless the table runs with ``--no-seal`` too).
 
     python benchmarks/baselines_table.py --agents naive independent independent,dtype=int8 \\
         --envs clbench/SplitMNIST5k-v0 clbench/OneVsRestMNIST5k-v0 --seeds 0 1 2
@@ -52,7 +52,7 @@ def stream_kwargs(kwargs: dict) -> dict:
 
 
 def run_or_load(spec: str, env_id: str, seed: int, env_kwargs: dict, device: str,
-                flops: bool, verify: bool, out_dir: Path | None) -> Result:
+                flops: bool, seal: bool, out_dir: Path | None) -> Result:
     """The result of one run: read from ``out_dir`` where a matching complete one is kept."""
     name, kwargs = parse_agent(spec)
     out = result_path(out_dir, spec, env_id, seed) if out_dir is not None else None
@@ -62,12 +62,13 @@ def run_or_load(spec: str, env_id: str, seed: int, env_kwargs: dict, device: str
         except ResultFormatError:
             kept = None
         if (kept is not None and kept.status == "complete"
+                and (not seal or kept.isolation.get("mode") == "workers")
                 and kept.agent == {"name": name, "kwargs": kwargs}
                 and stream_kwargs(kept.env["kwargs"]) == stream_kwargs(
                     {**gymnasium.spec(env_id).kwargs, **env_kwargs})):
             return kept
     return evaluate(name, env_id, seed=seed, device=device, agent_kwargs=kwargs,
-                    env_kwargs=env_kwargs, out=out, flops=flops, verify=verify)
+                    env_kwargs=env_kwargs, out=out, flops=flops, seal=seal)
 
 
 def mean_std(values: Sequence[float | None], scale: float = 1.0, digits: int = 3) -> str:
@@ -113,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="make() argument for every stream, e.g. n_tasks=3 (repeatable)")
     parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
     parser.add_argument("--no-flops", action="store_true", help="skip counting learn FLOPs")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip re-evaluating each final state in a fresh process")
+    parser.add_argument("--no-seal", action="store_true",
+                        help="run the agents in process (debugging; results say unsealed)")
     parser.add_argument("--out-dir", type=Path, help="keep (and reuse) result files here")
     args = parser.parse_args(argv)
     env_kwargs = parse_assignments(args.env_arg, "--env-arg")
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for env_id in args.envs:
         for spec in args.agents:
             results = [run_or_load(spec, env_id, seed, env_kwargs, args.device, not args.no_flops,
-                                   not args.no_verify, args.out_dir) for seed in args.seeds]
+                                   not args.no_seal, args.out_dir) for seed in args.seeds]
             failed = [r for r in results if r.status != "complete"]
             if failed:
                 print(f"baselines_table: {spec} on {env_id}: {failed[0].error}", file=sys.stderr)

@@ -3,16 +3,12 @@
 Both do the same training on the same data (the env's tasks for the same seed: naive's
 shared trunk, one head per task, SGD lr 0.01 momentum 0.5, batch 64) and both evaluate
 every seen task after each task. Each is timed as a whole process (start-up included),
-alternating, and the ratio of medians is printed. `clbench run` is timed twice: as
-configured by default (learn FLOPs counted on a twin replay of every learn) and with
---no-flops; both include the fresh-process check of the final state.
-
-What `clbench run --no-flops` adds is mostly a fixed cost: the fresh-process check, a second
-interpreter that imports torch while the run trains (about a second on a 2-core CPU, where
-it competes with training). Inside the process, the harness's own work per task
-(serialising the state, building the fresh agent, evaluating) measured under 1% of the
-hand-written loop's time. Counting FLOPs replays every learn under FlopCounterMode, which
-costs about twice the learn itself.
+alternating, and the ratio of medians is printed. `clbench run` is sealed: every learn and
+predict runs in a fresh worker forked from a zygote (under bubblewrap where it works). It is
+timed with --no-flops (a learn worker and a predict worker per task) and as configured by
+default (also a FLOP-counted replay of every learn, checked for reproducibility, and a
+FLOP-counted predict, each in its own worker). The in-process harness (`seal=False`, no
+FLOPs) is timed too, and the median worker start (fork to ready, from the result file).
 
     python benchmarks/harness_overhead.py --env clbench/OneVsRestMNIST5k-v0 --epochs 10
 """
@@ -20,11 +16,13 @@ costs about twice the learn itself.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 HAND_LOOP = r'''
 import sys, time, torch, torch.nn.functional as F, gymnasium as gym, clbench
@@ -57,13 +55,13 @@ print(sum(row) / len(row))
 print(time.perf_counter() - began)
 '''
 
-# The harness alone, in the same process: no fresh-process check, no FLOP count.
+# The harness alone, in the same process: no workers, no FLOP count.
 HARNESS_IN_PROCESS = r'''
 import sys, time, clbench, clbench.harness
 env_id, seed, epochs, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 start = time.perf_counter()
 clbench.evaluate("naive", env_id, seed=seed, device=device, agent_kwargs={"epochs": epochs},
-                 flops=False, verify=False)
+                 flops=False, seal=False)
 print(time.perf_counter() - start)
 '''
 
@@ -99,24 +97,32 @@ def main() -> None:
             "hand-written loop": [sys.executable, "-c", HAND_LOOP, *run_args],
             "clbench run --no-flops": clbench_run + ["--no-flops"],
             "clbench run (default, FLOPs counted)": clbench_run,
-            "clbench.evaluate, no check, no FLOPs": [sys.executable, "-c",
-                                                     HARNESS_IN_PROCESS, *run_args],
+            "clbench.evaluate in process, no FLOPs": [sys.executable, "-c",
+                                                      HARNESS_IN_PROCESS, *run_args],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         inside: dict[str, list[float]] = {name: [] for name in commands}
+        starts: list[float] = []
         for _ in range(args.repeats):
             for name, command in commands.items():
                 wall, printed = timed(command)
                 times[name].append(wall)
                 if printed is not None:
                     inside[name].append(printed)
-                print(f"  {name}: {wall:.2f} s", flush=True)
+                if name.startswith("clbench run"):
+                    isolation = json.loads(Path(f"{folder}/r.json").read_text())["isolation"]
+                    starts.append(isolation["worker_start_median_seconds"])
+                    print(f"  {name}: {wall:.2f} s ({isolation['reason']})", flush=True)
+                else:
+                    print(f"  {name}: {wall:.2f} s", flush=True)
 
     print(f"{args.env}, naive, epochs={args.epochs}, device={args.device}, "
           f"{args.repeats} alternating repeats (median wall seconds)")
     report("whole process, start-up included", times, "clbench run")
-    report("in process, after imports (interpreter start-up and the fresh-process check "
-           "left out)", inside, "clbench.evaluate")
+    report("in process, after imports (interpreter start-up left out)", inside,
+           "clbench.evaluate")
+    print(f" median worker start (fork to ready, median over runs of each run's median): "
+          f"{statistics.median(starts) * 1000:.1f} ms")
 
 
 def report(title: str, times: dict[str, list[float]], prefix: str) -> None:

@@ -63,8 +63,8 @@ def task_table(result: Result) -> str:
 def summary_table(results: Sequence[Result]) -> str:
     """One Markdown row per run: ACC, BWT, forgetting, storage, cost, status."""
     lines = ["| agent | env | seed | ACC | BWT | forgetting | retained | final state bytes | "
-             "compression | learn s (total) | learn GFLOP (total) | status |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "compression | learn s (total) | learn GFLOP (total) | status | sealed |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for result in results:
         m, flops = result.metrics, result.costs["learn_flops"]
         total_flops = None if not flops or None in flops else sum(flops) / 1e9
@@ -76,7 +76,7 @@ def summary_table(results: Sequence[Result]) -> str:
             f"{result.storage['bytes'][-1] if result.storage['bytes'] else 0:,} | "
             f"{_fmt(ratio, 2)}x"
             f" | {_fmt(sum(result.costs['learn_seconds']), 2)} | {_fmt(total_flops, 1)} | "
-            f"{result.status} |")
+            f"{result.status} | {'yes' if result.sealed else 'no'} |")
     return "\n".join(lines)
 
 

@@ -175,7 +175,9 @@ class SealedRunner:
                  input_shapes, data_roots) -> None:
         usable, reason = sandbox.bwrap_status()
         hidden = sandbox.dataset_sources(data_roots) if usable else []
-        self.pool = WorkerPool(usable, hidden, worker_import_paths())
+        module = target.rpartition(":")[0]
+        own_folder = [str(Path(module).parent)] if module.endswith(".py") else []
+        self.pool = WorkerPool(usable, hidden, own_folder + worker_import_paths())
         self.sealed = usable
         self.base = {"agent": target, "kwargs": kwargs, "device": str(device), "seed": seed,
                      "threads": torch.get_num_threads()}
@@ -412,6 +414,13 @@ def evaluate(
                     {"kind": failure.kind, "stage": failure.stage, "task_id": task_id,
                      "traceback": failure.traceback})
             raise AgentError(message, result) from None
+        except Exception as error:  # the harness's own failure: still a terminal status
+            _finish(result, save, wall_start, "failed",
+                    f"the harness failed after {result.n_tasks_done} of {len(input_shapes)} "
+                    f"tasks: {type(error).__name__}: {error}",
+                    {"kind": "harness_error", "stage": None, "task_id": result.n_tasks_done,
+                     "traceback": None})
+            raise
         except KeyboardInterrupt as interrupt:
             signal_name = getattr(interrupt, "signal_name", "SIGINT")
             _finish(result, save, wall_start, "interrupted",

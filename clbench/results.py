@@ -26,7 +26,7 @@ from typing import Any
 SCHEMA = "clbench.result/2"
 STATUSES = ("running", "complete", "failed", "interrupted")
 FAILURE_KINDS = ("agent_error", "contract", "worker_died", "timeout", "protocol",
-                 "irreproducible", "interrupted")
+                 "irreproducible", "interrupted", "harness_error")
 
 
 class ResultFormatError(ValueError):

@@ -1,6 +1,6 @@
 """Agents that break the contract in one way each, for the harness tests.
 
-They live at module level so that the fresh-process check can import them.
+They live at module level so that a sealed worker can import them.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class HidesWeights(Naive):
 
 class ClassAttributeCheat(Naive):
     """Hides its network in a class attribute, which survives fresh agents in one process
-    (but not the fresh-process check)."""
+    (but not a fresh worker process)."""
 
     stash: dict = {}
 

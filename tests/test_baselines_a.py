@@ -95,7 +95,7 @@ def learned(name: str, kwargs: dict, n_tasks: int, epochs: int = 0):
 @functools.cache
 def small_run(name: str, kwargs_items: tuple):
     return evaluate(name, ENV_ID, seed=0, device="cpu", agent_kwargs={**SMALL_TRAINING,
-                    **dict(kwargs_items)}, env_kwargs=SMALL_STREAM, flops=False, verify=False)
+                    **dict(kwargs_items)}, env_kwargs=SMALL_STREAM, flops=False)
 
 
 # ----------------------------------------------------------------------------- every baseline
@@ -327,14 +327,14 @@ def test_baselines_table_has_a_row_per_agent_and_stream(capsys):
     assert baselines_table.main([
         "--agents", "independent,epochs=0", "pnn,epochs=0", "--envs", ENV_ID, "--seeds", "0", "1",
         "--env-arg", "n_tasks=2", "--env-arg", "max_train_per_task=8", "--no-flops",
-        "--no-verify"]) == 0
+        "--no-seal"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[:3] for row in rows[1:]] == [
         ["| independent,epochs=0", ENV_ID, "2"], ["| pnn,epochs=0", ENV_ID, "2"]]
     assert all(row.split(" | ")[4] == "0.000 ± 0.000" for row in rows[1:])  # BWT
 
 
-def test_baselines_table_reuses_a_kept_verified_result(tmp_path, capsys, monkeypatch):
+def test_baselines_table_reuses_a_kept_sealed_result(tmp_path, capsys, monkeypatch):
     from benchmarks import baselines_table
 
     argv = ["--agents", "independent,epochs=0", "--envs", ENV_ID, "--seeds", "0", "--env-arg",

@@ -26,7 +26,8 @@ def make_result(status="complete") -> dict:
                "learn_peak_memory_bytes": [None, None], "predict_seconds": [0.1, 0.1],
                "predict_flops": [None, None]},
         agent_metrics=[{}, {}],
-        verification={"fresh_process": True, "matches": True},
+        sealed=True, isolation={"mode": "workers", "sandbox": "bwrap", "reason": "bubblewrap"},
+        reproducible=[True, True],
         finished_at="2026-01-01T00:01:00+00:00", wall_seconds=60.0,
     )
     return result.to_dict()
@@ -53,9 +54,15 @@ def test_a_good_result_round_trips(tmp_path):
     (lambda d: d["metrics"].pop("bwt"), "metrics.bwt"),
     (lambda d: d.update(agent_metrics=[{}]), "agent_metrics"),
     (lambda d: d.update(accuracy=[[0.9]]), "accuracy"),
-    (lambda d: d.update(verification={"fresh_process": True, "matches": False}),
-     "verification"),
+    (lambda d: d.update(reproducible=[True, False]), "reproducible[1]"),
+    (lambda d: d.update(reproducible=[True]), "reproducible"),
+    (lambda d: d.update(sealed="yes"), "sealed"),
+    (lambda d: d["isolation"].update(sandbox=None), "isolation.sandbox"),
+    (lambda d: d.update(fwt_baseline=[0.5]), "fwt_baseline"),
     (lambda d: d.update(status="failed", error=None), "error"),
+    (lambda d: d.update(status="interrupted", error="stopped"), "failure"),
+    (lambda d: d.update(status="failed", error="x", failure={"kind": "bad luck"}),
+     "failure.kind"),
 ])
 def test_malformed_results_name_the_field(tmp_path, edit, field):
     data = copy.deepcopy(make_result())
@@ -73,15 +80,18 @@ def test_not_json_is_rejected(tmp_path):
         load_result(path)
 
 
-def test_a_run_whose_check_was_skipped_on_purpose_validates():
+def test_a_run_without_the_reproducibility_check_validates():
     data = make_result()
-    data["verification"] = {"fresh_process": False, "matches": None, "reason": "skipped"}
+    data.update(reproducible=[None, None], sealed=False,
+                isolation={"mode": "in-process", "sandbox": None, "reason": "debugging"})
     validate_result(data)
 
 
 def test_a_failed_run_with_finished_tasks_validates():
     data = make_result(status="failed")
-    data.update(error="agent 'x' failed in learn on task 2", verification=None)
+    data.update(error="agent 'x' failed in learn on task 2",
+                failure={"kind": "agent_error", "stage": "learn", "task_id": 2,
+                         "traceback": "Traceback ..."})
     validate_result(data)
 
 

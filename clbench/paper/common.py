@@ -217,17 +217,17 @@ def save_figure(fig, folder: Path, filename: str) -> str:
 # ---------------------------------------------------------------------------- agent runs
 def evaluate_preset(preset: str, overrides: dict[str, Any], env_id: str,
                     env_kwargs: dict[str, Any], seed: int, device: str,
-                    verify: bool = True) -> dict[str, Any]:
+                    seal: bool = True) -> dict[str, Any]:
     """Run TN+EN (``preset`` + ``overrides``) through a stream with the harness: accuracy
     matrix, bytes kept after every task, learn FLOPs and seconds, the agent's metrics.
-    ``verify`` re-evaluates the final state in a fresh process (skipped at the tiny size,
-    where starting that process costs more than the whole run)."""
+    ``seal=False`` runs the agent in process (at the tiny size, where starting sealed
+    workers costs more than the whole run)."""
     from clbench.harness import evaluate
 
     log(f"TN+EN preset {preset} {overrides or ''} on {env_id} {env_kwargs or ''}")
     result = evaluate("tnen", env_id, seed=seed, device=device,
                       agent_kwargs={"preset": preset, **overrides}, env_kwargs=env_kwargs,
-                      verify=verify)
+                      seal=seal)
     if result.status != "complete":
         raise RuntimeError(f"TN+EN preset {preset!r} on {env_id}: {result.error}")
     return result.to_dict()

@@ -38,7 +38,7 @@ TITLE = "3. Continual encoding: one-vs-rest skills added in order 0..9"
 
 TINY_STREAM = {"n_tasks": 2, "max_train_per_task": 120, "max_test_per_task": 60}
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"verify": False, "env": "clbench/OneVsRestMNIST5k-v0",
+    "tiny": {"seal": False, "env": "clbench/OneVsRestMNIST5k-v0",
              "env_kwargs": {"paper": TINY_STREAM, "default": TINY_STREAM},
              "overrides": TINY_OVERRIDES},
     "reduced": {"env": "clbench/OneVsRestMNIST5k-v0",
@@ -67,7 +67,7 @@ def run(settings: dict[str, Any], seed: int, device: str, data_root) -> dict[str
                      "result": evaluate_preset(preset, settings["overrides"][preset],
                                                settings["env"],
                                                {**settings["env_kwargs"][preset], **root},
-                                               seed, device, settings.get("verify", True))}
+                                               seed, device, settings.get("seal", True))}
             for preset in PRESET_NAMES}
 
 

@@ -47,7 +47,7 @@ NOTES = ("Without CIFAR-10 (always at `reduced` size) the larger network is the 
 
 
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"verify": False, "cifar": False, "env": "clbench/OneVsRestMNIST5k-v0",
+    "tiny": {"seal": False, "cifar": False, "env": "clbench/OneVsRestMNIST5k-v0",
              "mnist_networks": {"paper": 2, "default": 2},
              "env_kwargs": {"max_train_per_task": 120, "max_test_per_task": 60},
              "overrides": TINY_OVERRIDES},
@@ -86,7 +86,7 @@ def run(settings: dict[str, Any], seed: int, device: str, data_root) -> dict[str
         figures[preset] = {"env": env_id, "env_kwargs": env_kwargs, "note": note,
                            "overrides": overrides,
                            "result": evaluate_preset(preset, overrides, env_id, env_kwargs,
-                                                     seed, device, settings.get("verify", True))}
+                                                     seed, device, settings.get("seal", True))}
     return figures
 
 

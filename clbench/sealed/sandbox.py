@@ -26,6 +26,7 @@ OPTIONS = (
     "--new-session", "--die-with-parent",
 )
 DEBIAN_DATASETS = Path("/usr/share/datasets")
+PRIVATE_TEMP = Path("/tmp")
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,9 +62,14 @@ def dataset_sources(data_roots: Iterable[str | os.PathLike | None]) -> list[Path
     return sorted(place for place in places if place.exists())
 
 
-def bwrap_command(hidden: Iterable[Path]) -> list[str]:
-    """The ``bwrap`` prefix of the zygote's command line, hiding ``hidden``."""
+def bwrap_command(hidden: Iterable[Path], visible: Iterable[str] = ()) -> list[str]:
+    """The ``bwrap`` prefix of the zygote's command line, hiding ``hidden``; the folders in
+    ``visible`` that the private /tmp would cover (an agent file's folder, import paths)
+    are bound back read-only."""
     command = [shutil.which("bwrap") or "bwrap", *OPTIONS]
+    for folder in sorted({Path(p).resolve() for p in visible}):
+        if folder.is_dir() and folder.is_relative_to(PRIVATE_TEMP):
+            command += ["--ro-bind", str(folder), str(folder)]
     for place in hidden:
         if place.is_dir():
             command += ["--tmpfs", str(place), "--remount-ro", str(place)]

@@ -45,13 +45,15 @@ class WorkerPool:
 
     def __init__(self, sandboxed: bool, hidden: Sequence[Path] = (),
                  extra_paths: Sequence[str] = ()) -> None:
+        """``extra_paths``: import paths the workers need beyond the interpreter's own (the
+        agent file's folder first); inside the sandbox they stay visible, read-only."""
         self.sandboxed = sandboxed
         self.start_seconds: list[float] = []
         self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [sys.executable, "-P", "-m", "clbench.sealed.zygote", str(child.fileno()),
                    "0" if sandboxed else str(os.getpid())]
         if sandboxed:
-            command = bwrap_command(hidden) + command
+            command = bwrap_command(hidden, extra_paths) + command
         try:
             self.process = subprocess.Popen(
                 command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=2,

@@ -1,0 +1,143 @@
+"""Agents that probe the sealed workers, for tests/test_sealed.py (module level, so a
+worker can import them)."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+LEFTOVER_FILE = "clbench-probe-leftover"
+
+
+class Quiet:
+    """Keeps nothing and answers 0: the base of the probes below."""
+
+    def __init__(self, device="cpu"):
+        self.device = device
+        self.figures = {}
+
+    def learn(self, task):
+        pass
+
+    def predict(self, x, task_id):
+        return torch.zeros(len(x), dtype=torch.int64)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def metrics(self):
+        return self.figures
+
+
+class Chatty(Quiet):
+    """Prints without newlines, straight to fd 1, and at exit: none of it reaches the channel."""
+
+    def learn(self, task):
+        print("{not json", end="")
+        os.write(1, b"\x00\x01 raw bytes on fd 1")
+        sys.stderr.write("half a line on stderr")
+        atexit.register(print, "goodbye from atexit", end="")
+
+    def predict(self, x, task_id):
+        print(f"predicting {task_id}", end="")
+        return super().predict(x, task_id)
+
+
+def _readable(path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return len(handle.read(16)) > 0
+    except OSError:
+        return False
+
+
+class SandboxProbe(Quiet):
+    """Reports, as its metrics, what a worker can reach."""
+
+    def learn(self, task):
+        from clbench.data import resolve_root
+        from clbench.data.mnist5k import _csv_path
+
+        tmp = Path("/tmp")
+        figures = {
+            "mnist5k_readable": _readable(str(_csv_path())),
+            "debian_datasets_listed": _listing("/usr/share/datasets"),
+            "data_root_listed": _listing(resolve_root()),
+            "leftover_seen": (tmp / LEFTOVER_FILE).exists()
+            or (Path(os.environ.get("TMPDIR", "/tmp")) / LEFTOVER_FILE).exists(),
+            "parent_visible": Path(f"/proc/{os.environ['PROBE_HARNESS_PID']}").exists()
+            if "PROBE_HARNESS_PID" in os.environ else None,
+        }
+        for folder in {tmp, Path(os.environ.get("TMPDIR", "/tmp"))}:
+            (folder / LEFTOVER_FILE).write_text("kept?")
+        try:
+            socket.create_connection(("1.1.1.1", 53), timeout=2).close()
+            figures["network"] = True
+        except OSError:
+            figures["network"] = False
+        try:
+            (Path.home() / LEFTOVER_FILE).write_text("kept?")
+            figures["home_writable"] = True
+            (Path.home() / LEFTOVER_FILE).unlink()
+        except OSError:
+            figures["home_writable"] = False
+        self.figures = figures
+
+
+def _listing(folder) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
+class ExitsInLearn(Quiet):
+    def learn(self, task):
+        if task.id == 1:
+            sys.exit(0)
+
+
+class HardExitInLearn(Quiet):
+    def learn(self, task):
+        if task.id == 1:
+            os._exit(3)
+
+
+class Sleeper(Quiet):
+    """From task ``sleep_from`` on, starts a detached child and sleeps in learn."""
+
+    def __init__(self, device="cpu", sleep_from=1, seconds=600.0):
+        super().__init__(device)
+        self.sleep_from, self.seconds = sleep_from, seconds
+
+    def learn(self, task):
+        if task.id >= self.sleep_from:
+            subprocess.Popen(["sleep", "600"], start_new_session=True)
+            time.sleep(self.seconds)
+
+
+class ClockDependent(Quiet):
+    """Keeps a value that depends on the clock: its replay cannot reproduce it."""
+
+    def __init__(self, device="cpu"):
+        super().__init__(device)
+        self.stamp = torch.zeros(1, dtype=torch.int64)
+
+    def learn(self, task):
+        self.stamp = torch.tensor([time.perf_counter_ns()])
+
+    def state_dict(self):
+        return {"stamp": self.stamp}
+
+    def load_state_dict(self, state):
+        self.stamp = state["stamp"]

@@ -1,0 +1,228 @@
+"""Sealed workers: the channel, the import path, the sandbox, reproducibility, lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from clbench.harness import AgentError, evaluate
+from clbench.results import load_result
+from clbench.sealed.sandbox import bwrap_status
+
+SPLIT = "clbench/SplitMNIST5k-v0"
+TINY = {"max_train_per_task": 100, "max_test_per_task": 40, "n_tasks": 2}
+AGENTS = str(Path(__file__).with_name("sealed_agents.py"))
+needs_bwrap = pytest.mark.skipif(not bwrap_status()[0], reason=(
+    f"the sandbox cannot be tested here: {bwrap_status()[1]}"))
+
+
+def run_tiny(agent: str, **options):
+    return evaluate(f"sealed_agents:{agent}", SPLIT, device="cpu", env_kwargs=TINY, **options)
+
+
+def test_prints_anywhere_do_not_touch_the_channel(capfd):
+    result = run_tiny("Chatty")
+    assert result.status == "complete" and result.reproducible == [True, True]
+    captured = capfd.readouterr()
+    assert "{not json" in captured.err and "predicting 0" in captured.err
+    assert "not json" not in captured.out  # the agent's stdout goes to stderr
+    starts = result.isolation["worker_start_median_seconds"]
+    assert isinstance(starts, float) and 0 < starts < 5
+
+
+def test_an_agent_file_imports_its_sibling_module(tmp_path):
+    (tmp_path / "helper_for_agent.py").write_text("ANSWER = 1\n")
+    (tmp_path / "my_agent.py").write_text(
+        "import torch\nfrom helper_for_agent import ANSWER\n"
+        "from sealed_agents import Quiet\n\n"
+        "class Ones(Quiet):\n"
+        "    def predict(self, x, task_id):\n"
+        "        return torch.full((len(x),), ANSWER, dtype=torch.int64)\n")
+    result = evaluate(f"{tmp_path / 'my_agent.py'}:Ones", SPLIT, device="cpu", env_kwargs=TINY,
+                      flops=False)
+    assert result.status == "complete"
+    assert result.agent["name"] == f"{tmp_path / 'my_agent.py'}:Ones"
+
+
+def test_an_agents_folder_in_the_working_directory_shadows_nothing(tmp_path):
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "agents" / "__init__.py").write_text("raise ImportError('the wrong agents')\n")
+    out = tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "clbench", "run", "--env", SPLIT, "--agent", "random",
+         "--env-arg", "n_tasks=1", "--env-arg", "max_train_per_task=100", "--no-flops",
+         "--quiet", "--device", "cpu", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert load_result(out).status == "complete"
+
+
+def test_a_learn_that_depends_on_more_than_its_state_fails_naming_the_task(tmp_path):
+    out = tmp_path / "r.json"
+    with pytest.raises(AgentError, match=r"learn \(replay\) on task 0 \(mnist5k:0\|1\): "
+                                         r"replaying learn .* did not reproduce") as caught:
+        run_tiny("ClockDependent", out=out)
+    assert "state['stamp'] differs" in str(caught.value)
+    saved = load_result(out)
+    assert saved.status == "failed" and saved.failure["kind"] == "irreproducible"
+    assert saved.failure["task_id"] == 0 and saved.accuracy == []
+
+
+@needs_bwrap
+def test_inside_the_sandbox_no_data_no_network_nothing_kept(monkeypatch):
+    monkeypatch.setenv("PROBE_HARNESS_PID", str(os.getpid()))
+    result = run_tiny("SandboxProbe", flops=False)
+    assert result.sealed is True and result.isolation["sandbox"] == "bwrap"
+    first, second = result.agent_metrics
+    for figures in (first, second):
+        assert figures["mnist5k_readable"] is False
+        assert figures["debian_datasets_listed"] == []
+        assert figures["data_root_listed"] == []
+        assert figures["network"] is False
+        assert figures["home_writable"] is False
+        assert figures["parent_visible"] is False
+    assert second["leftover_seen"] is False  # what task 0's worker wrote to /tmp is gone
+
+
+def test_sys_exit_and_os_exit_in_learn_are_agent_errors(tmp_path, capsys):
+    out = tmp_path / "exit.json"
+    with pytest.raises(AgentError, match=r"learn on task 1 .*SystemExit"):
+        run_tiny("ExitsInLearn", out=out, flops=False)
+    saved = load_result(out)
+    assert saved.status == "failed" and saved.failure["kind"] == "agent_error"
+    assert "sys.exit(0)" in saved.failure["traceback"]
+    assert len(saved.accuracy) == 1
+    with pytest.raises(AgentError, match=r"learn on task 1 .*exited with code 3") as caught:
+        run_tiny("HardExitInLearn", flops=False)
+    assert caught.value.result.failure["kind"] == "worker_died"
+
+
+def test_learn_timeout_kills_the_worker_and_names_the_task():
+    began = time.perf_counter()
+    with pytest.raises(AgentError, match=r"learn on task 1 .*learn timeout of 2 s") as caught:
+        run_tiny("Sleeper", flops=False, learn_timeout=2, agent_kwargs={"seconds": 600})
+    assert caught.value.result.failure["kind"] == "timeout"
+    assert time.perf_counter() - began < 120
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    began = time.perf_counter()
+    with pytest.raises(ValueError, match=r"--out .*a-file/r.json: cannot write there"):
+        run_tiny("Quiet", out=blocker / "r.json")
+    assert time.perf_counter() - began < 5
+
+
+def test_fresh_agent_baseline_with_future_queries():
+    result = evaluate("sealed_agents:Quiet", SPLIT, device="cpu", flops=False,
+                      env_kwargs={**TINY, "query_future": True})
+    assert len(result.fwt_baseline) == 2
+    assert result.fwt_baseline == result.accuracy[0]  # always 0: the same labels every time
+    assert result.metrics["fwt"] == 0.0  # R[0][1] - b_1, not R[0][1] - 0.5
+
+
+def test_without_bubblewrap_workers_run_unsandboxed_and_say_so(monkeypatch):
+    from clbench.sealed import sandbox
+
+    monkeypatch.setattr(sandbox, "bwrap_status", lambda: (False, "bubblewrap is not installed"))
+    result = run_tiny("Chatty")
+    assert result.status == "complete" and result.sealed is False
+    assert result.isolation == {**result.isolation, "mode": "workers", "sandbox": None,
+                                "reason": "bubblewrap is not installed"}
+
+
+def test_the_channel_carries_raw_arrays_and_rejects_malformed_ones():
+    import socket
+
+    import torch
+
+    from clbench.sealed.channel import (
+        MalformedMessage,
+        array_blob,
+        blob_array,
+        receive_message,
+        send_message,
+    )
+
+    labels = torch.tensor([0, 1, 1], dtype=torch.int64)
+    meta, raw = array_blob(labels)
+    left, right = socket.socketpair()
+    with left, right:
+        send_message(left, {"labels": meta}, [raw])
+        header, blobs = receive_message(right)
+    assert torch.equal(blob_array(header["labels"], blobs[0]), labels)
+    with pytest.raises(MalformedMessage, match="arrived as 23 bytes"):
+        blob_array(meta, raw[:-1])
+    with pytest.raises(MalformedMessage, match="dtype must be one of"):
+        blob_array({"dtype": "object", "shape": [3]}, raw)
+
+
+def test_in_process_mode_says_it_is_not_sealed():
+    result = run_tiny("Quiet", seal=False)
+    assert result.sealed is False and result.isolation["mode"] == "in-process"
+    assert result.reproducible == [True, True]
+
+
+def _marked_processes(marker: str) -> list[int]:
+    """Pids whose environment carries ``marker`` (a psutil-free scan of /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_signals_end_the_run_and_leave_nothing_behind(tmp_path, number):
+    marker = f"CLBENCH_TEST_MARKER_{uuid.uuid4().hex}"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    out = tmp_path / "r.json"
+    environment = {**os.environ, marker: "1", "TMPDIR": str(temp),
+                   "PYTHONPATH": str(Path(AGENTS).parent)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clbench", "run", "--env", SPLIT, "--agent",
+         f"{AGENTS}:Sleeper", "--env-arg", "n_tasks=3", "--env-arg", "max_train_per_task=100",
+         "--env-arg", "max_test_per_task=40", "--no-flops", "--quiet", "--device", "cpu",
+         "--out", str(out)], env=environment, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if out.exists() and len(json.loads(out.read_text())["accuracy"]) == 1:
+                break
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.2)
+        time.sleep(1.0)  # task 1's learn is sleeping, and has started its detached child
+        process.send_signal(number)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    saved = load_result(out)
+    assert len(saved.accuracy) == 1
+    if number == signal.SIGKILL:
+        assert saved.status == "running"  # as of the last finished task
+    else:
+        assert process.returncode == (130 if number == signal.SIGINT else 143), stderr
+        assert saved.status == "interrupted" and saved.failure["kind"] == "interrupted"
+        assert signal.Signals(number).name in saved.error
+    deadline = time.monotonic() + 20
+    while _marked_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _marked_processes(marker) == []
+    assert list(temp.iterdir()) == []
