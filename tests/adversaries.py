@@ -173,11 +173,12 @@ class RetrainsFromDatasetFiles(Naive):
         labels = torch.isin(train.labels[keep][:200], torch.tensor(positive)).long().cpu()
         net = reference_net(images.shape[1:])
         optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.5)
-        for _ in range(3):
-            for inputs, targets in minibatches(images, labels, dataset, 32):
-                optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(net(inputs), targets).backward()
-                optimizer.step()
+        with torch.enable_grad():  # the harness calls predict under no_grad
+            for _ in range(3):
+                for inputs, targets in minibatches(images, labels, dataset, 32):
+                    optimizer.zero_grad()
+                    torch.nn.functional.cross_entropy(net(inputs), targets).backward()
+                    optimizer.step()
         return predict_batched(net.eval(), x.cpu(), dataset)
 
     def state_dict(self):
