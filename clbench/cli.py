@@ -116,12 +116,16 @@ def _check_output(out: Path) -> None:
     """Before any work: ``--out`` must name a file in a folder this process can write."""
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file path such as {out / 'run.json'}")
+    folder = out.absolute().parent
+    while not folder.exists():  # probe the nearest folder that exists; create nothing yet
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is a file, not a folder")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise OSError(error.errno, f"cannot write results in {out.parent}: "
+        raise OSError(error.errno, f"cannot write results in {folder}: "
                                    f"{error.strerror or error}") from None
 
 

@@ -54,7 +54,8 @@ def check_env_id(env_id: Any) -> EnvSpec:
     """The spec of a registered clbench environment; otherwise a :class:`ValueError` that
     names the closest registered ids."""
     if not isinstance(env_id, str):
-        raise ValueError(f"environment id {env_id!r} must be a string like 'clbench/SplitMNIST5k-v0'")
+        raise ValueError(f"environment id {env_id!r} must be a string like "
+                         "'clbench/SplitMNIST5k-v0'")
     if env_id not in gymnasium.registry:
         ids = {i.lower(): i for i in gymnasium.registry if i.startswith(NAMESPACE)}
         guess = env_id.lower() if "/" in env_id else NAMESPACE + env_id.lower()
