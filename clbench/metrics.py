@@ -10,6 +10,9 @@ T is the number of tasks learned (rows).
 - learning accuracy = mean_j R[j][j]
 - FWT = mean_{j>=1} (R[j-1][j] - b_j), needs future queries; b_j defaults to chance (0.5)
 - retained(p) = number of tasks with R[T-1][j] >= p (the paper's threshold, p = 0.95)
+
+Each function raises :class:`ValueError` (and nothing else) when R lacks an entry it needs
+or the lengths of its arguments disagree; with no tasks the means are None.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ def _entry(matrix: Matrix, i: int, j: int) -> float:
     row = matrix[i]
     if j >= len(row) or row[j] is None:
         raise ValueError(f"accuracy matrix has no entry R[{i}][{j}]")
-    return float(row[j])
+    try:
+        return float(row[j])
+    except (TypeError, ValueError):
+        raise ValueError(f"accuracy matrix entry R[{i}][{j}] = {row[j]!r} is not a number") \
+            from None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -65,6 +72,8 @@ def forward_transfer(matrix: Matrix, baseline: Sequence[float] | None = None) ->
     if n < 2 or any(len(matrix[j - 1]) <= j or matrix[j - 1][j] is None for j in range(1, n)):
         return None
     base = [0.5] * n if baseline is None else list(baseline)
+    if len(base) != n:
+        raise ValueError(f"baseline has {len(base)} entries for {n} tasks; give one per task")
     return _mean([_entry(matrix, j - 1, j) - base[j] for j in range(1, n)])
 
 
