@@ -222,14 +222,23 @@ def test_a_pipe_in_a_name_cannot_split_a_table_row(tmp_path, capsys):
 
 
 def test_every_result_field_is_checked():
-    # A field added to Result must get its check in validate_result: the file format is
-    # complete by construction (an unknown field is refused, a known one is typed).
+    # A field added to Result must get its check in validate_result: the format is complete
+    # by construction (an unknown field is refused, a missing one named, a known one typed).
     data = make_result()
     for name in data:
-        broken = dict(data)
-        broken.pop(name)
-        with pytest.raises(ResultFormatError, match=f"field '{name}'"):
-            results.validate_result(broken)
+        for broken in ({k: v for k, v in data.items() if k != name},
+                       {**data, name: [[["no field holds this"]]]}):
+            with pytest.raises(ResultFormatError, match=rf"field '{name}[.\[']"):
+                results.validate_result(broken)
+
+
+def test_gymnasium_make_refuses_an_impossible_tuple_stream_before_loading_data(tmp_path):
+    import gymnasium
+
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="at most 12,990 such tasks"):  # not "MNIST not found"
+        gymnasium.make("clbench/TupleMNIST-v0", n_tasks=13000, data_root=tmp_path)
+    assert time.perf_counter() - started < 0.5
 
 
 # ---------------------------------------------------------------- writes that fail: exit 1
