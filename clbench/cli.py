@@ -26,7 +26,7 @@ from clbench.agent import registered_agents
 from clbench.data import DatasetIntegrityError, DatasetNotFoundError
 from clbench.devices import DEVICE_CHOICES
 from clbench.env.registration import check_env_kwargs
-from clbench.harness import AgentError, agent_reference, evaluate
+from clbench.harness import AgentError, evaluate
 from clbench.results import Result, load_result
 
 COMMAND_GROUP = "clbench.commands"
@@ -137,7 +137,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--env-arg {reserved}=...: " + (
                 f"use {option}" if option else "the harness sets it"))
     check_env_kwargs(args.env, env_kwargs)
-    agent_reference(args.agent)
     out = Path(args.out) if args.out else Path("runs") / (
         f"{args.agent.replace(':', '_').replace('/', '_')}_{args.env.split('/')[-1]}"
         f"_s{args.seed}.json")
