@@ -3,13 +3,11 @@
 ``import clbench`` registers the ``clbench/...`` environments with Gymnasium.
 """
 
-import gymnasium
 
 from clbench import env as _env  # noqa: F401  (registers the environments)
+from clbench.env.registration import make
 
 __version__ = "0.1.0"
-
-make = gymnasium.make
 
 
 def evaluate(*args, **kwargs):

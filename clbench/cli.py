@@ -1,13 +1,20 @@
 """The ``clbench`` command line: ``run`` an agent on a stream, ``list`` what exists, ``table``
 to compare result files; further commands (such as ``paper``, the reference agent's
 experiments) plug in through the ``clbench.commands`` entry-point group, so that this package
-imports no agent."""
+imports no agent.
+
+Every error ends in one line on stderr, never a traceback (``--debug`` shows it), and an exit
+code: 2 for a usage error (what was typed: options, ids, arguments, seeds, impossible streams,
+result files given to read), 1 for a run that could not finish (an agent's failure, data
+files missing or not the published ones, an output folder that cannot be written).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -16,11 +23,19 @@ import gymnasium
 
 import clbench  # noqa: F401  (registers the environments)
 from clbench.agent import registered_agents
+from clbench.data import DatasetIntegrityError, DatasetNotFoundError
 from clbench.devices import DEVICE_CHOICES
+from clbench.env.registration import check_env_kwargs
 from clbench.harness import AgentError, evaluate
-from clbench.results import Result, ResultFormatError, load_result
+from clbench.results import Result, load_result
 
 COMMAND_GROUP = "clbench.commands"
+MAX_SEED = 2**63 - 1
+USAGE, RUN_FAILURE = 2, 1
+
+
+class UsageError(ValueError):
+    """What the user typed cannot work; the CLI prints it in one line and exits 2."""
 
 
 def parse_assignments(pairs: Sequence[str], option: str) -> dict:
@@ -29,12 +44,23 @@ def parse_assignments(pairs: Sequence[str], option: str) -> dict:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"clbench: {option} {pair!r} is not of the form key=value")
+            raise UsageError(f"{option} {pair!r} is not of the form key=value")
         try:
             parsed[key] = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             parsed[key] = text
     return parsed
+
+
+def seed_value(text: str) -> int:
+    """argparse type of ``--seed``: an integer from 0 to 2**63 - 1."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{seed} is outside 0 to 2**63 - 1")
+    return seed
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -42,7 +68,12 @@ def _fmt(value, digits: int = 3) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return str(value)
+    return _cell(str(value))
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: pipes escaped, line breaks as spaces."""
+    return " ".join(text.replace("|", "\\|").split())
 
 
 def task_table(result: Result) -> str:
@@ -53,7 +84,7 @@ def task_table(result: Result) -> str:
     for j, row in enumerate(result.accuracy):
         flops = result.costs["learn_flops"][j]
         lines.append(
-            f"| {j} | {result.env['task_names'][j]} | {_fmt(row[j])} | "
+            f"| {j} | {_cell(result.env['task_names'][j])} | {_fmt(row[j])} | "
             f"{_fmt(final[j] if j < len(final) else None)} | {result.storage['bytes'][j]:,} | "
             f"{_fmt(result.costs['learn_seconds'][j], 2)} | "
             f"{_fmt(None if flops is None else flops / 1e9, 2)} |")
@@ -70,25 +101,50 @@ def summary_table(results: Sequence[Result]) -> str:
         total_flops = None if not flops or None in flops else sum(flops) / 1e9
         ratio = result.storage["compression"][-1] if result.storage["compression"] else None
         lines.append(
-            f"| {result.agent['name']} | {result.env['id']} | {result.seed} | {_fmt(m.get('acc'))}"
+            f"| {_cell(result.agent['name'])} | {_cell(result.env['id'])} | {result.seed} | "
+            f"{_fmt(m.get('acc'))}"
             f" | {_fmt(m.get('bwt'))} | {_fmt(m.get('forgetting'))} | "
             f"{m.get('retained', '-')}/{len(result.accuracy)} | "
             f"{result.storage['bytes'][-1] if result.storage['bytes'] else 0:,} | "
             f"{_fmt(ratio, 2)}x"
             f" | {_fmt(sum(result.costs['learn_seconds']), 2)} | {_fmt(total_flops, 1)} | "
-            f"{result.status} | {'yes' if result.sealed else 'no'} |")
+            f"{_cell(result.status)} | {'yes' if result.sealed else 'no'} |")
     return "\n".join(lines)
 
 
+def _check_output(out: Path) -> None:
+    """Before any work: ``--out`` must name a file in a folder this process can write."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; give a file path such as {out / 'run.json'}")
+    folder = out.absolute().parent
+    while not folder.exists():  # probe the nearest folder that exists; create nothing yet
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write results in {folder}: "
+                                   f"{error.strerror or error}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    agent_kwargs = parse_assignments(args.agent_arg, "--agent-arg")
+    env_kwargs = parse_assignments(args.env_arg, "--env-arg")
+    for reserved, option in (("device", "--device"), ("backend", None)):
+        if reserved in env_kwargs:
+            raise UsageError(f"--env-arg {reserved}=...: " + (
+                f"use {option}" if option else "the harness sets it"))
+    check_env_kwargs(args.env, env_kwargs)
     out = Path(args.out) if args.out else Path("runs") / (
         f"{args.agent.replace(':', '_').replace('/', '_')}_{args.env.split('/')[-1]}"
         f"_s{args.seed}.json")
+    _check_output(out)
     try:
         result = evaluate(
             args.agent, args.env, seed=args.seed, device=args.device,
-            agent_kwargs=parse_assignments(args.agent_arg, "--agent-arg"),
-            env_kwargs=parse_assignments(args.env_arg, "--env-arg"),
+            agent_kwargs=agent_kwargs, env_kwargs=env_kwargs,
             out=out, progress_bars=not args.quiet, flops=not args.no_flops,
             seal=not args.no_seal, learn_timeout=args.learn_timeout,
         )
@@ -98,22 +154,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"the agent's traceback:\n{failure['traceback']}", file=sys.stderr, end="")
         print(f"clbench: {error}", file=sys.stderr)
         print(f"clbench: the finished tasks are kept in {out} (status failed)", file=sys.stderr)
-        return 1
+        return RUN_FAILURE
     except KeyboardInterrupt as interrupt:
         signal_name = getattr(interrupt, "signal_name", "SIGINT")
         print(f"clbench: interrupted by {signal_name}; the finished tasks are kept in {out} "
               "(status interrupted)", file=sys.stderr)
         return 143 if signal_name == "SIGTERM" else 130
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        print(f"clbench: {error}", file=sys.stderr)
-        return 2
     print(task_table(result))
     print()
     print(summary_table([result]))
     print(f"\nresult: {out}")
     if result.status != "complete":
         print(f"clbench: {result.error}", file=sys.stderr)
-        return 1
+        return RUN_FAILURE
     return 0
 
 
@@ -128,11 +181,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    try:
-        results = [load_result(path) for path in args.results]
-    except (ResultFormatError, FileNotFoundError) as error:
-        print(f"clbench: {error}", file=sys.stderr)
-        return 2
+    results = [load_result(path) for path in args.results]  # each validated before use
     print(summary_table(results))
     return 0
 
@@ -150,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="agent constructor argument (repeatable; values parsed as JSON)")
     run.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="environment make() argument, e.g. n_tasks=10 (repeatable)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=seed_value, default=0, help="0 to 2**63 - 1 (default 0)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     run.add_argument("--out", help="result file (default runs/<agent>_<env>_s<seed>.json)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -173,12 +222,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
         plugin.load()(commands)
+    debug_help = "show the full traceback of an error"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for command in commands.choices.values():  # `clbench run --debug` works as well
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=debug_help)
     return parser
+
+
+def exit_code(error: BaseException) -> int:
+    """2 for a usage error, 1 for a run that could not finish (see the module docstring)."""
+    if isinstance(error, DatasetNotFoundError | DatasetIntegrityError | AgentError):
+        return RUN_FAILURE
+    if isinstance(error, ValueError | TypeError | LookupError | gymnasium.error.Error):
+        return USAGE  # UsageError, ResultFormatError, bad ids, kwargs, streams
+    return RUN_FAILURE  # OSError (unwritable or full output folder) and anything unforeseen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("clbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        message = str(error) or type(error).__name__
+        if isinstance(error, OSError) and error.strerror:
+            message = error.strerror + (f": {error.filename}" if error.filename else "")
+        print(f"clbench: {message}", file=sys.stderr)
+        return exit_code(error)
 
 
 if __name__ == "__main__":

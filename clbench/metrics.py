@@ -12,6 +12,9 @@ T is the number of tasks learned (rows).
   future queries; b_j is the accuracy on task j of the freshly built agent before it learned
   anything (measured, not assumed: a constant predictor scores 0.6 on a 40/60 task)
 - retained(p) = number of tasks with R[T-1][j] >= p (the paper's threshold, p = 0.95)
+
+Each function raises :class:`ValueError` (and nothing else) when R lacks an entry it needs
+or the lengths of its arguments disagree; with no tasks the means are None.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ def _entry(matrix: Matrix, i: int, j: int) -> float:
     row = matrix[i]
     if j >= len(row) or row[j] is None:
         raise ValueError(f"accuracy matrix has no entry R[{i}][{j}]")
-    return float(row[j])
+    try:
+        return float(row[j])
+    except (TypeError, ValueError):
+        raise ValueError(f"accuracy matrix entry R[{i}][{j}] = {row[j]!r} is not a number") \
+            from None
 
 
 def _mean(values: list[float]) -> float | None:

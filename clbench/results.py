@@ -15,11 +15,12 @@ of the final state) with ``sealed``, ``isolation``, ``reproducible`` and ``failu
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -83,114 +84,233 @@ COST_KEYS = (
 )
 
 
-def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+def _user_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask (0o644 under
+    umask 022). ``mkstemp`` creates 0o600 files, which other users could not read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` atomically (temp file, fsync, rename) with the user's
+    normal file mode: a reader never sees half a file, and a failed write (full disk,
+    read-only folder) leaves the earlier file as it was."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=1, allow_nan=False)
-            stream.write("\n")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                        suffix=".tmp")
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write {target} ({error.strerror or error}); any "
+                                   "earlier version of it is intact") from error
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            os.fchmod(stream.fileno(), _user_file_mode())
+            stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, target)
+    except OSError as error:
+        Path(temp).unlink(missing_ok=True)
+        raise OSError(error.errno, f"cannot write {target} ({error.strerror or error}); any "
+                                   "earlier version of it is intact") from error
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
     return target
 
 
+def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """:func:`write_bytes_atomic` of ``payload`` as indented JSON (no NaN or infinity)."""
+    text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
+    return write_bytes_atomic(path, text.encode())
+
+
 # ---------------------------------------------------------------------------- validation
+MAX_RESULT_BYTES = 64 * 2**20  # a 1,000-task run with future queries is about 20 MB
+MAX_DEPTH = 32  # results nest 4 levels; agent metrics and kwargs get some room
+METRIC_KEYS = ("acc", "bwt", "forgetting", "learning_accuracy", "fwt", "retained",
+               "retained_threshold")
+REQUIRED_METRICS = ("acc", "bwt", "forgetting", "learning_accuracy", "retained")
+STORAGE_KEYS = ("bytes", "reference_fp32_bytes", "compression")
+# costs per task (lists), plus the scalars the harness adds at the end of a run
+COST_SCALARS = ("process_peak_memory_bytes",)
+
+
 def _fail(path: str, message: str) -> None:
     raise ResultFormatError(f"result field '{path}': {message}")
+
+
+def _kind(types: type | tuple[type, ...]) -> str:
+    return types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
 
 
 def _expect(value: Any, types: type | tuple[type, ...], path: str, nullable: bool = False):
     if value is None and nullable:
         return
     if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        _fail(path, f"expected {types}, got a boolean")
+        _fail(path, f"expected {_kind(types)}, got a boolean")
     if not isinstance(value, types):
-        kind = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-        _fail(path, f"expected {kind}{' or null' if nullable else ''}, got {type(value).__name__}")
+        _fail(path, f"expected {_kind(types)}{' or null' if nullable else ''}, "
+                    f"got {type(value).__name__}")
 
 
-def _expect_number_list(values: Any, path: str, nullable_items: bool = False,
-                        length: int | None = None) -> None:
+def _expect_keys(value: Any, path: str, required: tuple[str, ...],
+                 optional: tuple[str, ...] = ()) -> None:
+    _expect(value, dict, path)
+    prefix = "" if path == "<root>" else f"{path}."
+    for key in required:
+        if key not in value:
+            _fail(f"{prefix}{key}", "missing")
+    extra = [key for key in value if key not in required + optional]
+    if extra:
+        _fail(f"{prefix}{extra[0][:40]}",
+              f"unknown field; {'a result' if not prefix else path} holds only "
+              f"{', '.join(required + optional)}")
+
+
+def _expect_line(value: Any, path: str, nullable: bool = False) -> None:
+    """A string shown in tables: non-empty, printable, on one line."""
+    _expect(value, str, path, nullable)
+    if value is not None and not (value and value.isprintable()):
+        _fail(path, f"{value[:40]!r} must be a non-empty string of printable characters on one "
+                    "line")
+
+
+def _expect_number(value: Any, path: str, nullable: bool = False, integer: bool = False,
+                   low: float | None = None, high: float | None = None) -> None:
+    _expect(value, int if integer else (int, float), path, nullable)
+    if value is None:
+        return
+    if (low is not None and value < low) or (high is not None and value > high):
+        _fail(path, f"{value} is outside [{low}, {'inf' if high is None else high}]")
+
+
+def _expect_number_list(values: Any, path: str, length: int, nullable_items: bool = False,
+                        integer: bool = False) -> None:
     _expect(values, list, path)
-    if length is not None and len(values) != length:
+    if len(values) != length:
         _fail(path, f"expected {length} entries (one per finished task), got {len(values)}")
     for index, value in enumerate(values):
-        _expect(value, (int, float), f"{path}[{index}]", nullable=nullable_items)
-        if isinstance(value, float) and not math.isfinite(value):
-            _fail(f"{path}[{index}]", "must be finite")
+        _expect_number(value, f"{path}[{index}]", nullable_items, integer, low=0)
+
+
+def _expect_timestamp(value: Any, path: str, nullable: bool = False) -> None:
+    _expect_line(value, path, nullable)
+    if value is not None:
+        try:
+            datetime.datetime.fromisoformat(value)
+        except ValueError:
+            _fail(path, f"{value!r} is not an ISO 8601 time")
+
+
+def _check_plain(data: Any) -> None:
+    """Every value is JSON (dicts with string keys, lists, strings, finite numbers, booleans,
+    null), nested at most :data:`MAX_DEPTH` levels; walked without recursion."""
+    stack = [(data, "<root>", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            _fail(path, f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    _fail(path, f"key {key!r} is not a string")
+                stack.append((item, f"{path}.{key}" if path != "<root>" else key, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            _fail(path, f"{value} is not a finite number")
+        elif not (value is None or isinstance(value, str | int | float)):
+            _fail(path, f"a {type(value).__name__} is not a JSON value")
+
+
+def _check_accuracy(rows: Any, n_tasks: int, status: str) -> None:
+    _expect(rows, list, "accuracy")
+    if len(rows) > n_tasks:
+        _fail("accuracy", f"{len(rows)} rows for a stream of {n_tasks} tasks")
+    for i, row in enumerate(rows):
+        _expect(row, list, f"accuracy[{i}]")
+        if len(row) > n_tasks:
+            _fail(f"accuracy[{i}]", f"{len(row)} entries for a stream of {n_tasks} tasks")
+        for j, value in enumerate(row):
+            _expect_number(value, f"accuracy[{i}][{j}]", nullable=True, low=0.0, high=1.0)
+        if len(row) <= i or row[i] is None:
+            _fail(f"accuracy[{i}]", f"row {i} lacks the accuracy on task {i}")
+    if status == "complete" and len(rows) != n_tasks:
+        _fail("accuracy", f"a complete run has {n_tasks} rows, got {len(rows)}")
 
 
 def validate_result(data: Any) -> dict[str, Any]:
-    """Check a parsed result against schema ``clbench.result/2``; return it unchanged."""
+    """Check a parsed result against schema ``clbench.result/2``; return it unchanged.
+
+    The check is complete: every field of :class:`Result` must be present and no other;
+    nested objects hold exactly their documented keys (``costs`` may add the run's scalar
+    ``process_peak_memory_bytes``; ``isolation``, ``failure``, ``agent_metrics`` and the
+    kwargs are free-form JSON beyond the keys checked); numbers are finite and in range;
+    names shown in tables (agent, env, tasks, device) are printable one-line strings. Raises :class:`ResultFormatError` naming
+    the first bad field.
+    """
+    _check_plain(data)
     _expect(data, dict, "<root>")
     if data.get("schema") != SCHEMA:
-        _fail("schema", f"expected {SCHEMA!r}, got {data.get('schema')!r}")
-    required = ("env", "agent", "seed", "device", "versions", "git_commit", "started_at",
-                "status", "error", "accuracy", "metrics", "storage", "costs", "agent_metrics",
-                "sealed", "isolation", "reproducible", "fwt_baseline", "failure",
-                "finished_at", "wall_seconds")
-    for key in required:
-        if key not in data:
-            _fail(key, "missing")
-    _expect(data["env"], dict, "env")
-    _expect(data["env"].get("id"), str, "env.id")
-    _expect(data["env"].get("kwargs"), dict, "env.kwargs")
-    _expect(data["env"].get("task_names"), list, "env.task_names")
-    _expect(data["agent"], dict, "agent")
-    _expect(data["agent"].get("name"), str, "agent.name")
-    _expect(data["agent"].get("kwargs"), dict, "agent.kwargs")
-    _expect(data["seed"], int, "seed")
-    _expect(data["device"], str, "device")
+        _fail("schema", f"expected {SCHEMA!r}, got {str(data.get('schema'))[:40]!r}")
+    _expect_keys(data, "<root>", tuple(f.name for f in fields(Result)))
+    _expect_keys(data["env"], "env", ("id", "kwargs", "task_names"))
+    _expect_line(data["env"]["id"], "env.id")
+    _expect(data["env"]["kwargs"], dict, "env.kwargs")
+    task_names = data["env"]["task_names"]
+    _expect(task_names, list, "env.task_names")
+    if not task_names:
+        _fail("env.task_names", "a stream has at least one task")
+    for index, name in enumerate(task_names):
+        _expect_line(name, f"env.task_names[{index}]")
+    _expect_keys(data["agent"], "agent", ("name", "kwargs"))
+    _expect_line(data["agent"]["name"], "agent.name")
+    _expect(data["agent"]["kwargs"], dict, "agent.kwargs")
+    _expect_number(data["seed"], "seed", integer=True, low=0)
+    _expect_line(data["device"], "device")
     _expect(data["versions"], dict, "versions")
-    _expect(data["git_commit"], str, "git_commit", nullable=True)
-    _expect(data["started_at"], str, "started_at")
+    for key, version in data["versions"].items():
+        _expect_line(version, f"versions.{key}", nullable=True)
+    _expect_line(data["git_commit"], "git_commit", nullable=True)
+    _expect_timestamp(data["started_at"], "started_at")
+    _expect_timestamp(data["finished_at"], "finished_at", nullable=True)
     if data["status"] not in STATUSES:
-        _fail("status", f"expected one of {STATUSES}, got {data['status']!r}")
+        _fail("status", f"expected one of {STATUSES}, got {str(data['status'])[:40]!r}")
     _expect(data["error"], str, "error", nullable=True)
     if data["status"] in ("failed", "interrupted") and not data["error"]:
         _fail("error", f"a {data['status']} run must say why")
 
     rows = data["accuracy"]
-    _expect(rows, list, "accuracy")
-    n_tasks = len(data["env"]["task_names"])
-    if len(rows) > n_tasks:
-        _fail("accuracy", f"{len(rows)} rows for a stream of {n_tasks} tasks")
-    for i, row in enumerate(rows):
-        _expect_number_list(row, f"accuracy[{i}]", nullable_items=True)
-        for j, value in enumerate(row):
-            if value is not None and not 0.0 <= value <= 1.0:
-                _fail(f"accuracy[{i}][{j}]", f"accuracy {value} is outside [0, 1]")
-        if len(row) <= i or row[i] is None:
-            _fail(f"accuracy[{i}]", f"row {i} lacks the accuracy on task {i}")
-    if data["status"] == "complete" and len(rows) != n_tasks:
-        _fail("accuracy", f"a complete run has {n_tasks} rows, got {len(rows)}")
+    _check_accuracy(rows, len(task_names), data["status"])
+    _expect_keys(data["metrics"], "metrics", REQUIRED_METRICS if rows else (),
+                 METRIC_KEYS if not rows else tuple(k for k in METRIC_KEYS
+                                                    if k not in REQUIRED_METRICS))
+    for key, value in data["metrics"].items():
+        _expect_number(value, f"metrics.{key}", nullable=True, integer=key == "retained")
 
-    _expect(data["metrics"], dict, "metrics")
-    if rows:
-        for key in ("acc", "bwt", "forgetting", "learning_accuracy", "retained"):
-            if key not in data["metrics"]:
-                _fail(f"metrics.{key}", "missing")
-            _expect(data["metrics"][key], (int, float), f"metrics.{key}", nullable=True)
-
-    _expect(data["storage"], dict, "storage")
-    for key in ("bytes", "reference_fp32_bytes", "compression"):
-        _expect_number_list(data["storage"].get(key), f"storage.{key}", length=len(rows))
-    _expect(data["costs"], dict, "costs")
+    _expect_keys(data["storage"], "storage", STORAGE_KEYS)
+    for key in STORAGE_KEYS:
+        _expect_number_list(data["storage"][key], f"storage.{key}", len(rows),
+                            integer=key != "compression")
+    _expect_keys(data["costs"], "costs", COST_KEYS, COST_SCALARS)
     for key in COST_KEYS:
-        _expect_number_list(data["costs"].get(key), f"costs.{key}", nullable_items=True,
-                            length=len(rows))
+        _expect_number_list(data["costs"][key], f"costs.{key}", len(rows),
+                            nullable_items=not key.endswith("_seconds"),
+                            integer=not key.endswith("_seconds"))
+    for key in COST_SCALARS:
+        if key in data["costs"]:
+            _expect_number(data["costs"][key], f"costs.{key}", nullable=True, integer=True,
+                           low=0)
     _expect(data["agent_metrics"], list, "agent_metrics")
     if len(data["agent_metrics"]) != len(rows):
         _fail("agent_metrics", f"expected {len(rows)} entries, got {len(data['agent_metrics'])}")
-    _validate_isolation(data, len(rows), n_tasks)
-    _expect(data["finished_at"], str, "finished_at", nullable=True)
-    _expect(data["wall_seconds"], (int, float), "wall_seconds", nullable=True)
+    for index, figures in enumerate(data["agent_metrics"]):
+        _expect(figures, dict, f"agent_metrics[{index}]")
+    _validate_isolation(data, len(rows), len(task_names))
+    _expect_number(data["wall_seconds"], "wall_seconds", nullable=True, low=0)
     return data
 
 
@@ -199,7 +319,7 @@ def _validate_isolation(data: dict[str, Any], n_rows: int, n_tasks: int) -> None
     _expect(data["sealed"], bool, "sealed")
     _expect(data["isolation"], dict, "isolation")
     for key in ("mode", "reason"):
-        _expect(data["isolation"].get(key), str, f"isolation.{key}")
+        _expect_line(data["isolation"].get(key), f"isolation.{key}")
     if data["sealed"] and data["isolation"].get("sandbox") is None:
         _fail("isolation.sandbox", "a sealed run names its sandbox")
     _expect(data["reproducible"], list, "reproducible")
@@ -210,23 +330,53 @@ def _validate_isolation(data: dict[str, Any], n_rows: int, n_tasks: int) -> None
         if data["status"] == "complete" and value is False:
             _fail(f"reproducible[{index}]", "a complete run has no irreproducible task")
     if data["fwt_baseline"] is not None:
-        _expect_number_list(data["fwt_baseline"], "fwt_baseline", length=n_tasks)
+        _expect_number_list(data["fwt_baseline"], "fwt_baseline", n_tasks)
+        for index, value in enumerate(data["fwt_baseline"]):
+            _expect_number(value, f"fwt_baseline[{index}]", high=1.0)
     _expect(data["failure"], dict, "failure", nullable=True)
     if data["status"] in ("failed", "interrupted") and data["failure"] is None:
         _fail("failure", f"a {data['status']} run says what went wrong")
     if data["failure"] is not None and data["failure"].get("kind") not in FAILURE_KINDS:
         _fail("failure.kind", f"expected one of {FAILURE_KINDS}, got "
-                              f"{data['failure'].get('kind')!r}")
+                              f"{str(data['failure'].get('kind'))[:40]!r}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ResultFormatError(f"holds {name}; result numbers must be finite")
 
 
 def load_result(path: str | os.PathLike) -> Result:
-    """Read and validate a result file; malformed files raise :class:`ResultFormatError`."""
+    """Read and validate a result file; anything else raises :class:`ResultFormatError`
+    naming the file and what is wrong: missing, a folder, unreadable, larger than
+    :data:`MAX_RESULT_BYTES`, not UTF-8 text, not JSON, NaN or infinite numbers, nesting
+    too deep, or a field off the schema (see :func:`validate_result`)."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as error:
-        raise ResultFormatError(f"{path}: not valid JSON ({error})") from None
-    try:
+        if path.is_dir():
+            raise ResultFormatError(f"{path}: is a directory, not a result file")
+        if path.exists() and not path.is_file():
+            raise ResultFormatError(f"{path}: is not a regular file")
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_RESULT_BYTES + 1)
+        if len(raw) > MAX_RESULT_BYTES:
+            raise ResultFormatError(f"{path}: larger than {MAX_RESULT_BYTES:,} bytes, the most a "
+                                    "result file may hold")
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         validate_result(data)
     except ResultFormatError as error:
-        raise ResultFormatError(f"{path}: {error}") from None
+        message = str(error)
+        raise ResultFormatError(message if message.startswith(f"{path}:")
+                                else f"{path}: {message}") from None
+    except FileNotFoundError:
+        raise ResultFormatError(f"{path}: no such file") from None
+    except OSError as error:
+        raise ResultFormatError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise ResultFormatError(f"{path}: not a result file (binary, not UTF-8 JSON)") from None
+    except json.JSONDecodeError as error:
+        raise ResultFormatError(f"{path}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise ResultFormatError(f"{path}: JSON nested too deeply to be a result file") from None
+    except ValueError as error:  # e.g. an integer with more digits than Python converts
+        raise ResultFormatError(f"{path}: not a result file ({error})") from None
     return Result(**data)

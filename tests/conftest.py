@@ -1,4 +1,4 @@
-"""Shared fixtures: an empty dataset cache, a dead network, trusted fake CIFAR checksums,
+"""Shared fixtures: an empty dataset cache, a dead network, trusted fake CIFAR and IDX checksums,
 a data root of small generated MNIST and CIFAR-10 files."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from fake_datasets import trust_checksums, write_cifar10, write_mnist_idx
+from fake_datasets import trust_checksums, trust_idx_files, write_cifar10, write_mnist_idx
 from tiny_runs import shadowing_folder
 from torchvision import datasets
 
@@ -51,9 +51,16 @@ def cifar_checksums_for(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
-def fake_full_data(tmp_path, fresh_data_cache, cifar_checksums_for):
+def idx_checksums_for(monkeypatch: pytest.MonkeyPatch):
+    """``idx_checksums_for(dataset, folder)``: trust generated IDX files for this test only."""
+    return lambda dataset, folder: trust_idx_files(monkeypatch, dataset, Path(folder))
+
+
+@pytest.fixture
+def fake_full_data(tmp_path, fresh_data_cache, cifar_checksums_for, idx_checksums_for):
     """A data root holding small generated MNIST (IDX) and CIFAR-10 (pickled batches)."""
     write_mnist_idx(tmp_path / "MNIST" / "raw", train_per_class=20, test_per_class=10)
+    idx_checksums_for("mnist", tmp_path / "MNIST" / "raw")
     *_, md5 = write_cifar10(tmp_path, per_class_per_batch=4, test_per_class=10)
     cifar_checksums_for(datasets.CIFAR10, md5)
     return tmp_path

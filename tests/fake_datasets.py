@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clbench.data import sources
+
 MNIST_IMAGE_MAGIC = 2051
 MNIST_LABEL_MAGIC = 2049
 MNIST_FILES = {
@@ -115,6 +117,22 @@ def write_cifar100(root: Path, train_per_class: int = 2, test_per_class: int = 1
                           "coarse_label_names": [f"coarse{c}" for c in range(20)]}
     )
     return splits, md5
+
+
+def idx_md5(folder: Path) -> dict[str, str]:
+    """MD5 of the unpacked content of each IDX file (plain or .gz) written in ``folder``."""
+    md5 = {}
+    for name in (*MNIST_FILES[True], *MNIST_FILES[False]):
+        plain, zipped = folder / name, folder / f"{name}.gz"
+        payload = plain.read_bytes() if plain.exists() else gzip.decompress(zipped.read_bytes())
+        md5[name] = hashlib.md5(payload).hexdigest()
+    return md5
+
+
+def trust_idx_files(monkeypatch: pytest.MonkeyPatch, dataset: str, folder: Path) -> None:
+    """Make clbench accept the generated IDX files in ``folder`` as ``dataset`` for one test,
+    by patching its table of MD5s; the real checksums are restored by ``monkeypatch``."""
+    monkeypatch.setitem(sources.IDX_MD5, dataset, idx_md5(folder))
 
 
 def trust_checksums(monkeypatch: pytest.MonkeyPatch, cls, md5: dict[str, str]) -> None:

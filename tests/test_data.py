@@ -13,11 +13,13 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from fake_datasets import write_cifar10, write_cifar100, write_mnist_idx
+from fake_datasets import idx_md5, write_cifar10, write_cifar100, write_mnist_idx
 from torchvision import datasets
 
 import clbench  # noqa: F401  (registers the environments)
+from clbench.cli import main
 from clbench.data import (
+    DatasetIntegrityError,
     DatasetNotFoundError,
     dataset_info,
     load_dataset,
@@ -99,8 +101,10 @@ def test_data_root_order_is_argument_then_environment_then_cache(tmp_path, monke
 # ---------------------------------------------------------------- files on disk
 
 
-def test_mnist_idx_files_are_read_through_torchvision(tmp_path, fresh_data_cache):
+def test_mnist_idx_files_are_read_through_torchvision(tmp_path, fresh_data_cache,
+                                                      idx_checksums_for):
     written = write_mnist_idx(tmp_path / "MNIST" / "raw", train_per_class=3, test_per_class=2)
+    idx_checksums_for("mnist", tmp_path / "MNIST" / "raw")
     for train in (True, False):
         data = load_dataset("mnist", train=train, root=tmp_path)
         images, labels = written[train]
@@ -111,9 +115,11 @@ def test_mnist_idx_files_are_read_through_torchvision(tmp_path, fresh_data_cache
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gzipped", "plain"])
-def test_debian_fashion_mnist_folder_is_a_source(tmp_path, monkeypatch, fresh_data_cache, gz):
+def test_debian_fashion_mnist_folder_is_a_source(tmp_path, monkeypatch, fresh_data_cache, gz,
+                                                 idx_checksums_for):
     debian = tmp_path / "debian"
     written = write_mnist_idx(debian, train_per_class=2, test_per_class=1, seed=7, gz=gz)
+    idx_checksums_for("fashion_mnist", debian)
     monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
     root = tmp_path / "root"
     data = load_dataset("fashion_mnist", train=True, root=root)
@@ -153,7 +159,7 @@ def test_cifar100_fine_labels_are_read(tmp_path, fresh_data_cache, cifar_checksu
 def test_cifar_files_failing_their_checksum_are_rejected(tmp_path, fresh_data_cache,
                                                          dead_network):
     write_cifar10(tmp_path)  # torchvision's real md5s stay in place: the fakes must fail
-    with pytest.raises(DatasetNotFoundError, match="checksum") as error:
+    with pytest.raises(DatasetIntegrityError, match="fails its checksum") as error:
         load_dataset("cifar10", train=True, root=tmp_path)
     assert str(tmp_path / "cifar-10-batches-py") in str(error.value)
 
@@ -219,3 +225,150 @@ def test_a_hung_probe_does_not_keep_the_process_alive():
     """)
     subprocess.run([sys.executable, "-c", script], check=True, timeout=20,
                    cwd=Path(__file__).resolve().parents[1])
+
+
+# ---------------------------------------------------------------- integrity of the files
+
+
+def test_the_checksum_table_holds_the_published_md5s():
+    for name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
+        md5 = sources.expected_md5s(name)
+        assert sorted(md5) == sorted(dataset_info(name).files), name
+        assert all(len(value) == 32 and int(value, 16) >= 0 for value in md5.values())
+    # CIFAR's table is torchvision's own, meta file included
+    assert sources.expected_md5s("cifar10")["batches.meta"] == datasets.CIFAR10.meta["md5"]
+    assert sources.expected_md5s("cifar100")["meta"] == datasets.CIFAR100.meta["md5"]
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_debian_fashion_mnist_unpacks_to_the_published_md5s():
+    import gzip
+    import hashlib
+
+    for name, md5 in sources.IDX_MD5["fashion_mnist"].items():
+        zipped = Path("/usr/share/datasets/fashion-mnist") / f"{name}.gz"
+        assert hashlib.md5(gzip.decompress(zipped.read_bytes())).hexdigest() == md5
+
+
+def _idx(magic: int, dims: tuple[int, ...], payload: bytes) -> bytes:
+    import struct
+
+    return struct.pack(f">I{len(dims)}I", magic, *dims) + payload
+
+
+def _half_labels(raw: Path) -> None:
+    labels = (raw / "train-labels-idx1-ubyte").read_bytes()[8:]
+    (raw / "train-labels-idx1-ubyte").write_bytes(_idx(2049, (len(labels) // 2,),
+                                                       labels[: len(labels) // 2]))
+
+
+def _labels_out_of_range(raw: Path) -> None:
+    labels = bytearray((raw / "train-labels-idx1-ubyte").read_bytes())
+    labels[8:12] = bytes([10, 11, 200, 255])
+    (raw / "train-labels-idx1-ubyte").write_bytes(bytes(labels))
+
+
+BROKEN_MNIST = {
+    "a 200-image fake": (lambda raw: None, "train-images-idx3-ubyte"),
+    "labels half the length": (_half_labels, "train-labels-idx1-ubyte"),
+    "labels outside 0-9": (_labels_out_of_range, "train-labels-idx1-ubyte"),
+    "garbage": (lambda raw: (raw / "t10k-images-idx3-ubyte").write_bytes(b"\x00garbage" * 99),
+                "t10k-images-idx3-ubyte"),
+    "an empty file": (lambda raw: (raw / "t10k-labels-idx1-ubyte").write_bytes(b""),
+                      "t10k-labels-idx1-ubyte"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_MNIST))
+def test_mnist_files_that_are_not_the_published_ones_fail_with_one_line(
+        tmp_path, fresh_data_cache, dead_network, monkeypatch, capsys, case):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    write_mnist_idx(raw, train_per_class=20, test_per_class=10)  # 200 + 100 images
+    spoil, bad_file = BROKEN_MNIST[case]
+    spoil(raw)
+    # Trust the other three generated files, so the one that must be caught is the one named;
+    # the bad file keeps its real, published MD5.
+    real = sources.IDX_MD5["mnist"][bad_file]
+    monkeypatch.setitem(sources.IDX_MD5, "mnist", {**idx_md5(raw), bad_file: real})
+    out = tmp_path / "r.json"
+    code = main(["run", "--env", "clbench/SplitMNIST-v0", "--agent", "naive", "--quiet",
+                 "--device", "cpu", "--env-arg", f"data_root={tmp_path / 'data'}",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{raw / bad_file} fails its checksum: expected MD5 {real}, found " in err
+    assert "delete it and place the published file there" in err
+    assert not out.exists()
+
+
+def test_a_legacy_pickled_mnist_cache_is_refused_not_loaded(tmp_path, fresh_data_cache,
+                                                            idx_checksums_for, capsys):
+    write_mnist_idx(tmp_path / "MNIST" / "raw", train_per_class=2, test_per_class=1)
+    idx_checksums_for("mnist", tmp_path / "MNIST" / "raw")
+    processed = tmp_path / "MNIST" / "processed"
+    processed.mkdir()
+    marker = tmp_path / "unpickled"
+
+    class Payload:  # unpickling this would create the marker file
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    for name in ("training.pt", "test.pt"):
+        torch.save({"payload": Payload()}, processed / name)
+    code = main(["run", "--env", "clbench/SplitMNIST-v0", "--agent", "naive", "--quiet",
+                 "--device", "cpu", "--env-arg", f"data_root={tmp_path}",
+                 "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "refusing the legacy pickled file" in err and str(processed) in err
+    assert not marker.exists()
+
+
+def test_a_corrupt_debian_copy_leaves_no_file_behind(tmp_path, monkeypatch, fresh_data_cache):
+    debian = tmp_path / "debian"
+    write_mnist_idx(debian, train_per_class=2, test_per_class=1, gz=True)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
+    root = tmp_path / "root"
+    with pytest.raises(DatasetIntegrityError, match="fails its checksum") as error:
+        load_dataset("fashion_mnist", train=True, root=root)
+    assert str(debian / "train-images-idx3-ubyte.gz") in str(error.value)
+    assert "dataset-fashion-mnist" in str(error.value)
+    assert list((root / "FashionMNIST" / "raw").iterdir()) == []  # no .partial, no copy
+
+
+def test_a_truncated_debian_archive_leaves_no_file_behind(tmp_path, monkeypatch,
+                                                          fresh_data_cache):
+    debian = tmp_path / "debian"
+    write_mnist_idx(debian, train_per_class=2, test_per_class=1, gz=True)
+    archive = debian / "train-images-idx3-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:100])
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
+    with pytest.raises(DatasetIntegrityError, match="cannot unpack") as error:
+        load_dataset("fashion_mnist", train=True, root=tmp_path / "root")
+    assert str(archive) in str(error.value)
+    assert list((tmp_path / "root" / "FashionMNIST" / "raw").iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", ["batches.meta", "test_batch", "data_batch_3"])
+def test_every_cifar_file_is_checked_meta_included(tmp_path, fresh_data_cache,
+                                                   cifar_checksums_for, bad):
+    *_, md5 = write_cifar10(tmp_path)
+    cifar_checksums_for(datasets.CIFAR10, md5)
+    path = tmp_path / "cifar-10-batches-py" / bad
+    path.write_bytes(path.read_bytes() + b"tampered")
+    with pytest.raises(DatasetIntegrityError) as error:
+        load_dataset("cifar10", train=True, root=tmp_path)
+    assert f"{path} fails its checksum: expected MD5 {md5[bad]}" in str(error.value)
+
+
+def test_a_folder_in_place_of_a_data_file_is_named(tmp_path, fresh_data_cache,
+                                                   idx_checksums_for):
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist_idx(raw, train_per_class=2, test_per_class=1)
+    idx_checksums_for("mnist", raw)
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    (raw / "t10k-labels-idx1-ubyte").mkdir()
+    with pytest.raises(DatasetIntegrityError, match="is a directory"):
+        load_dataset("mnist", train=True, root=tmp_path)

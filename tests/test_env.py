@@ -61,8 +61,12 @@ def test_pprint_registry_lists_every_id():
     assert sorted(i for i in gymnasium.registry if i.startswith("clbench/")) == sorted(ALL_IDS)
 
 
-def test_clbench_make_is_gymnasium_make():
-    assert clbench.make is gymnasium.make
+def test_clbench_make_is_gymnasium_make_after_checking_its_arguments():
+    made = clbench.make("clbench/SplitMNIST5k-v0", n_tasks=2, **SMALL)
+    plain = gymnasium.make("clbench/SplitMNIST5k-v0", n_tasks=2, **SMALL)
+    assert made.spec == plain.spec and type(made) is type(plain)
+    with pytest.raises(ValueError, match="did you mean clbench/SplitMNIST5k-v0"):
+        clbench.make("clbench/SplitMnist5k-v0")
 
 
 def test_make_kwargs_are_recorded_in_the_spec():

@@ -109,6 +109,17 @@ def test_paper_command_rejects_bad_requests(tmp_path, capsys):
         experiment_module("robustnes")
 
 
+@pytest.mark.parametrize("figures", [{}, [], {"paper": {}, "default": {"runs": {}}}])
+def test_report_on_a_record_without_figures_is_one_clear_line(tmp_path, capsys, figures):
+    record = {"schema": SCHEMA, "experiment": "batch", "size": "tiny", "settings": {},
+              "figures": figures}
+    (tmp_path / "batch.json").write_text(json.dumps(record))
+    assert main(["paper", "report", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "batch.json: field 'figures'" in err, err
+    assert "rerun `clbench paper batch`" in err
+
+
 def test_statistics_against_hand_computed_values():
     assert summary([1.0, 3.0]) == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0}
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)

@@ -15,9 +15,11 @@ from clbench.data.registry import (
     normalize,
     resolve_root,
 )
+from clbench.data.sources import DatasetIntegrityError
 
 __all__ = [
     "DATASETS",
+    "DatasetIntegrityError",
     "DatasetNotFoundError",
     "ImageData",
     "dataset_info",

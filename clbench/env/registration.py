@@ -5,12 +5,22 @@ The ``*5k`` ids run offline on the built-in ``mnist5k`` data; the others need th
 datasets under the data root (or a network that reaches torchvision's mirrors).
 """
 
-from gymnasium.envs.registration import register
+import difflib
+import inspect
+import numbers
+from collections.abc import Mapping
+from typing import Any
 
-from clbench.tasks import one_vs_rest
+import gymnasium
+from gymnasium.envs.registration import EnvSpec, register
+
+from clbench.tasks import TaskSpec, check_stream, one_vs_rest
 
 ENTRY_POINT = "clbench.env.task_stream:TaskStreamEnv"
+NAMESPACE = "clbench/"
 PAPER_POSITIVE_FRACTION = 0.4
+# gymnasium.make's own keyword arguments, accepted beside the environment's
+MAKE_OPTIONS = ("max_episode_steps", "disable_env_checker")
 
 
 def _register(env_id: str, **kwargs) -> None:
@@ -37,3 +47,90 @@ _register("clbench/OneVsRestMNIST5k-v0", stream="one_vs_rest", dataset="mnist5k"
           positive_fraction=PAPER_POSITIVE_FRACTION)
 _register("clbench/TupleMNIST5k-v0", stream="tuples", dataset="mnist5k", n_tasks=50,
           positive_fraction=PAPER_POSITIVE_FRACTION)
+
+
+# ------------------------------------------------------------------ checks before any work
+def check_env_id(env_id: Any) -> EnvSpec:
+    """The spec of a registered clbench environment; otherwise a :class:`ValueError` that
+    names the closest registered ids."""
+    if not isinstance(env_id, str):
+        raise ValueError(f"environment id {env_id!r} must be a string like "
+                         "'clbench/SplitMNIST5k-v0'")
+    if env_id not in gymnasium.registry:
+        ids = {i.lower(): i for i in gymnasium.registry if i.startswith(NAMESPACE)}
+        guess = env_id.lower() if "/" in env_id else NAMESPACE + env_id.lower()
+        close = [ids[i] for i in difflib.get_close_matches(guess, ids, n=3, cutoff=0.6)]
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ValueError(f"unknown environment {env_id!r}{hint} (`clbench list` shows them all)")
+    spec = gymnasium.spec(env_id)
+    if spec.entry_point != ENTRY_POINT:
+        raise ValueError(f"{env_id!r} is not a clbench task stream; `clbench list` shows those")
+    return spec
+
+
+def env_arguments() -> list[str]:
+    """The keyword arguments of the task-stream environment (what make() accepts)."""
+    from clbench.env.task_stream import TaskStreamEnv
+
+    return [name for name in inspect.signature(TaskStreamEnv).parameters]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_value(env_id: str, name: str, value: Any) -> None:
+    minimum = {"max_train_per_task": 2, "max_test_per_task": 2}
+    bad = None
+    if name == "n_tasks" and value is not None and not _is_int(value):
+        bad = "an integer, or null"  # its range depends on the stream: check_stream says it
+    elif name in minimum and value is not None and not (_is_int(value) and value >= minimum[name]):
+        bad = f"an integer of at least {minimum[name]}, or null"
+    elif name == "positive_fraction" and value is not None and not (
+            isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < 1):
+        bad = "a number between 0 and 1 (exclusive), or null"
+    elif name == "query_future" and not isinstance(value, bool):
+        bad = "true or false"
+    elif name in ("stream", "dataset") and not isinstance(value, str):
+        bad = "a string"
+    elif name == "data_root" and value is not None and not isinstance(value, str):
+        bad = "a folder path"
+    elif name == "tasks" and value is not None and not (
+            isinstance(value, list | tuple) and all(isinstance(t, str | TaskSpec) for t in value)):
+        bad = "a list of task names like 'mnist:1|2,3'"
+    if bad:
+        raise ValueError(f"{env_id}: {name}={value!r} must be {bad}")
+
+
+def check_env_kwargs(env_id: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Check an environment id and its make() kwargs in microseconds, before any data is
+    loaded: unknown ids (with the close matches), unknown kwargs (with the accepted ones),
+    values of the wrong type or range, and streams that cannot exist (with the most tasks
+    possible). Returns the registered kwargs merged with ``kwargs``; raises
+    :class:`ValueError`."""
+    spec = check_env_id(env_id)
+    accepted = env_arguments()
+    unknown = [key for key in kwargs if key not in accepted and key not in MAKE_OPTIONS]
+    if unknown:
+        raise ValueError(f"{env_id}: unknown make() argument(s) {', '.join(map(repr, unknown))};"
+                         f" accepted: {', '.join(accepted)}")
+    merged = {**spec.kwargs, **kwargs}
+    for name, value in merged.items():
+        if name in accepted:
+            _check_value(env_id, name, value)
+    if merged.get("tasks") is not None:
+        for task in merged["tasks"]:
+            if isinstance(task, str):
+                TaskSpec.from_name(task)
+    else:
+        check_stream(merged.get("stream", "split"), merged.get("dataset", "mnist5k"),
+                     merged.get("n_tasks"))
+    return merged
+
+
+def make(env_id: str | EnvSpec, **kwargs: Any) -> gymnasium.Env:
+    """``gymnasium.make`` after :func:`check_env_kwargs`: a mistyped id or argument, or an
+    impossible stream, fails at once with a clear :class:`ValueError`."""
+    if not isinstance(env_id, EnvSpec):
+        check_env_kwargs(env_id, kwargs)
+    return gymnasium.make(env_id, **kwargs)

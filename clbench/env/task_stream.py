@@ -13,7 +13,7 @@ from gymnasium import spaces
 
 from clbench.data import dataset_info, load_dataset
 from clbench.devices import resolve_device
-from clbench.tasks import STREAMS, Task, TaskSpec, materialize
+from clbench.tasks import STREAMS, Task, TaskSpec, check_stream, materialize
 
 
 def padded_shape(shapes: Sequence[tuple[int, int, int]]) -> tuple[int, int, int]:
@@ -155,7 +155,7 @@ class TaskStreamEnv(gym.Env):
                                  " or pass tasks=[...]")
             dataset_info(dataset)
             if stream == "tuples":
-                n_tasks = 50 if n_tasks is None else n_tasks
+                n_tasks = check_stream(stream, dataset, n_tasks)  # before loading any data
                 self._fixed_specs = None
             else:
                 self._fixed_specs = STREAMS[stream](dataset, n_tasks)

@@ -160,10 +160,24 @@ def load_record(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(record, dict) or record.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not a clbench paper record (schema {SCHEMA!r} expected)")
+    return validate_record(record, path)
+
+
+def validate_record(record: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The fields every report section reads: a :class:`ValueError` names the file and the
+    missing part (e.g. a record whose ``figures`` is ``{}``) instead of a KeyError later."""
+    rerun = f"rerun `clbench paper {record.get('experiment', '<experiment>')}`"
     for key in ("experiment", "size", "settings", "figures"):
         if key not in record:
-            raise ValueError(f"{path}: field {key!r} is missing; rerun `clbench paper "
-                             f"{record.get('experiment', '<experiment>')}`")
+            raise ValueError(f"{path}: field {key!r} is missing; {rerun}")
+    figures = record["figures"]
+    if not isinstance(figures, dict):
+        raise ValueError(f"{path}: field 'figures' is a {type(figures).__name__}, not an "
+                         f"object; {rerun}")
+    for preset in PRESET_NAMES:
+        if not isinstance(figures.get(preset), dict) or not figures[preset]:
+            raise ValueError(f"{path}: field 'figures' has no results for preset {preset!r}; "
+                             f"{rerun}")
     return record
 
 

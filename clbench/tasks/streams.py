@@ -4,14 +4,71 @@
 - :func:`one_vs_rest`: d | every other class, in class order (the paper's continual experiment);
 - :func:`tuples`: n distinct random (positive, negative) tuples (the paper's batch experiment);
 - :func:`mixed`: the concatenation of streams over different datasets and input shapes.
+
+Every builder checks its arguments before any work and raises :class:`ValueError` naming the
+bad value and the range allowed (:func:`check_stream` does it for any stream).
 """
 
 from __future__ import annotations
+
+import itertools
+import math
+import numbers
 
 import numpy as np
 
 from clbench.data import dataset_info
 from clbench.tasks.spec import TaskSpec
+
+
+def check_int(value, name: str, low: int, high: int | None = None,
+              builder: str = "stream") -> int:
+    """``value`` as an int in ``[low, high]``; :class:`ValueError` for anything else (bools,
+    floats and strings included), naming the value and the range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{builder}: {name}={value!r} must be an integer")
+    if value < low or (high is not None and value > high):
+        allowed = f"{low} to {high:,}" if high is not None else f"at least {low}"
+        raise ValueError(f"{builder}: {name}={value} is out of range; allowed: {allowed}")
+    return int(value)
+
+
+def _seed(seed, builder: str) -> int | None:
+    return None if seed is None else check_int(seed, "seed", 0, builder=builder)
+
+
+def max_tuples(n_classes: int, max_classes_per_side: int) -> int:
+    """The number of distinct (positive, negative) tasks on ``n_classes`` classes with 1 to
+    ``max_classes_per_side`` classes per side, the sides disjoint: sum over the side sizes a,
+    b of C(n, a) * C(n - a, b) (12,990 for 10 classes, 3 per side)."""
+    sides = range(1, max_classes_per_side + 1)
+    return sum(math.comb(n_classes, a) * math.comb(n_classes - a, b) for a in sides for b in sides)
+
+
+def check_stream(stream: str, dataset: str, n_tasks, max_classes_per_side=3) -> int:
+    """The number of tasks ``stream`` builds on ``dataset`` (``n_tasks``, or all when None; 50
+    for ``tuples``), checked in microseconds: :class:`ValueError` names an impossible request
+    and the most tasks the stream can have."""
+    n_classes = dataset_info(dataset).n_classes
+    if stream == "split":
+        available = n_classes // 2
+    elif stream == "one_vs_rest":
+        available = n_classes
+    elif stream == "tuples":
+        check_int(max_classes_per_side, "max_classes_per_side", 1, n_classes // 2,
+                  f"tuples on {dataset}")
+        available = max_tuples(n_classes, max_classes_per_side)
+        n_tasks = 50 if n_tasks is None else n_tasks
+    else:
+        raise ValueError(f"unknown stream {stream!r}; choose one of {', '.join(STREAMS)}")
+    if n_tasks is None:
+        return available
+    if isinstance(n_tasks, numbers.Integral) and not isinstance(n_tasks, bool) and not (
+            1 <= n_tasks <= available):
+        sides = f" with 1 to {max_classes_per_side} classes per side" if stream == "tuples" else ""
+        raise ValueError(f"{stream}: n_tasks={n_tasks} is out of range: {dataset}'s {n_classes} "
+                         f"classes make at most {available:,} such tasks{sides}")
+    return check_int(n_tasks, "n_tasks", 1, available, stream)
 
 
 def _class_order(n_classes: int, seed: int | None) -> list[int]:
@@ -20,19 +77,11 @@ def _class_order(n_classes: int, seed: int | None) -> list[int]:
     return [int(c) for c in np.random.default_rng(seed).permutation(n_classes)]
 
 
-def _check_count(n_tasks: int | None, available: int, builder: str) -> int:
-    if n_tasks is None:
-        return available
-    if not 1 <= n_tasks <= available:
-        raise ValueError(f"{builder}: n_tasks={n_tasks} is out of range; this dataset has 1 to "
-                         f"{available} such tasks")
-    return n_tasks
-
-
 def split(dataset: str, n_tasks: int | None = None, seed: int | None = None) -> list[TaskSpec]:
     """Disjoint class pairs (c0 | c1), (c2 | c3), ...; ``seed`` shuffles the class order."""
-    order = _class_order(dataset_info(dataset).n_classes, seed)
-    n = _check_count(n_tasks, len(order) // 2, "split")
+    n_classes = dataset_info(dataset).n_classes
+    n = check_stream("split", dataset, n_tasks)
+    order = _class_order(n_classes, _seed(seed, "split"))
     return [TaskSpec(dataset, (order[2 * i],), (order[2 * i + 1],)) for i in range(n)]
 
 
@@ -41,8 +90,8 @@ def one_vs_rest(
 ) -> list[TaskSpec]:
     """Class d against all other classes, for d in class order (or a seeded order)."""
     n_classes = dataset_info(dataset).n_classes
-    order = _class_order(n_classes, seed)
-    n = _check_count(n_tasks, n_classes, "one_vs_rest")
+    n = check_stream("one_vs_rest", dataset, n_tasks)
+    order = _class_order(n_classes, _seed(seed, "one_vs_rest"))
     return [
         TaskSpec(dataset, (d,), tuple(c for c in range(n_classes) if c != d)) for d in order[:n]
     ]
@@ -52,26 +101,47 @@ def tuples(
     dataset: str, n_tasks: int, seed: int = 0, max_classes_per_side: int = 3
 ) -> list[TaskSpec]:
     """``n_tasks`` distinct random tasks (positive set, negative set), each side 1 to
-    ``max_classes_per_side`` distinct classes, the sides disjoint (e.g. ``mnist:1|2,3``)."""
+    ``max_classes_per_side`` distinct classes, the sides disjoint (e.g. ``mnist:1|2,3``).
+
+    ``n_tasks`` may be anything up to :func:`max_tuples` (12,990 on 10 classes with 3 per
+    side); more is refused at once. Tasks are drawn at random; if the draws keep repeating
+    tasks (``n_tasks`` close to the maximum), the rest are drawn from the tasks not yet
+    chosen, so every feasible request ends in seconds.
+    """
     n_classes = dataset_info(dataset).n_classes
-    if not 1 <= max_classes_per_side <= n_classes // 2:
-        raise ValueError(f"tuples: max_classes_per_side={max_classes_per_side} must be in "
-                         f"[1, {n_classes // 2}] for {dataset}")
-    if n_tasks < 1:
-        raise ValueError(f"tuples: n_tasks={n_tasks} must be at least 1")
-    rng = np.random.default_rng(seed)
+    if n_tasks is None:
+        raise ValueError("tuples: n_tasks=None; give the number of tasks")
+    n_tasks = check_stream("tuples", dataset, n_tasks, max_classes_per_side)
+    rng = np.random.default_rng(check_int(seed, "seed", 0, builder="tuples"))
     specs: dict[str, TaskSpec] = {}
     attempts = 0
     while len(specs) < n_tasks:
         attempts += 1
-        if attempts > 100 * n_tasks + 1000:
-            raise ValueError(f"tuples: could not draw {n_tasks} distinct tasks from {dataset} "
-                             f"with at most {max_classes_per_side} classes per side")
+        if attempts > 10 * n_tasks + 1000:
+            return _complete_tuples(dataset, n_classes, max_classes_per_side, specs, n_tasks,
+                                    rng)
         n_pos, n_neg = rng.integers(1, max_classes_per_side + 1, size=2)
         classes = rng.choice(n_classes, size=n_pos + n_neg, replace=False)
         spec = TaskSpec(dataset, tuple(map(int, classes[:n_pos])), tuple(map(int, classes[n_pos:])))
         specs.setdefault(spec.name, spec)
     return list(specs.values())
+
+
+def _complete_tuples(dataset: str, n_classes: int, max_classes_per_side: int,
+                     specs: dict[str, TaskSpec], n_tasks: int,
+                     rng: np.random.Generator) -> list[TaskSpec]:
+    """``specs`` plus tasks drawn without replacement from every task not in it."""
+    sides = range(1, max_classes_per_side + 1)
+    rest = [
+        (positive, negative)
+        for a in sides for positive in itertools.combinations(range(n_classes), a)
+        for b in sides
+        for negative in itertools.combinations(
+            [c for c in range(n_classes) if c not in positive], b)
+    ]
+    rest = [pair for pair in rest if TaskSpec(dataset, *pair).name not in specs]
+    chosen = rng.choice(len(rest), size=n_tasks - len(specs), replace=False)
+    return [*specs.values(), *(TaskSpec(dataset, *rest[i]) for i in chosen)]
 
 
 def mixed(*streams: list[TaskSpec]) -> list[TaskSpec]:
