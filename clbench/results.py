@@ -249,8 +249,8 @@ def validate_result(data: Any) -> dict[str, Any]:
     nested objects hold exactly their documented keys (``costs`` may add the run's scalar
     ``process_peak_memory_bytes``; ``isolation``, ``failure``, ``agent_metrics`` and the
     kwargs are free-form JSON beyond the keys checked); numbers are finite and in range;
-    names shown in tables (agent, env, tasks, device) are printable one-line strings. Raises :class:`ResultFormatError` naming
-    the first bad field.
+    names shown in tables (agent, env, tasks, device) are printable one-line strings.
+    Raises :class:`ResultFormatError` naming the first bad field.
     """
     _check_plain(data)
     _expect(data, dict, "<root>")
