@@ -389,13 +389,14 @@ def evaluate(
         )
         save = (lambda: result.save(out)) if out is not None else (lambda: None)
         input_shapes = info["input_shapes"]
-        if seal:
-            runner = SealedRunner(_worker_target(name), agent_kwargs, dev, seed, input_shapes,
-                                  {env.unwrapped.data_root, None})
-        else:
-            runner = InProcessRunner(agent if isinstance(agent, type) else name, agent_kwargs,
-                                     dev, seed, input_shapes)
+        runner: SealedRunner | InProcessRunner | None = None
         try:
+            if seal:
+                runner = SealedRunner(_worker_target(name), agent_kwargs, dev, seed,
+                                      input_shapes, {env.unwrapped.data_root, None})
+            else:
+                runner = InProcessRunner(agent if isinstance(agent, type) else name,
+                                         agent_kwargs, dev, seed, input_shapes)
             result.sealed, result.isolation = runner.sealed, runner.isolation
             result.isolation.update(
                 threads=torch.get_num_threads(),
@@ -430,9 +431,8 @@ def evaluate(
                      "traceback": None})
             raise
         finally:
-            runner.close()
-            result.isolation["worker_start_median_seconds"] = runner.isolation.get(
-                "worker_start_median_seconds")
+            if runner is not None:
+                runner.close()
     result.status = "complete"
     result.finished_at = _now()
     result.wall_seconds = time.perf_counter() - wall_start
