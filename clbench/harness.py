@@ -54,14 +54,22 @@ from clbench.sealed.calls import (
     AgentCallError,
     LearnOutcome,
     PredictOutcome,
+    build_agent,
+    check_predictions,
+    check_state,
     deserialize_state,
     jsonable,
     learn_call,
     predict_call,
+    serialize_state,
 )
 from clbench.sealed.channel import array_blob, blob_array
 from clbench.sealed.workers import WorkerFailure, WorkerPool
 from clbench.sealed.zygote import WORKER_FLAG
+
+# The state helpers stay importable from here (tests and benchmarks use them).
+__all__ = ["AgentError", "RunInterrupted", "build_agent", "check_predictions", "check_state",
+           "deserialize_state", "evaluate", "serialize_state", "state_difference"]
 
 # On CUDA, kernels are not bitwise deterministic: the replay's state passes when it labels
 # the task's training inputs like the timed call's state, but for at most this fraction.
