@@ -31,6 +31,7 @@ import socket
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,13 @@ def worker_main(fd: int, workdir: Path, zygote_pid: int) -> None:
     code = 0
     try:
         header, blobs = receive_message(sock)
-        reply, out = serve(header, blobs, started)
+        try:
+            reply, out = serve(header, blobs, started)
+        except Exception as error:  # noqa: BLE001  (e.g. the agent broke the worker's code)
+            reply, out = {"ok": False, "started": started, "kind": "agent_error",
+                          "stage": header.get("op", "worker"), "task_id": None,
+                          "message": f"{type(error).__name__}: {error}",
+                          "traceback": traceback.format_exc()}, []
         send_message(sock, reply, out)
     except BaseException:  # noqa: BLE001  (the harness sees a worker that died)
         code = 70
