@@ -493,8 +493,6 @@ def _run_stream(runner, env, obs, info, result: Result, save, flops: bool,
                      "predict_seconds": answer.seconds, "predict_flops": predict_flops},
                     learned.metrics, threshold)
             result.reproducible.append(reproducible)
-            result.isolation["worker_start_median_seconds"] = runner.isolation.get(
-                "worker_start_median_seconds")
             save()
             bar.update(1)
             bar.set_postfix(acc=f"{result.metrics['acc']:.3f}")
