@@ -11,6 +11,10 @@ FLOP-counted predict, each in its own worker). The in-process harness (`seal=Fal
 FLOPs) is timed too, and the median worker start (fork to ready, from the result file).
 
     python benchmarks/harness_overhead.py --env clbench/OneVsRestMNIST5k-v0 --epochs 10
+
+With ``--tuple-tasks N`` it also prints the per-task overhead of sealing on a long stream:
+(sealed `clbench run --no-flops` - the same with `--no-seal`) / N, on TupleMNIST5k with N
+tasks, naive with 1 epoch.
 """
 
 from __future__ import annotations
@@ -85,7 +89,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tuple-tasks", type=int, default=0,
+                        help="also measure the per-task overhead on TupleMNIST5k (e.g. 333)")
     args = parser.parse_args()
+    if args.tuple_tasks:
+        per_task_overhead(args.tuple_tasks, args.seed, args.device)
 
     with tempfile.TemporaryDirectory() as folder:
         clbench_run = [sys.executable, "-m", "clbench", "run", "--env", args.env,
@@ -123,6 +131,20 @@ def main() -> None:
            "clbench.evaluate")
     print(f" median worker start (fork to ready, median over runs of each run's median): "
           f"{statistics.median(starts) * 1000:.1f} ms")
+
+
+def per_task_overhead(n_tasks: int, seed: int, device: str) -> None:
+    """Sealed vs in-process `clbench run --no-flops` on a long stream, per task."""
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "-m", "clbench", "run", "--env", "clbench/TupleMNIST5k-v0",
+                   "--env-arg", f"n_tasks={n_tasks}", "--agent", "naive", "--agent-arg",
+                   "epochs=1", "--seed", str(seed), "--device", device, "--quiet", "--no-flops",
+                   "--out", f"{folder}/r.json"]
+        sealed, _ = timed(command)
+        in_process, _ = timed(command + ["--no-seal"])
+    print(f"TupleMNIST5k, {n_tasks} tasks, naive, 1 epoch, --no-flops: sealed {sealed:.1f} s, "
+          f"in process {in_process:.1f} s, sealing costs "
+          f"{(sealed - in_process) / n_tasks * 1000:.0f} ms per task")
 
 
 def report(title: str, times: dict[str, list[float]], prefix: str) -> None:

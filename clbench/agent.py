@@ -11,8 +11,8 @@ An agent is a class built as ``AgentClass(device=..., **kwargs)`` with
   (:func:`clbench.training.seeded_for_unseen_task` makes a fresh head or net deterministic).
 - ``state_dict()`` / ``load_state_dict(state)``: everything the agent keeps between tasks,
   as tensors plus plain metadata (int, float, str, bool, None, lists, dicts). The harness
-  serialises the state after every task, counts its bytes, and continues with a *fresh*
-  agent that loaded it: whatever is not in the state is lost.
+  serialises the state after every task and counts its bytes; every call runs in a *fresh*
+  worker process whose agent loaded it: whatever is not in the state is lost.
 - optional ``metrics() -> dict``: agent-specific figures about the last task.
 
 Agents are found by name in the ``clbench.agents`` entry-point group, as ``module:Class``,

@@ -54,14 +54,22 @@ from clbench.sealed.calls import (
     AgentCallError,
     LearnOutcome,
     PredictOutcome,
+    build_agent,
+    check_predictions,
+    check_state,
     deserialize_state,
     jsonable,
     learn_call,
     predict_call,
+    serialize_state,
 )
 from clbench.sealed.channel import array_blob, blob_array
 from clbench.sealed.workers import WorkerFailure, WorkerPool
 from clbench.sealed.zygote import WORKER_FLAG
+
+# The state helpers stay importable from here (tests and benchmarks use them).
+__all__ = ["AgentError", "RunInterrupted", "build_agent", "check_predictions", "check_state",
+           "deserialize_state", "evaluate", "serialize_state", "state_difference"]
 
 # On CUDA, kernels are not bitwise deterministic: the replay's state passes when it labels
 # the task's training inputs like the timed call's state, but for at most this fraction.
@@ -389,13 +397,14 @@ def evaluate(
         )
         save = (lambda: result.save(out)) if out is not None else (lambda: None)
         input_shapes = info["input_shapes"]
-        if seal:
-            runner = SealedRunner(_worker_target(name), agent_kwargs, dev, seed, input_shapes,
-                                  {env.unwrapped.data_root, None})
-        else:
-            runner = InProcessRunner(agent if isinstance(agent, type) else name, agent_kwargs,
-                                     dev, seed, input_shapes)
+        runner: SealedRunner | InProcessRunner | None = None
         try:
+            if seal:
+                runner = SealedRunner(_worker_target(name), agent_kwargs, dev, seed,
+                                      input_shapes, {env.unwrapped.data_root, None})
+            else:
+                runner = InProcessRunner(agent if isinstance(agent, type) else name,
+                                         agent_kwargs, dev, seed, input_shapes)
             result.sealed, result.isolation = runner.sealed, runner.isolation
             result.isolation.update(
                 threads=torch.get_num_threads(),
@@ -430,9 +439,8 @@ def evaluate(
                      "traceback": None})
             raise
         finally:
-            runner.close()
-            result.isolation["worker_start_median_seconds"] = runner.isolation.get(
-                "worker_start_median_seconds")
+            if runner is not None:
+                runner.close()
     result.status = "complete"
     result.finished_at = _now()
     result.wall_seconds = time.perf_counter() - wall_start
@@ -485,8 +493,6 @@ def _run_stream(runner, env, obs, info, result: Result, save, flops: bool,
                      "predict_seconds": answer.seconds, "predict_flops": predict_flops},
                     learned.metrics, threshold)
             result.reproducible.append(reproducible)
-            result.isolation["worker_start_median_seconds"] = runner.isolation.get(
-                "worker_start_median_seconds")
             save()
             bar.update(1)
             bar.set_postfix(acc=f"{result.metrics['acc']:.3f}")

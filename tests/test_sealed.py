@@ -185,15 +185,26 @@ def _marked_processes(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
-                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
-def test_signals_end_the_run_and_leave_nothing_behind(tmp_path, number):
+@pytest.mark.parametrize(("number", "sandboxed"), [
+    (signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGKILL, True),
+    (signal.SIGKILL, False)], ids=["SIGINT", "SIGTERM", "SIGKILL", "SIGKILL-unsandboxed"])
+def test_signals_end_the_run_and_leave_nothing_behind(tmp_path, number, sandboxed):
+    """Ends as interrupted (SIGINT, SIGTERM) or as of the last finished task (SIGKILL); no
+    zygote, worker or child the agent detached, and no temp folder, outlives the run."""
     marker = f"CLBENCH_TEST_MARKER_{uuid.uuid4().hex}"
     temp = tmp_path / "tmp"
     temp.mkdir()
     out = tmp_path / "r.json"
     environment = {**os.environ, marker: "1", "TMPDIR": str(temp),
                    "PYTHONPATH": str(Path(AGENTS).parent)}
+    if not sandboxed:  # a bwrap that fails: the workers run unsandboxed
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        (fake / "bwrap").write_text("#!/bin/sh\nexit 1\n")
+        (fake / "bwrap").chmod(0o755)
+        environment["PATH"] = f"{fake}{os.pathsep}{os.environ['PATH']}"
+    elif not bwrap_status()[0]:
+        pytest.skip(f"the sandbox cannot be tested here: {bwrap_status()[1]}")
     process = subprocess.Popen(
         [sys.executable, "-m", "clbench", "run", "--env", SPLIT, "--agent",
          f"{AGENTS}:Sleeper", "--env-arg", "n_tasks=3", "--env-arg", "max_train_per_task=100",
@@ -214,7 +225,7 @@ def test_signals_end_the_run_and_leave_nothing_behind(tmp_path, number):
         if process.poll() is None:
             process.kill()
     saved = load_result(out)
-    assert len(saved.accuracy) == 1
+    assert len(saved.accuracy) == 1 and saved.sealed is sandboxed
     if number == signal.SIGKILL:
         assert saved.status == "running"  # as of the last finished task
     else:

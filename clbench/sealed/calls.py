@@ -90,9 +90,8 @@ def build_agent(cls: type, kwargs: dict[str, Any], device: torch.device,
     with _stage("construct"):
         agent = cls(device=device, **kwargs)
     if state is not None:
-        loaded = deserialize_state(state, device)
         with _stage("load_state_dict"):
-            agent.load_state_dict(loaded)
+            agent.load_state_dict(deserialize_state(state, device))
     return agent
 
 
