@@ -37,9 +37,9 @@ import torch
 
 import clbench
 from clbench import costs, metrics, progress
-from clbench.agent import load_agent_class
+from clbench.agent import load_agent_class, require_scenario
 from clbench.devices import resolve_device
-from clbench.env import crop
+from clbench.env import UNTOLD_TASK, crop, env_scenario
 from clbench.nets import count_parameters, reference_net
 from clbench.results import COST_KEYS, Result
 
@@ -140,14 +140,16 @@ def check_predictions(labels: Any, n_inputs: int, device: torch.device) -> torch
 
 
 def predict_queries(agent: Any, obs: dict[str, Any], input_shapes, device) -> torch.Tensor:
-    """Ask ``agent`` for a label per query, task by task, at each task's native shape."""
+    """Ask ``agent`` for a label per query, task by task, at each task's native shape; in the
+    domain-incremental scenario (ids ``UNTOLD_TASK``) all at once, with ``task_id=None``."""
     task_ids = obs["query_task_ids"]
     labels = torch.empty_like(task_ids)
     for task_id in torch.unique(task_ids).tolist():
         mask = task_ids == task_id
-        inputs = crop(obs["query_inputs"][mask], input_shapes[task_id])
+        told = None if task_id == UNTOLD_TASK else task_id
+        inputs = crop(obs["query_inputs"][mask], input_shapes[0 if told is None else told])
         with torch.no_grad():
-            raw = agent.predict(inputs, task_id)
+            raw = agent.predict(inputs, told)
         try:
             labels[mask] = check_predictions(raw, len(inputs), device)
         except (TypeError, ValueError) as error:
@@ -243,6 +245,7 @@ def evaluate(
     cls, name = agent_reference(agent)
     agent_kwargs = _jsonable(dict(agent_kwargs or {}), "agent_kwargs")
     env_kwargs = _jsonable(dict(env_kwargs or {}), "env_kwargs")
+    require_scenario(cls, name, env_scenario(env_id, env_kwargs))
     dev = resolve_device(device)
     wall_start = time.perf_counter()
     # the fresh interpreter starts first, so its start-up overlaps loading the data too
