@@ -236,6 +236,12 @@ class TaskStreamEnv(gym.Env):
         else:
             query_sizes = [validation_size(size if max_train_per_task is None else min(
                 size, max_train_per_task), self.validation_fraction) for size in train_sizes]
+        if not max(query_sizes):
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} of at most "
+                f"{max(train_sizes) if max_train_per_task is None else max_train_per_task} "
+                "training examples per task holds out none; raise max_train_per_task or "
+                "validation_fraction")
         self.input_shape = padded_shape([dataset_info(name).input_shape for name in datasets])
         per_task = max(query_sizes) if max_test_per_task is None else min(
             max(query_sizes), max_test_per_task)
