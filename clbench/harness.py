@@ -345,7 +345,7 @@ def evaluate(
 
 
 def _describe(name: str, task_id: int, env: dict, stage: str, error: BaseException) -> str:
-    task_name = env["task_names"][task_id]
+    task_name = env["task_names"][task_id] if task_id != UNTOLD_TASK else "domain queries"
     return (f"agent {name!r} failed in {stage} on task {task_id} ({task_name}): "
             f"{type(error).__name__}: {error}")
 
