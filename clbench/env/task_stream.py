@@ -157,7 +157,8 @@ class TaskStreamEnv(gym.Env):
 
     ## Version History
 
-    - v0: initial version.
+    - v0: initial version; later given the ``evaluation``, ``validation_fraction`` and
+      ``scenario`` kwargs, whose defaults leave every episode as it was.
     """
 
     metadata = {"render_modes": [], "torch": False}
