@@ -345,9 +345,9 @@ def evaluate(
 
 
 def _describe(name: str, task_id: int, env: dict, stage: str, error: BaseException) -> str:
-    task_name = env["task_names"][task_id] if task_id != UNTOLD_TASK else "domain queries"
-    return (f"agent {name!r} failed in {stage} on task {task_id} ({task_name}): "
-            f"{type(error).__name__}: {error}")
+    where = (f"task {task_id} ({env['task_names'][task_id]})" if task_id != UNTOLD_TASK
+             else "the queries of every task seen (domain-incremental, task not told)")
+    return f"agent {name!r} failed in {stage} on {where}: {type(error).__name__}: {error}"
 
 
 def _fail(result: Result, save: Callable[[], Any], wall_start: float, message: str) -> None:

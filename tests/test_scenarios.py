@@ -17,7 +17,13 @@ from baselines.naive import Naive
 from clbench.agent import require_scenario
 from clbench.data import DatasetNotFoundError, load_dataset
 from clbench.env import UNTOLD_TASK
-from clbench.harness import deserialize_state, evaluate, predict_queries, serialize_state
+from clbench.harness import (
+    AgentError,
+    deserialize_state,
+    evaluate,
+    predict_queries,
+    serialize_state,
+)
 from clbench.tasks import stratified_holdout
 
 SPLIT = "clbench/SplitMNIST5k-v0"
@@ -225,6 +231,35 @@ def test_harness_refuses_a_task_only_agent_before_any_work(name, tmp_path):
     assert not out.exists()
     with pytest.raises(ValueError, match="not scenario='domain'"):
         evaluate(name, SPLIT, device="cpu", env_kwargs={"scenario": "domain"}, out=out)
+
+
+class _WrongLength:
+    """Supports both scenarios, answers one label too many."""
+
+    scenarios = ("task", "domain")
+
+    def __init__(self, device="cpu"):
+        pass
+
+    def learn(self, task):
+        pass
+
+    def predict(self, x, task_id):
+        return torch.zeros(len(x) + 1, dtype=torch.int64)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_a_broken_domain_prediction_is_named_as_such():
+    with pytest.raises(AgentError, match=re.escape(
+            "failed in predict on the queries of every task seen (domain-incremental, task not "
+            "told): ValueError: predict returned shape (21,) for 20 inputs")):
+        evaluate(_WrongLength, DOMAIN, device="cpu", env_kwargs=TINY, flops=False,
+                 verify=False)
 
 
 class _DomainOnly:
