@@ -26,6 +26,11 @@ from clbench.training import (
 class TemplateAgent:
     """One small reference network per task, trained for ``epochs`` with Adam."""
 
+    # Optional: the scenarios the agent supports (default: task-incremental only). A net per
+    # task needs the task id; an agent with one shared head may add "domain": it then learns
+    # tasks whose task.scenario is "domain" and is asked predict(x, None).
+    scenarios = ("task",)
+
     # The harness builds the agent as TemplateAgent(device=..., **agent_args), again after
     # every task, so the constructor must take the same arguments each time.
     def __init__(self, device: str | torch.device = "cpu", epochs: int = 1) -> None:

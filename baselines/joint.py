@@ -36,7 +36,7 @@ class Joint(Naive):
         self.task_data: list[dict[str, torch.Tensor]] = []
 
     def learn(self, task: Task) -> None:
-        net = self._ensure_net(task.input_shape)
+        net = self._ensure_net(task.input_shape, task.scenario)
         require_input_shape(net.input_shape, task, "joint")
         net.add_head()
         self.datasets.append(task.dataset)

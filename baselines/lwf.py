@@ -9,10 +9,12 @@ inputs; training then minimises
     + distill_weight * sum_{earlier heads k} KL( softmax(recorded_k / T) || softmax(current_k / T) )
 
 so the trunk (and every head, which all keep training, as in the paper) may change only in
-ways that keep the earlier heads' answers on the new inputs. KL is the paper's soft
-cross-entropy minus the targets' entropy, a constant: the gradients are the same and the
-loss is zero when the net still gives the recorded outputs. The paper's warm-up (training
-the new head alone first) is left out; the optimiser is naive's SGD.
+ways that keep the earlier heads' answers on the new inputs. In the domain-incremental
+scenario there is one shared head: the sum has one term, that head's answers before the
+task. KL is the paper's soft cross-entropy minus the targets' entropy, a constant: the
+gradients are the same and the loss is zero when the net still gives the recorded outputs.
+The paper's warm-up (training the new head alone first) is left out; the optimiser is
+naive's SGD.
 
 Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,156 for
 CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
@@ -100,6 +102,8 @@ class LwF(SharedTrunkAgent):
     def learn(self, task: Task) -> None:
         n_earlier = len(self.datasets)
         net = self._start_task(task)
+        if net.shared_head:  # domain scenario: the earlier heads are the one shared head
+            n_earlier = min(n_earlier, 1)
         recorded = self._record(task, n_earlier) if n_earlier else None  # before any step
         # Minibatches of example indices, so that each batch finds its recorded outputs.
         index = torch.arange(len(task.y_train), device=task.y_train.device)

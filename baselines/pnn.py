@@ -150,6 +150,7 @@ class PNN(Naive):
     columns are frozen and feed the new one through lateral adapters."""
 
     net: ProgressiveNet | None
+    scenarios = ("task",)  # a column per task: it needs the task id to answer
 
     def learn(self, task: Task) -> None:
         if self.net is None:

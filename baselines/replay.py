@@ -63,7 +63,7 @@ class Replay(Naive):
         self.full_classes: list[int] = []
 
     def learn(self, task: Task) -> None:
-        net = self._ensure_net(task.input_shape)
+        net = self._ensure_net(task.input_shape, task.scenario)
         require_input_shape(net.input_shape, task, "replay")
         net.add_head()
         self.datasets.append(task.dataset)

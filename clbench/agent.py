@@ -4,9 +4,15 @@ An agent is a class built as ``AgentClass(device=..., **kwargs)`` with
 
 - ``learn(task)``: learn the new task from ``task.x_train`` / ``task.y_train`` (uint8 inputs,
   int64 {0,1} labels; ``task.normalize(x)`` standardises a batch). No test data is given.
+  ``task.scenario`` says which scenario the stream runs in, so the agent knows it while it
+  learns: ``"task"`` (task-incremental, the default) or ``"domain"`` (domain-incremental,
+  van de Ven & Tolias 2019: one labelling holds across tasks, label 1 = each task's first
+  class set, and queries come without their task; a single-head method then trains one
+  shared head for all tasks). Task boundaries and ``task.id`` are known in both.
 - ``predict(x, task_id) -> labels``: int64 (or bool) labels in {0, 1}, shape ``(len(x),)``,
-  for uint8 inputs ``x`` of task ``task_id`` (task-incremental: the task id is given). With
-  future queries (env ``query_future=True``, for forward transfer) the task may not be
+  for uint8 inputs ``x``. Task-incremental: ``task_id`` is the queries' task (one task per
+  call). Domain-incremental: ``task_id`` is None and a call may mix every task seen so far.
+  With future queries (env ``query_future=True``, for forward transfer) the task may not be
   learned yet, or nothing may be: answer a best guess, do not raise
   (:func:`clbench.training.seeded_for_unseen_task` makes a fresh head or net deterministic).
 - ``state_dict()`` / ``load_state_dict(state)``: everything the agent keeps between tasks,
@@ -14,6 +20,9 @@ An agent is a class built as ``AgentClass(device=..., **kwargs)`` with
   serialises the state after every task and counts its bytes; every call runs in a *fresh*
   worker process whose agent loaded it: whatever is not in the state is lost.
 - optional ``metrics() -> dict``: agent-specific figures about the last task.
+- optional class attribute ``scenarios``: the scenarios the agent supports (default
+  ``("task",)``). The harness refuses an env whose scenario is not among them before any
+  work (:func:`require_scenario`).
 
 Agents are found by name in the ``clbench.agents`` entry-point group, as ``module:Class``,
 or as ``path/to/file.py:Class``.
@@ -30,9 +39,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from clbench.tasks import Task
+from clbench.tasks import SCENARIOS, Task
 
 ENTRY_POINT_GROUP = "clbench.agents"
+DEFAULT_SCENARIOS = ("task",)
 
 
 @runtime_checkable
@@ -41,7 +51,7 @@ class Agent(Protocol):
 
     def learn(self, task: Task) -> None: ...
 
-    def predict(self, x: torch.Tensor, task_id: int) -> torch.Tensor: ...
+    def predict(self, x: torch.Tensor, task_id: int | None) -> torch.Tensor: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -96,3 +106,23 @@ def load_agent_class(name: str) -> type:
         raise TypeError(f"agent {name!r} ({target}) lacks the method(s) {', '.join(missing)} "
                         "of the agent contract (see clbench.agent)")
     return cls
+
+
+def supported_scenarios(cls: type) -> tuple[str, ...]:
+    """The scenarios agent class ``cls`` declares (``scenarios``; default task-incremental)."""
+    declared = getattr(cls, "scenarios", DEFAULT_SCENARIOS)
+    if isinstance(declared, str) or not all(s in SCENARIOS for s in declared):
+        raise TypeError(f"agent class {cls.__qualname__} declares scenarios={declared!r}; "
+                        f"give a tuple of some of {', '.join(map(repr, SCENARIOS))}")
+    return tuple(declared)
+
+
+def require_scenario(cls: type, name: str, scenario: str) -> None:
+    """Refuse to run agent ``name`` (class ``cls``) in a scenario it does not declare."""
+    supported = supported_scenarios(cls)
+    if scenario not in supported:
+        raise ValueError(
+            f"agent {name!r} supports the scenario(s) {', '.join(map(repr, supported))}, not "
+            f"scenario={scenario!r} asked for by the environment; choose a task-incremental "
+            "env (without 'Domain' in its id) or an agent that declares "
+            f"scenarios = (..., {scenario!r}, ...)")

@@ -43,8 +43,9 @@ import torch
 
 import clbench
 from clbench import costs, metrics, progress
-from clbench.agent import load_agent_class, registered_agents
+from clbench.agent import load_agent_class, registered_agents, require_scenario
 from clbench.devices import resolve_device
+from clbench.env import UNTOLD_TASK, env_scenario
 from clbench.nets import count_parameters, reference_net
 from clbench.results import COST_KEYS, Result
 from clbench.sealed import sandbox
@@ -197,7 +198,8 @@ class SealedRunner:
               timeout: float | None) -> LearnOutcome:
         arrays = [array_blob(task.x_train), array_blob(task.y_train)]
         header = {**self.base, "op": "learn", "task_id": task.id, "task_name": task.name,
-                  "count_flops": count_flops, "has_state": previous is not None,
+                  "scenario": task.scenario, "count_flops": count_flops,
+                  "has_state": previous is not None,
                   "arrays": [meta for meta, _ in arrays]}
         reply, blobs = self.pool.call(header, [previous or b"", *(b for _, b in arrays)],
                                       "learn", timeout)
@@ -377,6 +379,8 @@ def evaluate(
     name = agent_reference(agent)
     agent_kwargs = jsonable(dict(agent_kwargs or {}), "agent_kwargs")
     env_kwargs = jsonable(dict(env_kwargs or {}), "env_kwargs")
+    require_scenario(agent if isinstance(agent, type) else load_agent_class(name), name,
+                     env_scenario(env_id, env_kwargs))
     if learn_timeout is not None and not learn_timeout > 0:
         raise ValueError(f"learn_timeout={learn_timeout}: give a positive number of seconds")
     if out is not None:
@@ -535,8 +539,9 @@ def _signals_interrupt() -> Iterator[None]:
 
 
 def _describe(name: str, task_id: int, env: dict, stage: str, detail: str) -> str:
-    task_name = env["task_names"][task_id]
-    return f"agent {name!r} failed in {stage} on task {task_id} ({task_name}): {detail}"
+    where = (f"task {task_id} ({env['task_names'][task_id]})" if task_id != UNTOLD_TASK
+             else "the queries of every task seen (domain-incremental, task not told)")
+    return f"agent {name!r} failed in {stage} on {where}: {detail}"
 
 
 def _finish(result: Result, save: Callable[[], Any], wall_start: float, status: str,

@@ -68,16 +68,25 @@ class MultiHeadNet(nn.Module):
     Heads are added with :meth:`add_head` as tasks arrive; ``forward(x, task_id)`` runs the
     trunk and that task's head. Its ``state_dict`` holds the trunk and every head, so a
     fresh net rebuilt with the same number of heads loads it exactly.
+
+    With ``shared_head=True`` (the domain-incremental scenario) every task's entry in
+    ``heads`` is one and the same 2-way head, so code written per task (a head per task id)
+    trains and reads that one head; ``parameters()`` lists it once, and its tensors are
+    serialised once (the state's extra ``heads.<t>`` keys name the same storage).
     """
 
-    def __init__(self, input_shape) -> None:
+    def __init__(self, input_shape, shared_head: bool = False) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
+        self.shared_head = bool(shared_head)
         self.trunk, self.features = reference_trunk(self.input_shape)
         self.heads = nn.ModuleList()
 
     def add_head(self) -> nn.Linear:
-        head = nn.Linear(self.features, 2).to(next(self.trunk.parameters()).device)
+        if self.shared_head and len(self.heads):
+            head = self.heads[0]
+        else:
+            head = nn.Linear(self.features, 2).to(next(self.trunk.parameters()).device)
         self.heads.append(head)
         return head
 

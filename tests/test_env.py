@@ -22,7 +22,8 @@ ALL_IDS = [
     "clbench/SplitMNIST-v0", "clbench/OneVsRestMNIST-v0", "clbench/TupleMNIST-v0",
     "clbench/SplitFashionMNIST-v0", "clbench/OneVsRestFashionMNIST-v0",
     "clbench/SplitCIFAR10-v0", "clbench/OneVsRestCIFAR10-v0", "clbench/SplitCIFAR100-v0",
-    "clbench/MixedMNISTCIFAR10-v0", *OFFLINE_IDS,
+    "clbench/MixedMNISTCIFAR10-v0", "clbench/DomainSplitMNIST-v0",
+    "clbench/DomainSplitFashionMNIST-v0", "clbench/DomainSplitMNIST5k-v0", *OFFLINE_IDS,
 ]
 SMALL = {"max_train_per_task": 60, "max_test_per_task": 40}
 BACKENDS = ["numpy", "torch"]

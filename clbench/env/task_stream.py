@@ -13,7 +13,20 @@ from gymnasium import spaces
 
 from clbench.data import dataset_info, load_dataset
 from clbench.devices import resolve_device
-from clbench.tasks import STREAMS, Task, TaskSpec, check_stream, materialize
+from clbench.tasks import (
+    DEFAULT_VALIDATION_FRACTION,
+    EVALUATIONS,
+    SCENARIOS,
+    STREAMS,
+    Task,
+    TaskSpec,
+    check_stream,
+    materialize,
+    require_one_labelling,
+)
+from clbench.tasks.materialize import validation_size
+
+UNTOLD_TASK = -1  # the query task id shown under scenario="domain": the agent is not told
 
 
 def padded_shape(shapes: Sequence[tuple[int, int, int]]) -> tuple[int, int, int]:
@@ -45,8 +58,15 @@ class TaskStreamEnv(gym.Env):
     Tasks arrive one after another (Split MNIST, one-vs-rest digits, random class tuples,
     mixed MNIST + CIFAR-10 streams). An agent learns each task when it arrives from that
     task's training data alone, and is then asked to label the test inputs of every task it
-    has seen so far. The environment keeps the test labels and scores the answers, so
-    retained accuracy (the accuracy matrix R[i][j]) is measured here, in one place.
+    has seen so far (or, with ``evaluation="validation"``, a held-out part of each task's
+    training data). The environment keeps those labels and scores the answers, so retained
+    accuracy (the accuracy matrix R[i][j]) is measured here, in one place.
+
+    Two scenarios of van de Ven & Tolias (2019, "Three scenarios for continual learning"):
+    task-incremental (``scenario="task"``, the default: each query's task is given, so an
+    agent may keep one head per task) and domain-incremental (``scenario="domain"``: the
+    agent is not told which task a query belongs to; label 1 is each task's first class set,
+    so one labelling must hold across the stream, as in split streams).
 
     **One step is one task.** ``reset`` hands over task 0; each ``step`` scores the agent's
     labels for the current queries and hands over the next task.
@@ -70,12 +90,16 @@ class TaskStreamEnv(gym.Env):
     - ``train_labels``: ``Sequence(Discrete(2), stack=True)``, their labels (1 = positive);
     - ``query_inputs``: ``Sequence(Box(0, 255, (C, H, W), uint8), stack=True)``, the test
       inputs to label;
-    - ``query_task_ids``: ``Sequence(Discrete(n_tasks), stack=True)``, the task of each query.
+    - ``query_task_ids``: ``Sequence(Discrete(n_tasks), stack=True)``, the task of each query;
+      under ``scenario="domain"`` ``Sequence(Discrete(n_tasks + 1, start=-1), stack=True)``
+      holding -1 for every query (the task is not told), and the queries of all tasks come
+      in one seeded shuffled order, so their position does not tell it either.
 
     All sequences are stacked tensors. In a stream whose tasks differ in input shape, every
     image is zero-padded to the smallest shape holding them all; ``info["input_shapes"]``
     gives each task's native shape and :func:`crop` recovers it. ``info["task"]`` holds the
-    new task as a :class:`clbench.tasks.Task` at its native shape, without test data.
+    new task as a :class:`clbench.tasks.Task` at its native shape, without evaluation data;
+    its ``scenario`` tells the agent which scenario it learns in.
 
     ## Rewards
 
@@ -86,7 +110,12 @@ class TaskStreamEnv(gym.Env):
     ## Starting State
 
     ``reset(seed=...)`` draws the stream (for ``tuples``), the seeded subsampling of every
-    task and the order of the queries; the same seed gives the same episode.
+    task and the order of the queries; the same seed gives the same episode. What the seed
+    varies: the tuple draws, the negative subsampling (``positive_fraction``) and the caps,
+    the order of the training examples and of the queries, and the validation split; the
+    harness also derives the agent's network initialisation from it. What it does not vary:
+    the classes of split and one-vs-rest streams, and ``mnist5k``'s 4,000 / 1,000 train /
+    test split, which is fixed (400 / 100 per class, drawn once with a constant seed).
 
     ## Episode End
 
@@ -103,7 +132,18 @@ class TaskStreamEnv(gym.Env):
     - ``n_tasks``: number of tasks (default: all the builder has; 50 for tuples).
     - ``positive_fraction``: share of positives per task; the side in excess is subsampled,
       seeded, the same rule for train and test. ``None`` keeps the natural balance.
-    - ``max_train_per_task`` / ``max_test_per_task``: caps on examples per task (seeded).
+    - ``max_train_per_task`` / ``max_test_per_task``: caps on examples per task (seeded):
+      training examples (before a validation part is held out) and queries per task.
+    - ``evaluation``: ``"test"`` (default) or ``"validation"``. With ``"validation"`` each
+      task's queries are a seeded, class-stratified ``validation_fraction`` of its training
+      data (stratified by dataset class, the same rule for every dataset), that part is not
+      handed to the agent, and the test split is never loaded: choose hyperparameters so.
+    - ``validation_fraction``: share of each task's training data held out with
+      ``evaluation="validation"`` (default 0.2); an error with ``evaluation="test"``.
+    - ``scenario``: ``"task"`` (default; ``predict(x, task_id)``) or ``"domain"``
+      (``predict(x, None)``); ``"domain"`` needs one labelling across the stream: tasks of
+      one dataset and no class positive in one task and negative in another (split streams;
+      one_vs_rest, tuples and mixed streams are refused). The ``Domain*`` ids set it.
     - ``query_future``: also ask for the test inputs of tasks not seen yet (forward transfer).
     - ``device``: where data and observations live: ``"cpu"``, ``"cuda"``, ``"mps"``,
       ``"auto"``.
@@ -118,7 +158,8 @@ class TaskStreamEnv(gym.Env):
 
     ## Version History
 
-    - v0: initial version.
+    - v0: initial version; later given the ``evaluation``, ``validation_fraction`` and
+      ``scenario`` kwargs, whose defaults leave every episode as it was.
     """
 
     metadata = {"render_modes": [], "torch": False}
@@ -136,10 +177,17 @@ class TaskStreamEnv(gym.Env):
         device: str = "cpu",
         data_root: str | os.PathLike | None = None,
         backend: str = "numpy",
+        evaluation: str = "test",
+        validation_fraction: float | None = None,
+        scenario: str = "task",
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r}: this environment does not render")
+        self.evaluation, self.scenario = evaluation, scenario
+        self.validation_fraction = _check_evaluation(evaluation, validation_fraction)
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario={scenario!r}: choose one of {', '.join(SCENARIOS)}")
         if tasks is not None:
             self._fixed_specs = [t if isinstance(t, TaskSpec) else TaskSpec.from_name(t)
                                  for t in tasks]
@@ -160,6 +208,8 @@ class TaskStreamEnv(gym.Env):
             else:
                 self._fixed_specs = STREAMS[stream](dataset, n_tasks)
             datasets = [dataset]
+        if scenario == "domain":
+            require_one_labelling(self._fixed_specs or [], None if tasks is not None else stream)
         for name, value in (("max_train_per_task", max_train_per_task),
                             ("max_test_per_task", max_test_per_task)):
             if value is not None and value < 2:
@@ -178,15 +228,25 @@ class TaskStreamEnv(gym.Env):
         self.backend = backend
         self.metadata = {**self.metadata, "torch": backend == "torch"}
 
-        # Load every dataset now: a missing one fails at make(), not mid-episode.
-        test_sizes = [len(load_dataset(name, train=False, root=data_root, device=self.device))
-                      for name in datasets]
-        load_dataset_shapes = [dataset_info(name).input_shape for name in datasets]
-        for name in datasets:
-            load_dataset(name, train=True, root=data_root, device=self.device)
-        self.input_shape = padded_shape(load_dataset_shapes)
-        per_task = max(test_sizes) if max_test_per_task is None else min(
-            max(test_sizes), max_test_per_task)
+        # Load every dataset now: a missing one fails at make(), not mid-episode. With
+        # evaluation="validation" the test split is never loaded.
+        train_sizes = [len(load_dataset(name, train=True, root=data_root, device=self.device))
+                       for name in datasets]
+        if evaluation == "test":
+            query_sizes = [len(load_dataset(name, train=False, root=data_root,
+                                            device=self.device)) for name in datasets]
+        else:
+            query_sizes = [validation_size(size if max_train_per_task is None else min(
+                size, max_train_per_task), self.validation_fraction) for size in train_sizes]
+        if not max(query_sizes):
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} of at most "
+                f"{max(train_sizes) if max_train_per_task is None else max_train_per_task} "
+                "training examples per task holds out none; raise max_train_per_task or "
+                "validation_fraction")
+        self.input_shape = padded_shape([dataset_info(name).input_shape for name in datasets])
+        per_task = max(query_sizes) if max_test_per_task is None else min(
+            max(query_sizes), max_test_per_task)
         self.max_queries = self.n_tasks * per_task
 
         image = spaces.Box(0, 255, self.input_shape, dtype=np.uint8)
@@ -195,7 +255,9 @@ class TaskStreamEnv(gym.Env):
             "train_inputs": spaces.Sequence(image, stack=True),
             "train_labels": spaces.Sequence(spaces.Discrete(2), stack=True),
             "query_inputs": spaces.Sequence(image, stack=True),
-            "query_task_ids": spaces.Sequence(spaces.Discrete(self.n_tasks), stack=True),
+            "query_task_ids": spaces.Sequence(
+                spaces.Discrete(self.n_tasks + 1, start=UNTOLD_TASK) if scenario == "domain"
+                else spaces.Discrete(self.n_tasks), stack=True),
         })
         self.action_space = spaces.MultiBinary(self.max_queries)
 
@@ -257,33 +319,52 @@ class TaskStreamEnv(gym.Env):
 
     # ------------------------------------------------------------------ helpers
     def task(self, task_id: int) -> Task:
-        """Task ``task_id`` of this episode with its test split (for analysis, not agents)."""
+        """Task ``task_id`` of this episode with its evaluation data (for analysis, not agents):
+        ``x_test`` / ``y_test``, or ``x_val`` / ``y_val`` with ``evaluation="validation"``."""
         if self.tasks[task_id] is None:
             self.tasks[task_id] = materialize(
                 self.specs[task_id], task_id, self._episode_seed,
                 positive_fraction=self.positive_fraction,
                 max_train=self.max_train_per_task, max_test=self.max_test_per_task,
-                root=self.data_root, device=self.device,
+                root=self.data_root, device=self.device, evaluation=self.evaluation,
+                validation_fraction=self.validation_fraction, scenario=self.scenario,
             )
         return self.tasks[task_id]
+
+    def _evaluation_data(self, task_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query inputs and labels of one task: its test or its validation data."""
+        task = self.task(task_id)
+        if self.evaluation == "validation":
+            return task.x_val, task.y_val
+        return task.x_test, task.y_test
 
     def _queried_tasks(self, task_id: int) -> range:
         return range(self.n_tasks if self.query_future else task_id + 1)
 
     def _observe(self, task_id: int) -> dict[str, Any]:
         task = self.task(task_id)
-        queried = [self.task(j) for j in self._queried_tasks(task_id)]
+        queried = [self._evaluation_data(j) for j in self._queried_tasks(task_id)]
         self._query_ids = torch.cat([
-            torch.full((len(t.y_test),), t.id, dtype=torch.int64, device=self.device)
-            for t in queried
+            torch.full((len(labels),), j, dtype=torch.int64, device=self.device)
+            for j, (_, labels) in enumerate(queried)
         ])
-        self._query_labels = torch.cat([t.y_test for t in queried])
+        self._query_labels = torch.cat([labels for _, labels in queried])
+        query_inputs = torch.cat([pad_to(inputs, self.input_shape) for inputs, _ in queried])
+        shown_ids = self._query_ids.clone()
+        if self.scenario == "domain":
+            # One seeded order across tasks, and no task ids: nothing tells a query's task.
+            order = torch.from_numpy(np.random.default_rng(
+                [self._episode_seed, task_id, 2]).permutation(len(shown_ids))).to(self.device)
+            self._query_ids = self._query_ids[order]
+            self._query_labels = self._query_labels[order]
+            query_inputs = query_inputs[order]
+            shown_ids = torch.full_like(shown_ids, UNTOLD_TASK)
         return self._as_backend({
             "task_id": task_id,
             "train_inputs": pad_to(task.x_train, self.input_shape),
             "train_labels": task.y_train.clone(),
-            "query_inputs": torch.cat([pad_to(t.x_test, self.input_shape) for t in queried]),
-            "query_task_ids": self._query_ids.clone(),
+            "query_inputs": query_inputs,
+            "query_task_ids": shown_ids,
         })
 
     def _terminal_observation(self) -> dict[str, Any]:
@@ -338,3 +419,18 @@ class TaskStreamEnv(gym.Env):
         counts = torch.bincount(self._query_ids, minlength=self.n_tasks).to(torch.float64)
         asked = len(self._queried_tasks(self._current))
         return (totals / counts)[:asked].cpu().numpy()
+
+
+def _check_evaluation(evaluation: str, validation_fraction: float | None) -> float:
+    """Validate the evaluation kwargs; return the validation fraction in use."""
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"evaluation={evaluation!r}: choose one of {', '.join(EVALUATIONS)}")
+    if validation_fraction is None:
+        return DEFAULT_VALIDATION_FRACTION
+    if evaluation == "test":
+        raise ValueError(f"validation_fraction={validation_fraction} has no effect with "
+                         "evaluation='test'; pass evaluation='validation' too, or leave it out")
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction={validation_fraction} must be in (0, 1), e.g. "
+                         f"{DEFAULT_VALIDATION_FRACTION}")
+    return float(validation_fraction)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from clbench import costs
-from clbench.env import crop
+from clbench.env import UNTOLD_TASK, crop
 from clbench.tasks import Task
 
 PLAIN_TYPES = (str, int, float, bool, type(None))
@@ -119,13 +119,16 @@ def check_predictions(labels: Any, n_inputs: int, device: torch.device) -> torch
 
 def predict_queries(agent: Any, inputs: torch.Tensor, task_ids: torch.Tensor,
                     input_shapes, device: torch.device) -> torch.Tensor:
-    """One ``predict`` call per task id, at that task's native shape; int64 labels."""
+    """One ``predict`` call per task id, at that task's native shape; int64 labels. In the
+    domain-incremental scenario (ids ``UNTOLD_TASK``) one call for every query, with
+    ``task_id=None``."""
     labels = torch.empty_like(task_ids)
     for task_id in torch.unique(task_ids).tolist():
         mask = task_ids == task_id
-        batch = crop(inputs[mask], input_shapes[task_id])
+        told = None if task_id == UNTOLD_TASK else task_id
+        batch = crop(inputs[mask], input_shapes[0 if told is None else told])
         with torch.no_grad(), _stage("predict", task_id=task_id):
-            raw = agent.predict(batch, task_id)
+            raw = agent.predict(batch, told)
         try:
             labels[mask] = check_predictions(raw, len(batch), device)
         except (TypeError, ValueError) as error:

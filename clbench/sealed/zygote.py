@@ -85,7 +85,8 @@ def serve(header: dict[str, Any], blobs: list[bytes], started: float
         except Exception as error:
             raise AgentCallError("import", error) from error
         if header["op"] == "learn":
-            task = Task(header["task_id"], TaskSpec.from_name(header["task_name"]), *arrays)
+            task = Task(header["task_id"], TaskSpec.from_name(header["task_name"]), *arrays,
+                        scenario=header["scenario"])
             outcome = learn_call(cls, header["kwargs"], device, state, task, header["seed"],
                                  header["count_flops"])
             return ({"ok": True, "started": started, "seconds": outcome.seconds,

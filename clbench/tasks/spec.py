@@ -71,8 +71,12 @@ class TaskSpec:
 class Task:
     """One task of a stream: its position, spec and data (uint8 inputs, int64 {0,1} labels).
 
-    The environment holds the test split; an agent receives :meth:`for_agent`, which keeps
-    only the training data.
+    The environment holds the evaluation data: the test split, or with
+    ``evaluation="validation"`` the validation part held out of the training data (then
+    ``x_train`` is only the rest and the test split is never loaded). An agent receives
+    :meth:`for_agent`, which keeps only the training data and the ``scenario``:
+    ``"task"`` (task-incremental: ``predict`` is told each query's task) or ``"domain"``
+    (domain-incremental: it is not, and single-head agents train one shared head).
     """
 
     id: int
@@ -81,6 +85,9 @@ class Task:
     y_train: torch.Tensor
     x_test: torch.Tensor | None = field(default=None, repr=False)
     y_test: torch.Tensor | None = field(default=None, repr=False)
+    x_val: torch.Tensor | None = field(default=None, repr=False)
+    y_val: torch.Tensor | None = field(default=None, repr=False)
+    scenario: str = "task"
 
     @property
     def name(self) -> str:
@@ -98,8 +105,9 @@ class Task:
         """Tasks are equal when their id, spec and every data tensor are equal."""
         if not isinstance(other, Task):
             return NotImplemented
-        tensors = ("x_train", "y_train", "x_test", "y_test")
-        return (self.id, self.spec) == (other.id, other.spec) and all(
+        tensors = ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
+        facts = (self.id, self.spec, self.scenario)
+        return facts == (other.id, other.spec, other.scenario) and all(
             (a is None and b is None)
             or (a is not None and b is not None and a.shape == b.shape and torch.equal(a, b))
             for a, b in ((getattr(self, t), getattr(other, t)) for t in tensors)
@@ -112,5 +120,38 @@ class Task:
         return normalize(images, self.spec.dataset)
 
     def for_agent(self) -> Task:
-        """The same task without its test split."""
-        return Task(self.id, self.spec, self.x_train, self.y_train)
+        """The same task without its evaluation data (test or validation)."""
+        return Task(self.id, self.spec, self.x_train, self.y_train, scenario=self.scenario)
+
+
+def require_one_labelling(specs: list[TaskSpec], stream: str | None = None) -> None:
+    """Refuse a stream for the domain-incremental scenario unless one labelling holds across it.
+
+    In that scenario a query's task is not told, so an input's label must not depend on its
+    task: every task comes from one dataset (one input domain), and no class is positive in
+    one task and negative in another (label 1 = each task's first class set, as in split
+    streams: 0|1, 2|3, ... where "the first class of the pair" is 1).
+    """
+    remedy = ("use a split stream (e.g. clbench/DomainSplitMNIST5k-v0) or scenario='task'")
+    if stream == "tuples":
+        raise ValueError(
+            "scenario='domain' needs one labelling across the stream, but a 'tuples' stream "
+            "draws each task's classes at random, so a class is positive in one task and "
+            f"negative in another; {remedy}")
+    datasets = sorted({spec.dataset for spec in specs})
+    if len(datasets) > 1:
+        raise ValueError(
+            f"scenario='domain' needs every task from one dataset (one input domain, one shared "
+            f"head), but this stream mixes {', '.join(datasets)}; {remedy}")
+    label_of: dict[int, tuple[int, TaskSpec]] = {}
+    for task_id, spec in enumerate(specs):
+        for label, classes in ((1, spec.positive), (0, spec.negative)):
+            for c in classes:
+                first_id, first = label_of.setdefault(c, (task_id, spec))
+                if first.positive.count(c) != label:
+                    raise ValueError(
+                        f"scenario='domain' needs one labelling across the stream, but class "
+                        f"{c} is {'positive' if label else 'negative'} in task {task_id} "
+                        f"({spec.name}) and {'negative' if label else 'positive'} in task "
+                        f"{first_id} ({first.name}): without the task id the same input would "
+                        f"need two labels (one_vs_rest streams do this); {remedy}")
