@@ -33,6 +33,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -117,11 +118,15 @@ def supported_scenarios(cls: type) -> tuple[str, ...]:
     return tuple(declared)
 
 
-def require_scenario(cls: type, name: str, scenario: str) -> None:
-    """Refuse to run agent ``name`` (class ``cls``) in a scenario it does not declare."""
-    supported = supported_scenarios(cls)
+class ScenarioRefused(ValueError):
+    """The environment's scenario is not among those the agent declares."""
+
+
+def require_scenario(supported: Sequence[str], name: str, scenario: str) -> None:
+    """Refuse to run agent ``name``, which declares ``supported`` (see
+    :func:`supported_scenarios`), in another scenario: :class:`ScenarioRefused`."""
     if scenario not in supported:
-        raise ValueError(
+        raise ScenarioRefused(
             f"agent {name!r} supports the scenario(s) {', '.join(map(repr, supported))}, not "
             f"scenario={scenario!r} asked for by the environment; choose a task-incremental "
             "env (without 'Domain' in its id) or an agent that declares "

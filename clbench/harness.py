@@ -43,7 +43,13 @@ import torch
 
 import clbench
 from clbench import costs, metrics, progress
-from clbench.agent import load_agent_class, registered_agents, require_scenario
+from clbench.agent import (
+    ScenarioRefused,
+    load_agent_class,
+    registered_agents,
+    require_scenario,
+    supported_scenarios,
+)
 from clbench.devices import resolve_device
 from clbench.env import UNTOLD_TASK, env_scenario
 from clbench.nets import count_parameters, reference_net
@@ -167,6 +173,13 @@ class InProcessRunner:
             return learn_call(self.cls, self.kwargs, self.device, previous, task.for_agent(),
                               self.seed, count_flops)
 
+    def scenarios(self) -> tuple[str, ...]:
+        with _as_failure("describe"):
+            try:
+                return supported_scenarios(self.cls)
+            except TypeError as error:
+                raise AgentCallError("describe", error, "contract") from error
+
     def predict(self, state: bytes | None, inputs, task_ids, seed_task: int,
                 count_flops: bool, purpose: int = PREDICT) -> PredictOutcome:
         with _as_failure("predict"):
@@ -210,6 +223,16 @@ class SealedRunner:
                                 jsonable(reply.get("metrics") or {}, "metrics()"))
         except (IndexError, TypeError, ValueError) as error:
             raise WorkerFailure("protocol", "learn", f"malformed reply: {error}") from None
+
+    def scenarios(self) -> tuple[str, ...]:
+        """The scenarios the agent class declares, read in a worker (which imports it)."""
+        header = {**self.base, "op": "describe", "has_state": False, "arrays": []}
+        reply, _ = self.pool.call(header, [b""], "describe")
+        self._note_starts()
+        declared = reply.get("scenarios")
+        if not (isinstance(declared, list) and all(isinstance(s, str) for s in declared)):
+            raise WorkerFailure("protocol", "describe", f"malformed reply: {declared!r}")
+        return tuple(declared)
 
     def predict(self, state: bytes | None, inputs, task_ids, seed_task: int,
                 count_flops: bool, purpose: int = PREDICT) -> PredictOutcome:
@@ -379,8 +402,7 @@ def evaluate(
     name = agent_reference(agent)
     agent_kwargs = jsonable(dict(agent_kwargs or {}), "agent_kwargs")
     env_kwargs = jsonable(dict(env_kwargs or {}), "env_kwargs")
-    require_scenario(agent if isinstance(agent, type) else load_agent_class(name), name,
-                     env_scenario(env_id, env_kwargs))
+    scenario = env_scenario(env_id, env_kwargs)
     if learn_timeout is not None and not learn_timeout > 0:
         raise ValueError(f"learn_timeout={learn_timeout}: give a positive number of seconds")
     if out is not None:
@@ -409,6 +431,10 @@ def evaluate(
             else:
                 runner = InProcessRunner(agent if isinstance(agent, type) else name,
                                          agent_kwargs, dev, seed, input_shapes)
+            # before anything is written or learned; the agent's module is imported only
+            # where its calls run (a worker, when sealed)
+            require_scenario(supported_scenarios(agent) if isinstance(agent, type)
+                             else runner.scenarios(), name, scenario)
             result.sealed, result.isolation = runner.sealed, runner.isolation
             result.isolation.update(
                 threads=torch.get_num_threads(),
@@ -419,6 +445,8 @@ def evaluate(
             save()
             _run_stream(runner, env, obs, info, result, save, flops, learn_timeout,
                         progress_bars, retain_threshold)
+        except ScenarioRefused:
+            raise
         except WorkerFailure as failure:
             task_id = failure.task_id if failure.task_id is not None else result.n_tasks_done
             message = _describe(name, min(task_id, len(input_shapes) - 1), result.env,

@@ -14,7 +14,7 @@ from fake_datasets import MNIST_FILES, write_mnist_idx
 from gymnasium.utils.env_checker import check_env
 
 from baselines.naive import Naive
-from clbench.agent import require_scenario
+from clbench.agent import require_scenario, supported_scenarios
 from clbench.data import DatasetNotFoundError, load_dataset
 from clbench.env import UNTOLD_TASK
 from clbench.harness import AgentError, deserialize_state, evaluate, serialize_state
@@ -87,13 +87,15 @@ def test_validation_split_is_seeded_by_the_episode_seed():
     assert split_of(1) != split_of(2)
 
 
-def test_validation_never_loads_the_test_split(tmp_path, fresh_data_cache, monkeypatch):
+def test_validation_never_loads_the_test_split(tmp_path, fresh_data_cache, monkeypatch,
+                                               idx_checksums_for):
     """A data root whose MNIST test files are empty: a validation episode still runs, and no
     test split is ever asked for; a test-evaluation env on the same root fails."""
     raw = tmp_path / "MNIST" / "raw"
     write_mnist_idx(raw, train_per_class=30, test_per_class=10)
     for name in MNIST_FILES[False]:
         (raw / name).write_bytes(b"")  # present (torchvision checks that) but unreadable
+    idx_checksums_for("mnist", raw)
     asked = []
 
     def recording_load(name, train=True, **kwargs):
@@ -254,8 +256,7 @@ def test_a_broken_domain_prediction_is_named_as_such():
     with pytest.raises(AgentError, match=re.escape(
             "failed in predict on the queries of every task seen (domain-incremental, task not "
             "told): ValueError: predict returned shape (21,) for 20 inputs")):
-        evaluate(_WrongLength, DOMAIN, device="cpu", env_kwargs=TINY, flops=False,
-                 verify=False)
+        evaluate(_WrongLength, DOMAIN, device="cpu", env_kwargs=TINY, flops=False)
 
 
 class _DomainOnly:
@@ -267,18 +268,17 @@ class _Misdeclared:
 
 
 def test_declared_scenarios_are_checked():
-    require_scenario(_DomainOnly, "x", "domain")
+    require_scenario(supported_scenarios(_DomainOnly), "x", "domain")
     with pytest.raises(ValueError, match=r"agent 'x' supports the scenario\(s\) 'domain'"):
-        require_scenario(_DomainOnly, "x", "task")
+        require_scenario(supported_scenarios(_DomainOnly), "x", "task")
     with pytest.raises(TypeError, match="declares scenarios='domain'; give a tuple"):
-        require_scenario(_Misdeclared, "x", "domain")
+        supported_scenarios(_Misdeclared)
 
 
 @pytest.mark.parametrize("name", SINGLE_HEAD)
 def test_single_head_baselines_run_a_tiny_domain_stream(name):
     result = evaluate(name, DOMAIN, seed=0, device="cpu", agent_kwargs={"epochs": 1},
-                      env_kwargs={**TINY, "evaluation": "validation"}, flops=False,
-                      verify=False)
+                      env_kwargs={**TINY, "evaluation": "validation"}, flops=False)
     assert result.status == "complete"
     assert [len(row) for row in result.accuracy] == [1, 2]
     assert result.env["kwargs"]["scenario"] == "domain"

@@ -69,7 +69,7 @@ def serve(header: dict[str, Any], blobs: list[bytes], started: float
     """Run one agent call described by ``header``; return the reply (header, blobs)."""
     import torch
 
-    from clbench.agent import load_agent_class
+    from clbench.agent import load_agent_class, supported_scenarios
     from clbench.sealed.calls import AgentCallError, learn_call, predict_call
     from clbench.sealed.channel import array_blob, blob_array
     from clbench.tasks import Task, TaskSpec
@@ -84,6 +84,12 @@ def serve(header: dict[str, Any], blobs: list[bytes], started: float
             cls = load_agent_class(header["agent"])
         except Exception as error:
             raise AgentCallError("import", error) from error
+        if header["op"] == "describe":
+            try:
+                scenarios = supported_scenarios(cls)
+            except TypeError as error:
+                raise AgentCallError("describe", error, "contract") from error
+            return {"ok": True, "started": started, "scenarios": list(scenarios)}, []
         if header["op"] == "learn":
             task = Task(header["task_id"], TaskSpec.from_name(header["task_name"]), *arrays,
                         scenario=header["scenario"])
