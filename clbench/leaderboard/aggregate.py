@@ -95,6 +95,21 @@ def stream_key(result: Result) -> str:
     return f"{result.env['id']} {json.dumps(kwargs, sort_keys=True)}"
 
 
+def stream_label(result: Result) -> str:
+    """The stream as a reader names it: env id and the kwargs that differ from the id's
+    registered defaults, e.g. ``clbench/SplitMNIST5k-v0 max_train_per_task=60``."""
+    import gymnasium
+
+    try:
+        registered = gymnasium.spec(result.env["id"]).kwargs
+    except gymnasium.error.Error:
+        registered = {}
+    changed = [f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
+               for key, value in sorted(result.env["kwargs"].items())
+               if key not in PLACEMENT_KWARGS and registered.get(key) != value]
+    return " ".join([result.env["id"], *changed])
+
+
 def major_version(result: Result) -> str:
     return str(result.versions.get("clbench") or "?").split(".")[0]
 

@@ -37,6 +37,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             if len(entries) != len(set(args.entry)):
                 raise ValueError(f"--entry must name folders of the suite {args.suite!r}: "
                                  f"{', '.join(e.folder for e in get_suite(args.suite))}")
+        if args.env_arg:
+            from clbench.cli import parse_assignments
+
+            overrides = parse_assignments(args.env_arg, "--env-arg")
+            entries = tuple(entry.with_kwargs(overrides) for entry in entries)
         seeds = _split(args.seeds, int)
         agents = _split(args.agents) or sweep.default_agents()
         plan = sweep.plan(args.suite, entries, agents, seeds, Path(args.results))
@@ -96,6 +101,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--suite", required=True, help="suite name (see `clbench leaderboard list`)")
     run.add_argument("--entry", action="append", default=[], metavar="FOLDER",
                      help="only this entry of the suite, by its folder name (repeatable)")
+    run.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="change a make() kwarg of every entry, e.g. max_train_per_task=500 "
+                          "(results go to distinct folders; repeatable)")
     run.add_argument("--agents", help="comma-separated agent names (default: every registered)")
     run.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES)

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from clbench.leaderboard.aggregate import Row  # noqa: E402
 
@@ -55,7 +56,7 @@ def _grid(n: int) -> tuple[plt.Figure, list]:
     columns = min(4, n)
     lines = math.ceil(n / columns)
     figure, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 2.9 * lines),
-                                squeeze=False)
+                                squeeze=False, layout="constrained")
     flat = list(axes.flat)
     for axis in flat[n:]:
         axis.set_visible(False)
@@ -71,6 +72,8 @@ def heatmaps(rows: Sequence[Row]) -> plt.Figure:
         axis.set_xlabel("task j")
         axis.set_ylabel("after learning task i")
         axis.grid(False)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     figure.colorbar(image, ax=axes, shrink=0.8, label="accuracy")
     return figure
 
@@ -91,12 +94,13 @@ def curves(rows: Sequence[Row]) -> plt.Figure:
         axis.set_title(_label(row))
         axis.set_xlabel("tasks learned")
         axis.set_ylabel("accuracy")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(loc="lower left", fontsize=7)
     return figure
 
 
 def bytes_plot(rows: Sequence[Row]) -> plt.Figure:
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure, axis = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     colours = _colours(rows)
     for row in rows:
         per_task = np.mean([run.result.storage["bytes"] for run in row.runs], axis=0)
@@ -106,6 +110,7 @@ def bytes_plot(rows: Sequence[Row]) -> plt.Figure:
     axis.plot(range(1, len(reference) + 1), reference, color="grey", linestyle="--",
               label="one fp32 network per task")
     axis.set_yscale("log")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("tasks learned")
     axis.set_ylabel("state bytes")
     axis.legend(fontsize=7, ncol=2)
@@ -113,7 +118,7 @@ def bytes_plot(rows: Sequence[Row]) -> plt.Figure:
 
 
 def pareto_plot(rows: Sequence[Row]) -> plt.Figure:
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure, axis = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     colours = _colours(rows)
     for row in rows:
         acc, size = row.figures["acc"], row.figures["bytes"]

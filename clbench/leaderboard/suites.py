@@ -49,6 +49,10 @@ class Entry:
         return " ".join([self.env_id, *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                                         for k, v in sorted(self.kwargs.items()))])
 
+    def with_kwargs(self, overrides: dict[str, Any]) -> Entry:
+        """This entry with some make() kwargs changed (a new, distinctly named entry)."""
+        return Entry(self.env_id, {**self.kwargs, **overrides})
+
     def unsupported_kwargs(self) -> list[str]:
         """The kwargs this clbench's environment does not accept (e.g. ``scenario`` before
         the domain-incremental scenario exists); checked without loading any data."""
