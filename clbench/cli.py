@@ -15,7 +15,7 @@ from pathlib import Path
 import gymnasium
 
 import clbench  # noqa: F401  (registers the environments)
-from clbench.agent import registered_agents
+from clbench.agent import agent_arguments, load_agent_class, registered_agents
 from clbench.devices import DEVICE_CHOICES
 from clbench.harness import AgentError, evaluate
 from clbench.results import Result, ResultFormatError, load_result
@@ -112,9 +112,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("environments:")
     for env_id in sorted(i for i in gymnasium.registry if i.startswith("clbench/")):
         print(f"  {env_id}")
-    print("agents:")
+    print("agents (name, class, constructor arguments and their defaults):")
     for name, target in sorted(registered_agents().items()):
-        print(f"  {name:14s} {target}")
+        try:
+            arguments = agent_arguments(load_agent_class(name))
+            shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in arguments.items()) or "none"
+        except (ValueError, TypeError) as error:
+            shown = f"(cannot be loaded: {error})"
+        print(f"  {name:14s} {target}\n  {'':14s} {shown}")
     return 0
 
 
