@@ -108,6 +108,7 @@ def build(results: Path = DEFAULT_RESULTS, out: Path = DEFAULT_OUT, readme: Path
     runs, left_out = collect(results, allow_unsealed) if results.is_dir() else ([], [])
     rows, refused = aggregate.group(runs, lambda run: section_of(run.path))
     report = Build(rows, left_out + refused)
+    out.mkdir(parents=True, exist_ok=True)
     plots_folder = out / "plots"
     shutil.rmtree(plots_folder, ignore_errors=True)
     plots: dict[str, dict[str, Path]] = {}

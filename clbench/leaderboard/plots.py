@@ -90,7 +90,7 @@ def curves(rows: Sequence[Row]) -> plt.Figure:
         seen = [np.nanmean(matrix[i, : i + 1]) for i in range(n_tasks)]
         axis.plot(range(1, n_tasks + 1), seen, color="black", linewidth=2,
                   label="mean over tasks seen")
-        axis.set_ylim(0.4, 1.02)
+        axis.set_ylim(min(0.4, np.nanmin(matrix) - 0.02), 1.02)
         axis.set_title(_label(row))
         axis.set_xlabel("tasks learned")
         axis.set_ylabel("accuracy")
