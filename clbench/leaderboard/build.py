@@ -21,7 +21,7 @@ from clbench.leaderboard import aggregate, page
 from clbench.leaderboard.aggregate import Row, Run
 from clbench.leaderboard.plots import write_plots
 from clbench.leaderboard.suites import SUITES
-from clbench.leaderboard.sweep import DEFAULT_RESULTS
+from clbench.leaderboard.sweep import DEFAULT_RESULTS, agent_folder
 from clbench.results import ResultFormatError, load_result
 
 DEFAULT_OUT = Path("leaderboard")
@@ -77,16 +77,16 @@ def check_file(path: Path, relative: str, allow_unsealed: bool) -> tuple[Run | N
     missing = [key for key in PROVENANCE_VERSIONS if not result.versions.get(key)]
     if missing:
         return None, f"no provenance: versions of {', '.join(missing)} missing"
-    suite, folder, agent_folder, name = parts
+    suite, folder, folder_of_agent, name = parts
     if name != f"seed{result.seed}.json":
         return None, f"holds seed {result.seed}, not what its name says"
     entry = {e.folder: e for e in SUITES.get(suite, ())}.get(folder)
     if entry is not None and (result.env["id"] != entry.env_id or any(
             result.env["kwargs"].get(k) != v for k, v in entry.kwargs.items())):
         return None, f"holds a run of {result.env['id']}, not of the entry {entry.label}"
-    agent = canonical_agent_name(result.agent["name"])
-    if agent_folder != agent.replace(":", "__").replace("/", "_"):
-        return None, f"holds a run of agent {agent}, not of the folder's agent"
+    if folder_of_agent != agent_folder(result.agent["name"]):
+        return None, (f"holds a run of agent {canonical_agent_name(result.agent['name'])}, "
+                      "not of the folder's agent")
     return Run(relative, result, sealed=sealed), ""
 
 

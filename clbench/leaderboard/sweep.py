@@ -57,9 +57,13 @@ class Plan:
     skipped: list[str]  # one line per (entry, agent) left out, with the reason
 
 
+def agent_folder(agent: str) -> str:
+    """The folder of an agent's results: its canonical name, ``:`` written ``__``."""
+    return canonical_agent_name(agent).replace(":", "__").replace("/", "_")
+
+
 def result_path(root: Path, suite: str, entry: Entry, agent: str, seed: int) -> Path:
-    folder = canonical_agent_name(agent).replace(":", "__").replace("/", "_")
-    return Path(root) / suite / entry.folder / folder / f"seed{seed}.json"
+    return Path(root) / suite / entry.folder / agent_folder(agent) / f"seed{seed}.json"
 
 
 def is_complete(path: Path, job: Job) -> bool:
