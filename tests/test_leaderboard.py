@@ -118,8 +118,9 @@ def test_plan_skips_scenarios_an_agent_does_not_support(tmp_path, monkeypatch):
     planned = sweep.plan("offline", [domain], ["naive", "test_leaderboard:DomainAgent"], [0],
                          tmp_path)
     if domain.unsupported_kwargs():  # before the scenario kwarg exists: said per entry
-        assert planned.jobs == []
-        assert "does not accept scenario" in planned.skipped[0]
+        assert planned.jobs == [] and planned.skipped == []
+        assert planned.unavailable == [f"{domain.label}: not run: this clbench's environment "
+                                       "does not accept scenario"]
     monkeypatch.setattr(Entry, "unsupported_kwargs", lambda self: [])
     planned = sweep.plan("offline", [domain], ["naive", "test_leaderboard:DomainAgent"], [0],
                          tmp_path)

@@ -65,7 +65,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     for line in problems:
         print(f"not complete: {line}", file=sys.stderr)
-    return 1 if problems else 0
+    for line in plan.unavailable:
+        print(f"clbench: {line}", file=sys.stderr)
+    return 1 if problems or plan.unavailable else 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:

@@ -54,7 +54,8 @@ class Plan:
 
     jobs: list[Job]
     done: list[Path]
-    skipped: list[str]  # one line per (entry, agent) left out, with the reason
+    skipped: list[str]  # one line per (entry, agent) whose scenario the agent lacks
+    unavailable: list[str]  # one line per entry this clbench's environment cannot make
 
 
 def agent_folder(agent: str) -> str:
@@ -83,13 +84,13 @@ def plan(suite: str, entries: Sequence[Entry], agents: Sequence[str], seeds: Seq
          root: Path) -> Plan:
     """The jobs of a sweep, leaving out finished runs, entries this clbench's environment
     cannot make and entries whose scenario an agent does not support."""
-    jobs, done, skipped = [], [], []
+    jobs, done, skipped, unavailable = [], [], [], []
     classes = {agent: load_agent_class(agent) for agent in agents}
     for entry in entries:
         unsupported = entry.unsupported_kwargs()
         if unsupported:
-            skipped.append(f"{entry.label}: skipped for every agent: this clbench's "
-                           f"environment does not accept {', '.join(unsupported)}")
+            unavailable.append(f"{entry.label}: not run: this clbench's environment does "
+                               f"not accept {', '.join(unsupported)}")
             continue
         for agent in agents:
             scenarios = agent_scenarios(classes[agent])
@@ -100,7 +101,7 @@ def plan(suite: str, entries: Sequence[Entry], agents: Sequence[str], seeds: Seq
             for seed in seeds:
                 job = Job(entry, agent, seed, result_path(root, suite, entry, agent, seed))
                 (done.append(job.path) if is_complete(job.path, job) else jobs.append(job))
-    return Plan(jobs, done, skipped)
+    return Plan(jobs, done, skipped, unavailable)
 
 
 def default_agents() -> list[str]:
