@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint
+# make run: every agent on one offline stream, seed 0, RUN_TRAIN training images per task
+RUN_TRAIN ?= 400
+
+.PHONY: run test lint leaderboard
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -11,9 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/clbench run --env clbench/SplitMNIST5k-v0 --agent random --seed 0 --device auto --out runs/random.json
-	$(VENV)/bin/clbench run --env clbench/SplitMNIST5k-v0 --agent naive --seed 0 --device auto --out runs/naive.json
-	$(VENV)/bin/clbench table runs/random.json runs/naive.json
+	-$(VENV)/bin/clbench leaderboard run --suite offline --entry OneVsRestMNIST5k-v0 --seeds 0 \
+	    --env-arg max_train_per_task=$(RUN_TRAIN) --workers 2 --device auto --results runs/leaderboard
+	$(VENV)/bin/clbench table runs/leaderboard
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check clbench agents baselines tests benchmarks
@@ -21,3 +24,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check clbench agents baselines tests benchmarks
+
+leaderboard: $(STAMP)
+	$(VENV)/bin/clbench leaderboard build --readme README.md

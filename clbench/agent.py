@@ -25,13 +25,17 @@ An agent is a class built as ``AgentClass(device=..., **kwargs)`` with
   work (:func:`require_scenario`).
 
 Agents are found by name in the ``clbench.agents`` entry-point group, as ``module:Class``,
-or as ``path/to/file.py:Class``.
+or as ``path/to/file.py:Class``. :func:`canonical_agent_name` gives one name per agent
+whichever way it was named, and :func:`non_default_arguments` the constructor arguments that
+set it apart from its defaults: together they say which rows of a table are the same agent.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
+import json
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -44,6 +48,7 @@ from clbench.tasks import SCENARIOS, Task
 
 ENTRY_POINT_GROUP = "clbench.agents"
 DEFAULT_SCENARIOS = ("task",)
+USER_MODULE_PREFIX = "clbench_user_agent_"
 
 
 @runtime_checkable
@@ -71,7 +76,7 @@ def _import_module_or_file(module_name: str):
     path = Path(module_name).resolve()
     if str(path.parent) not in sys.path:  # the file may import its sibling modules
         sys.path.insert(0, str(path.parent))
-    alias = f"clbench_user_agent_{abs(hash(str(path)))}"
+    alias = f"{USER_MODULE_PREFIX}{abs(hash(str(path)))}"
     if alias in sys.modules:
         return sys.modules[alias]
     spec = importlib.util.spec_from_file_location(alias, path)
@@ -131,3 +136,75 @@ def require_scenario(supported: Sequence[str], name: str, scenario: str) -> None
             f"scenario={scenario!r} asked for by the environment; choose a task-incremental "
             "env (without 'Domain' in its id) or an agent that declares "
             f"scenarios = (..., {scenario!r}, ...)")
+
+
+def canonical_agent_name(agent: str | type) -> str:
+    """The one name of an agent, whichever way it was given.
+
+    A class registered in the ``clbench.agents`` group is called by its registered name
+    (``"baselines.naive:Naive"`` and the class ``Naive`` both give ``"naive"``). Any other
+    agent is ``module:Class``, where a file is named by its module name, not its path: the CLI's
+    ``path/to/l2agent.py:L2Prev``, ``l2agent:L2Prev`` and the class ``L2Prev`` defined in
+    ``l2agent.py`` (imported, or run as ``__main__``) all give ``"l2agent:L2Prev"``.
+    """
+    known = registered_agents()
+    if isinstance(agent, str):
+        if agent in known:
+            return agent
+        module, sep, class_name = agent.rpartition(":")
+        if not sep:
+            raise ValueError(f"unknown agent {agent!r}; registered agents: "
+                             f"{', '.join(sorted(known)) or 'none'}; or give 'module:Class'")
+    elif isinstance(agent, type):
+        module, class_name = agent.__module__, agent.__qualname__
+        if module == "__main__" or module.startswith(USER_MODULE_PREFIX):
+            try:
+                module = inspect.getfile(agent)
+            except (TypeError, OSError):
+                pass  # an interactive session: no file to name it by
+    else:
+        raise TypeError(f"an agent is named by a string or a class, not {type(agent).__name__}")
+    if module.endswith(".py"):
+        module = Path(module).stem
+    path = f"{module}:{class_name}"
+    by_target = {target: name for name, target in sorted(known.items())}
+    return by_target.get(path, path)
+
+
+def agent_arguments(cls: type) -> dict[str, Any]:
+    """The constructor arguments of an agent class and their defaults (``device`` aside).
+
+    An ``__init__`` that passes ``**kwargs`` on to its base class (as ``Joint`` does to
+    ``Naive``) also has the base class's arguments. Arguments without a default are left out.
+    """
+    arguments: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        forwards = False
+        for parameter in inspect.signature(vars(klass)["__init__"]).parameters.values():
+            if parameter.kind is parameter.VAR_KEYWORD:
+                forwards = True
+            elif (parameter.name not in ("self", "device") and parameter.default
+                  is not parameter.empty and parameter.kind is not parameter.VAR_POSITIONAL):
+                arguments.setdefault(parameter.name, _plain(parameter.default))
+        if not forwards:
+            break
+    return arguments
+
+
+def non_default_arguments(kwargs: dict[str, Any], defaults: dict[str, Any] | None) -> dict:
+    """The entries of ``kwargs`` that differ from ``defaults`` (all of them when the defaults
+    are unknown, e.g. for an agent that is not installed where the table is built)."""
+    if defaults is None:
+        return dict(sorted(kwargs.items()))
+    return {key: value for key, value in sorted(kwargs.items())
+            if key not in defaults or _plain(value) != defaults[key]}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as its JSON round trip (tuples become lists), or its repr where not JSON."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError):
+        return repr(value)

@@ -22,7 +22,7 @@ from pathlib import Path
 import gymnasium
 
 import clbench  # noqa: F401  (registers the environments)
-from clbench.agent import registered_agents
+from clbench.agent import agent_arguments, load_agent_class, registered_agents
 from clbench.data import DatasetIntegrityError, DatasetNotFoundError
 from clbench.devices import DEVICE_CHOICES
 from clbench.env.registration import check_env_kwargs
@@ -174,15 +174,47 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("environments:")
     for env_id in sorted(i for i in gymnasium.registry if i.startswith("clbench/")):
         print(f"  {env_id}")
-    print("agents:")
+    print("agents (name, class, constructor arguments and their defaults):")
     for name, target in sorted(registered_agents().items()):
-        print(f"  {name:14s} {target}")
+        try:
+            arguments = agent_arguments(load_agent_class(name))
+            shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in arguments.items()) or "none"
+        except (ValueError, TypeError) as error:
+            shown = f"(cannot be loaded: {error})"
+        print(f"  {name:14s} {target}\n  {'':14s} {shown}")
     return 0
 
 
+def result_files(paths: Sequence[str]) -> list[Path]:
+    """The result files named: files as given, folders searched for ``*.json``."""
+    files = []
+    for name in paths:
+        path = Path(name)
+        if not path.exists():
+            raise FileNotFoundError(f"no result file or folder {name}")
+        files += sorted(path.rglob("*.json")) if path.is_dir() else [path]
+    return files
+
+
 def cmd_table(args: argparse.Namespace) -> int:
-    results = [load_result(path) for path in args.results]  # each validated before use
-    print(summary_table(results))
+    from clbench.leaderboard import aggregate
+
+    files = result_files(args.results)
+    results = [(path, load_result(path)) for path in files]  # each validated before use
+    if args.runs:
+        print(summary_table([result for _, result in results if result.accuracy]))
+        left_out = [f"{path}: no task finished ({result.status}: {result.error})"
+                    for path, result in results if not result.accuracy]
+    else:
+        runs = [aggregate.Run(str(path), result) for path, result in results
+                if result.status == "complete"]
+        rows, left_out = aggregate.group(runs, lambda run: aggregate.stream_label(run.result))
+        left_out += [f"{path}: status {result.status} after {len(result.accuracy)}/"
+                     f"{len(result.env['task_names'])} tasks: {result.error}"
+                     for path, result in results if result.status != "complete"]
+        print(aggregate.render(rows, args.format))
+    for line in left_out:
+        print(f"left out: {line}", file=sys.stderr)
     return 0
 
 
@@ -216,8 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list environments and agents")
     listing.set_defaults(handler=cmd_list)
 
-    table = commands.add_parser("table", help="summary table of result files")
-    table.add_argument("results", nargs="+", help="result JSON files")
+    table = commands.add_parser(
+        "table", help="compare result files: one row per stream x agent x arguments, "
+                      "mean ± std over seeds")
+    table.add_argument("results", nargs="+", help="result JSON files or folders of them")
+    table.add_argument("--format", default="md", choices=("md", "csv", "latex"),
+                       help="md (default), csv (mean, std and 95%% interval of every figure) "
+                            "or latex")
+    table.add_argument("--runs", action="store_true",
+                       help="one Markdown row per file instead (no grouping)")
     table.set_defaults(handler=cmd_table)
 
     for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):

@@ -31,8 +31,10 @@ def test_run_writes_a_result_and_prints_tables(tmp_path, capsys):
     assert "| 4 | mnist5k:8\\|9 |" in printed  # the task name's pipe does not split the cell
     assert "| naive | clbench/SplitMNIST5k-v0 | 3 |" in printed
 
-    assert main(["table", str(out), str(out)]) == 0
+    assert main(["table", "--runs", str(out), str(out)]) == 0
     assert capsys.readouterr().out.count("| naive |") == 2
+    assert main(["table", str(out), str(out)]) == 0  # grouped: one seed twice is refused
+    assert "the same seed twice" in capsys.readouterr().err
 
 
 def test_run_reports_agent_failures_and_keeps_the_file(tmp_path, capsys):

@@ -1,0 +1,120 @@
+"""Suites: named lists of task streams (env id + make() kwargs) that agents are compared on.
+
+The scenario of an entry is its ``scenario`` kwarg (van de Ven & Tolias 2019; ``"task"``,
+the task-incremental default, when absent). An agent declares the scenarios it supports in
+a class attribute ``scenarios`` (default ``("task",)``); a sweep skips the entries whose
+scenario an agent does not support.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium
+from gymnasium.envs.registration import load_env_creator
+
+import clbench  # noqa: F401  (registers the environments)
+
+DEFAULT_SCENARIO = "task"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream of a suite: ``gymnasium.make(env_id, **kwargs)``."""
+
+    env_id: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scenario(self) -> str:
+        return self.kwargs.get("scenario", DEFAULT_SCENARIO)
+
+    @property
+    def folder(self) -> str:
+        """A readable folder name, distinct for distinct kwargs: ``SplitMNIST5k-v0`` or
+        ``SplitMNIST5k-v0__scenario-domain``."""
+        name = self.env_id.split("/")[-1]
+        for key, value in sorted(self.kwargs.items()):
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            name += f"__{key}-{re.sub(r'[^A-Za-z0-9.]+', '_', text).strip('_')}"
+        return name
+
+    @property
+    def label(self) -> str:
+        """``clbench/SplitMNIST5k-v0 scenario=domain``: how tables and messages name it."""
+        return " ".join([self.env_id, *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                        for k, v in sorted(self.kwargs.items()))])
+
+    def with_kwargs(self, overrides: dict[str, Any]) -> Entry:
+        """This entry with some make() kwargs changed (a new, distinctly named entry)."""
+        return Entry(self.env_id, {**self.kwargs, **overrides})
+
+    def unsupported_kwargs(self) -> list[str]:
+        """The kwargs this clbench's environment does not accept (e.g. ``scenario`` before
+        the domain-incremental scenario exists); checked without loading any data."""
+        try:
+            spec = gymnasium.spec(self.env_id)
+        except gymnasium.error.Error as error:
+            return [f"(unknown environment: {error})"]
+        creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(
+            spec.entry_point)
+        parameters = inspect.signature(creator).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return []
+        return [key for key in self.kwargs if key not in parameters]
+
+
+def _entries(*specs: tuple[str, dict[str, Any]] | str) -> tuple[Entry, ...]:
+    return tuple(Entry(spec) if isinstance(spec, str) else Entry(*spec) for spec in specs)
+
+
+DOMAIN = {"scenario": "domain"}
+
+SUITES: dict[str, tuple[Entry, ...]] = {
+    "offline": _entries(
+        "clbench/SplitMNIST5k-v0",
+        "clbench/OneVsRestMNIST5k-v0",
+        ("clbench/TupleMNIST5k-v0", {"n_tasks": 50}),
+        ("clbench/SplitMNIST5k-v0", DOMAIN),
+    ),
+    "fashion": _entries(
+        "clbench/SplitFashionMNIST-v0",
+        ("clbench/SplitFashionMNIST-v0", DOMAIN),
+        "clbench/OneVsRestFashionMNIST-v0",
+        ("clbench/OneVsRestFashionMNIST-v0", DOMAIN),
+    ),
+    "standard": _entries(
+        "clbench/SplitMNIST-v0",
+        "clbench/SplitCIFAR10-v0",
+        "clbench/SplitCIFAR100-v0",
+    ),
+    "paper": _entries(
+        "clbench/OneVsRestMNIST-v0",
+        ("clbench/TupleMNIST-v0", {"n_tasks": 333}),
+        "clbench/OneVsRestCIFAR10-v0",
+        "clbench/MixedMNISTCIFAR10-v0",
+    ),
+}
+
+DESCRIPTIONS = {
+    "offline": "built-in mnist5k streams; run anywhere, no download",
+    "fashion": "Fashion-MNIST; offline wherever Debian's dataset-fashion-mnist is installed",
+    "standard": "the literature's Split MNIST / CIFAR-10 / CIFAR-100 (full datasets)",
+    "paper": "the streams of the TN+EN paper (full MNIST and CIFAR-10)",
+}
+
+
+def get_suite(name: str) -> tuple[Entry, ...]:
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise ValueError(f"unknown suite {name!r}; suites: {', '.join(SUITES)}") from None
+
+
+def agent_scenarios(cls: type) -> tuple[str, ...]:
+    """The scenarios an agent class supports (its ``scenarios`` attribute, default task)."""
+    return tuple(getattr(cls, "scenarios", (DEFAULT_SCENARIO,)))

@@ -1,0 +1,202 @@
+"""Sweeps: every (suite entry, agent, seed) run, on a local process pool or a Ray cluster.
+
+Each run writes ``<results>/<suite>/<entry folder>/<agent>/seed<k>.json``. A file that is
+complete and valid is never redone; a missing, running, failed, interrupted or malformed
+one is rerun, so a sweep that was killed mid-way loses only its unfinished runs and the
+next invocation of the same command picks up the rest.
+
+Both backends call the same :func:`run_job` (which calls :func:`clbench.evaluate`) and hand
+the result back to the driver, which alone writes the files: so the files of a Ray sweep
+land on the driver's disk whichever node ran them, and are identical to a local sweep's
+(each run uses ``threads`` torch threads on CPU, the same on both backends, so CPU results
+match bitwise).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from clbench.agent import canonical_agent_name, load_agent_class, registered_agents
+from clbench.leaderboard.suites import Entry, agent_scenarios
+from clbench.results import ResultFormatError, load_result, write_json_atomic
+
+DEFAULT_RESULTS = Path("leaderboard") / "results"
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: ``agent`` on ``entry`` with ``seed``, written to ``path``."""
+
+    entry: Entry
+    agent: str
+    seed: int
+    path: Path
+
+    def request(self, device: str, threads: int) -> dict[str, Any]:
+        """The job as plain values (what a worker process or a Ray task receives)."""
+        return {"agent": self.agent, "env_id": self.entry.env_id,
+                "env_kwargs": dict(self.entry.kwargs), "seed": self.seed, "device": device,
+                "threads": threads}
+
+
+@dataclass
+class Plan:
+    """What a sweep will do: jobs to run, and what it leaves out and why."""
+
+    jobs: list[Job]
+    done: list[Path]
+    skipped: list[str]  # one line per (entry, agent) whose scenario the agent lacks
+    unavailable: list[str]  # one line per entry this clbench's environment cannot make
+
+
+def agent_folder(agent: str) -> str:
+    """The folder of an agent's results: its canonical name, ``:`` written ``__``."""
+    return canonical_agent_name(agent).replace(":", "__").replace("/", "_")
+
+
+def result_path(root: Path, suite: str, entry: Entry, agent: str, seed: int) -> Path:
+    return Path(root) / suite / entry.folder / agent_folder(agent) / f"seed{seed}.json"
+
+
+def is_complete(path: Path, job: Job) -> bool:
+    """True when ``path`` holds a valid, complete result of exactly this job."""
+    try:
+        result = load_result(path)
+    except (ResultFormatError, OSError, TypeError, ValueError):
+        return False
+    return (result.status == "complete" and result.seed == job.seed
+            and result.env["id"] == job.entry.env_id
+            and all(result.env["kwargs"].get(k) == v for k, v in job.entry.kwargs.items())
+            and canonical_agent_name(result.agent["name"]) == canonical_agent_name(job.agent)
+            and not result.agent["kwargs"])
+
+
+def plan(suite: str, entries: Sequence[Entry], agents: Sequence[str], seeds: Sequence[int],
+         root: Path) -> Plan:
+    """The jobs of a sweep, leaving out finished runs, entries this clbench's environment
+    cannot make and entries whose scenario an agent does not support."""
+    jobs, done, skipped, unavailable = [], [], [], []
+    classes = {agent: load_agent_class(agent) for agent in agents}
+    for entry in entries:
+        unsupported = entry.unsupported_kwargs()
+        if unsupported:
+            unavailable.append(f"{entry.label}: not run: this clbench's environment does "
+                               f"not accept {', '.join(unsupported)}")
+            continue
+        for agent in agents:
+            scenarios = agent_scenarios(classes[agent])
+            if entry.scenario not in scenarios:
+                skipped.append(f"{entry.label}: skipped for {agent}: it supports the "
+                               f"scenario(s) {', '.join(scenarios)}, not {entry.scenario}")
+                continue
+            for seed in seeds:
+                job = Job(entry, agent, seed, result_path(root, suite, entry, agent, seed))
+                (done.append(job.path) if is_complete(job.path, job) else jobs.append(job))
+    return Plan(jobs, done, skipped, unavailable)
+
+
+def default_agents() -> list[str]:
+    """Every agent registered in the ``clbench.agents`` group, by name."""
+    return sorted(registered_agents())
+
+
+def run_job(request: dict[str, Any]) -> dict[str, Any]:
+    """Run one job and return ``{"result": dict | None, "error": str | None}``.
+
+    A run that fails in the agent returns its result (status failed, finished tasks kept)
+    and the error; one that cannot start (e.g. the stream's data is missing) returns no
+    result. Runs in a worker process (local pool) or a Ray task.
+    """
+    import torch
+
+    import clbench
+    from clbench.harness import AgentError
+
+    torch.set_num_threads(request["threads"])
+    try:
+        result = clbench.evaluate(request["agent"], request["env_id"], seed=request["seed"],
+                                  device=request["device"], env_kwargs=request["env_kwargs"])
+    except AgentError as error:
+        return {"result": error.result.to_dict() if error.result else None, "error": str(error)}
+    except Exception as error:  # the job is reported and the sweep goes on with the others
+        return {"result": None, "error": f"{type(error).__name__}: {error}"}
+    return {"result": result.to_dict(),
+            "error": None if result.status == "complete" else result.error}
+
+
+def sweep(jobs: Sequence[Job], device: str = "auto", backend: str = "local", workers: int = 1,
+          threads: int = 1, address: str | None = None, progress: bool = True) -> list[str]:
+    """Run ``jobs`` and write their files; return one line per job that did not complete.
+
+    ``workers`` runs at a time locally; on Ray, each run asks for ``threads`` CPUs (and one
+    GPU when ``device`` is ``cuda``) and the cluster schedules them.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if workers < 1 or threads < 1:
+        raise ValueError(f"--workers and --threads must be at least 1, got {workers}, {threads}")
+    requests = [job.request(device, threads) for job in jobs]
+    outcomes = (_run_ray(requests, device, threads, address) if backend == "ray"
+                else _run_local(requests, workers))
+    problems = []
+    with tqdm(total=len(jobs), desc="sweep", unit="run", disable=None if progress else True) \
+            as bar:
+        for index, outcome in outcomes:
+            job = jobs[index]
+            if outcome["result"] is not None:
+                write_json_atomic(job.path, outcome["result"])
+            if outcome["error"]:
+                problems.append(f"{job.entry.label} {job.agent} seed {job.seed}: "
+                                f"{outcome['error']}")
+            bar.update(1)
+    return problems
+
+
+def _run_local(requests: list[dict], workers: int) -> Iterable[tuple[int, dict]]:
+    """Yield (index, outcome) as runs finish in a pool of fresh (spawned) processes."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = {pool.submit(run_job, request): index for index, request in enumerate(requests)}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            # interrupted: drop the queued runs; the running ones end with the pool
+            for future in futures:
+                future.cancel()
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            raise
+
+
+def _run_ray(requests: list[dict], device: str, threads: int,
+             address: str | None) -> Iterable[tuple[int, dict]]:
+    """Yield (index, outcome) as Ray tasks finish, one task per run."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray backend needs Ray: pip install 'clbench[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"env_vars": {"CLBENCH_DATA": os.environ["CLBENCH_DATA"]}}
+                 if "CLBENCH_DATA" in os.environ else None)
+    task = ray.remote(num_cpus=threads, num_gpus=1 if device.startswith("cuda") else 0)(run_job)
+    pending = {task.remote(request): index for index, request in enumerate(requests)}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                yield pending.pop(ref), ray.get(ref)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise

@@ -1,0 +1,386 @@
+"""The leaderboard as its users run it: suites, resumable sweeps (local pool and Ray),
+canonical agent names, the build (validation, aggregation, byte-identical output) and
+``clbench table``. Streams are tiny (2 tasks, 40 training images per task)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from agents_for_tests import ConstantZero
+
+from clbench.agent import (
+    agent_arguments,
+    canonical_agent_name,
+    load_agent_class,
+    non_default_arguments,
+)
+from clbench.cli import main
+from clbench.leaderboard import aggregate, sweep
+from clbench.leaderboard.build import build
+from clbench.leaderboard.suites import SUITES, Entry
+from clbench.results import Result, load_result
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Entry("clbench/OneVsRestMNIST5k-v0",
+             {"n_tasks": 2, "max_train_per_task": 40, "max_test_per_task": 20})
+SUITE = "tiny"
+# sealed results exist once the sealed harness lands; until then the build is asked to
+# accept unsealed ones wherever a test is about something else
+SEALED = "sealed" in Result.__dataclass_fields__
+# what a rerun must reproduce exactly (timings and timestamps differ from run to run)
+SAME = ("env", "agent", "seed", "status", "accuracy", "metrics", "storage")
+
+
+class DomainAgent(ConstantZero):
+    """Declares both scenarios (the sweep must plan it for domain-incremental entries)."""
+
+    scenarios = ("task", "domain")
+
+
+def same_content(a: Path, b: Path) -> bool:
+    one, two = json.loads(a.read_text()), json.loads(b.read_text())
+    return all(one[key] == two[key] for key in SAME) and \
+        one["costs"]["learn_flops"] == two["costs"]["learn_flops"]
+
+
+def run_plan(root: Path, agents, seeds, **options) -> list[str]:
+    planned = sweep.plan(SUITE, [TINY], agents, seeds, root)
+    return sweep.sweep(planned.jobs, device="cpu", progress=False, **options)
+
+
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory) -> Path:
+    """One uninterrupted local sweep: random x seeds 0-2, naive x seeds 0-1."""
+    root = tmp_path_factory.mktemp("swept")
+    assert run_plan(root, ["random"], [0, 1, 2], workers=2) == []
+    assert run_plan(root, ["naive"], [0, 1], workers=2) == []
+    return root
+
+
+def copy_results(swept: Path, tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    shutil.copytree(swept, results)
+    return results
+
+
+def folder(root: Path, agent: str) -> Path:
+    return root / SUITE / TINY.folder / agent
+
+
+# ----------------------------------------------------------------------------- names
+def test_one_canonical_name_whichever_way_an_agent_is_given():
+    from baselines.naive import Naive
+
+    assert canonical_agent_name("naive") == canonical_agent_name("baselines.naive:Naive") \
+        == canonical_agent_name(Naive) == "naive"
+    by_file = canonical_agent_name(f"{ROOT}/tests/agents_for_tests.py:ConstantZero")
+    assert by_file == canonical_agent_name("agents_for_tests:ConstantZero") \
+        == canonical_agent_name(ConstantZero) \
+        == canonical_agent_name(load_agent_class("tests/agents_for_tests.py:ConstantZero")) \
+        == "agents_for_tests:ConstantZero"
+
+
+def test_non_default_arguments_compare_with_the_constructor():
+    joint = agent_arguments(load_agent_class("joint"))  # **kwargs passed on to Naive
+    assert joint["epochs"] == agent_arguments(load_agent_class("naive"))["epochs"]
+    assert non_default_arguments({"epochs": joint["epochs"], "lr": 0.5}, joint) == {"lr": 0.5}
+    assert non_default_arguments({"lr": 0.5}, None) == {"lr": 0.5}  # agent not installed
+
+
+def test_list_shows_agent_arguments_and_suites(capsys):
+    assert main(["list"]) == 0
+    assert "buffer_size=200" in capsys.readouterr().out
+    assert main(["leaderboard", "list"]) == 0
+    printed = capsys.readouterr().out
+    for suite, entries in SUITES.items():
+        assert f"{suite}:" in printed and all(entry.folder in printed for entry in entries)
+
+
+# ----------------------------------------------------------------------------- suites
+def test_suite_entries_have_distinct_readable_folders():
+    folders = [entry.folder for entries in SUITES.values() for entry in entries]
+    assert len(folders) == len(set(folders))
+    domain = SUITES["offline"][3]
+    assert (domain.env_id, domain.scenario) == ("clbench/SplitMNIST5k-v0", "domain")
+    assert domain.folder == "SplitMNIST5k-v0__scenario-domain"
+
+
+def test_plan_skips_scenarios_an_agent_does_not_support(tmp_path, monkeypatch):
+    domain = SUITES["offline"][3]
+    planned = sweep.plan("offline", [domain], ["naive", "test_leaderboard:DomainAgent"], [0],
+                         tmp_path)
+    if domain.unsupported_kwargs():  # before the scenario kwarg exists: said per entry
+        assert planned.jobs == [] and planned.skipped == []
+        assert planned.unavailable == [f"{domain.label}: not run: this clbench's environment "
+                                       "does not accept scenario"]
+    monkeypatch.setattr(Entry, "unsupported_kwargs", lambda self: [])
+    planned = sweep.plan("offline", [domain], ["naive", "test_leaderboard:DomainAgent"], [0],
+                         tmp_path)
+    assert [job.agent for job in planned.jobs] == ["test_leaderboard:DomainAgent"]
+    assert planned.skipped == [f"{domain.label}: skipped for naive: it supports the "
+                               "scenario(s) task, not domain"]
+
+
+# ----------------------------------------------------------------------------- sweeps
+def test_a_sweep_writes_one_file_per_run_and_never_redoes_a_complete_one(swept):
+    files = sorted(p.relative_to(swept).as_posix() for p in swept.rglob("*.json"))
+    assert files == [f"{SUITE}/{TINY.folder}/naive/seed{s}.json" for s in (0, 1)] + \
+        [f"{SUITE}/{TINY.folder}/random/seed{s}.json" for s in (0, 1, 2)]
+    assert all(load_result(swept / f).status == "complete" for f in files)
+    again = sweep.plan(SUITE, [TINY], ["random", "naive"], [0, 1, 2], swept)
+    assert [(job.agent, job.seed) for job in again.jobs] == [("naive", 2)]
+    assert len(again.done) == 5
+
+
+def test_running_failed_or_malformed_files_are_rerun(swept, tmp_path):
+    results = copy_results(swept, tmp_path)
+    random = folder(results, "random")
+    running = json.loads((random / "seed0.json").read_text())
+    running.update(status="running", accuracy=running["accuracy"][:1])
+    (random / "seed0.json").write_text(json.dumps(running))
+    (random / "seed1.json").write_text("{ not json")
+    (random / "seed2.json").unlink()
+    planned = sweep.plan(SUITE, [TINY], ["random"], [0, 1, 2], results)
+    assert [job.seed for job in planned.jobs] == [0, 1, 2]
+    assert sweep.sweep(planned.jobs, device="cpu", progress=False) == []
+    for seed in (0, 1, 2):
+        assert same_content(random / f"seed{seed}.json", folder(swept, "random") /
+                            f"seed{seed}.json")
+
+
+SWEEP_SCRIPT = """
+import sys
+from pathlib import Path
+from clbench.leaderboard import sweep
+from test_leaderboard import SUITE, TINY
+if __name__ == "__main__":
+    planned = sweep.plan(SUITE, [TINY], ["random"], [0, 1, 2], Path(sys.argv[1]))
+    sweep.sweep(planned.jobs, device="cpu", progress=False)
+"""
+
+
+def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one(
+        swept, tmp_path):
+    results = tmp_path / "results"
+    script = tmp_path / "sweep_script.py"
+    script.write_text(SWEEP_SCRIPT)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, str(script), str(results)], env=environment,
+                               start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(results.rglob("seed*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the driver and its workers
+    process.wait(timeout=60)
+    finished = sorted(results.rglob("seed*.json"))
+    assert 1 <= len(finished) < 3, "the sweep was not interrupted mid-way"
+    again = sweep.plan(SUITE, [TINY], ["random"], [0, 1, 2], results)
+    assert len(again.done) == len(finished) and len(again.jobs) == 3 - len(finished)
+    assert sweep.sweep(again.jobs, device="cpu", progress=False) == []
+    for seed in (0, 1, 2):
+        assert same_content(folder(results, "random") / f"seed{seed}.json",
+                            folder(swept, "random") / f"seed{seed}.json")
+
+
+def test_ray_backend_gives_the_files_of_the_local_pool(swept, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'clbench[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert run_plan(tmp_path, ["random", "naive"], [0], backend="ray") == []
+    finally:
+        ray.shutdown()
+    for agent in ("random", "naive"):
+        ours = load_result(folder(tmp_path, agent) / "seed0.json")
+        local = load_result(folder(swept, agent) / "seed0.json")
+        assert ours.accuracy == local.accuracy  # bitwise, on CPU
+        assert ours.storage["bytes"] == local.storage["bytes"]
+
+
+def test_a_job_that_cannot_start_is_reported_and_the_sweep_goes_on(tmp_path):
+    broken = Entry("clbench/OneVsRestMNIST5k-v0", {**TINY.kwargs, "positive_fraction": 7})
+    jobs = [sweep.Job(broken, "random", 0, tmp_path / "a.json")]
+    problems = sweep.sweep(jobs, device="cpu", progress=False)
+    assert len(problems) == 1 and "positive_fraction" in problems[0]
+    assert not (tmp_path / "a.json").exists()
+
+
+# ----------------------------------------------------------------------------- build
+def corrupt(results: Path) -> dict[str, str]:
+    """Bad files next to the good ones; name -> what the build must say about it."""
+    naive = folder(results, "naive")
+    good = json.loads((naive / "seed0.json").read_text())
+    bad = {}
+
+    def write(name: str, payload: dict, says: str) -> None:
+        (naive / name).write_text(json.dumps(payload))
+        bad[f"{SUITE}/{TINY.folder}/naive/{name}"] = says
+
+    write("seed5.json", {k: v for k, v in good.items() if k != "metrics"}, "'metrics'")
+    write("seed6.json", {**good, "seed": 6, "schema": "clbench.result/0"}, "schema")
+    write("seed7.json", {**good, "seed": 7, "status": "failed", "error": "boom",
+                         "accuracy": good["accuracy"][:1], "agent_metrics": [{}],
+                         "storage": {k: v[:1] for k, v in good["storage"].items()},
+                         "costs": {k: v[:1] for k, v in good["costs"].items()
+                                   if isinstance(v, list)}}, "status failed after 1/2")
+    write("seed8.json", {**good, "seed": 9}, "holds seed 9")
+    (naive / "notes.json").write_text("{}")
+    bad[f"{SUITE}/{TINY.folder}/naive/notes.json"] = "not in the layout"
+    return bad
+
+
+def test_build_leaves_out_bad_files_by_name_and_shows_the_rest(swept, tmp_path):
+    results = copy_results(swept, tmp_path)
+    bad = corrupt(results)
+    report = build(results, tmp_path / "board", allow_unsealed=not SEALED)
+    assert [(row.agent, row.seeds) for row in report.rows] == [("naive", [0, 1]),
+                                                                ("random", [0, 1, 2])]
+    assert len(report.left_out) == len(bad)
+    for name, says in bad.items():
+        assert any(line.startswith(name) and says in line for line in report.left_out), name
+    readme = (tmp_path / "board" / "README.md").read_text()
+    assert "| - |" not in readme and "status failed after 1/2 tasks: boom" in readme
+    assert readme.count("| naive | defaults |") == 1
+
+
+def test_build_lists_sealed_results_only(swept, tmp_path):
+    results = copy_results(swept, tmp_path)
+    report = build(results, tmp_path / "board")
+    if not SEALED:  # today's files predate sealed workers: every one is left out, by name
+        assert report.rows == [] and len(report.left_out) == 5
+        assert all("not sealed" in line for line in report.left_out)
+        return
+    unsealed = folder(results, "random") / "seed1.json"
+    unsealed.write_text(json.dumps({**json.loads(unsealed.read_text()), "sealed": False}))
+    report = build(results, tmp_path / "board")
+    assert [row.seeds for row in report.rows] == [[0, 1], [0, 2]]
+    assert any("random/seed1.json: not sealed" in line for line in report.left_out)
+
+
+def test_build_refuses_to_mix_stream_specs_in_a_row_and_names_the_files(swept, tmp_path):
+    results = copy_results(swept, tmp_path)
+    other = folder(results, "random") / "seed2.json"
+    payload = json.loads(other.read_text())
+    payload["env"]["kwargs"]["max_train_per_task"] = 39
+    other.write_text(json.dumps(payload))
+    report = build(results, tmp_path / "board", allow_unsealed=not SEALED)
+    assert [row.agent for row in report.rows] == ["naive"]
+    refusal = [line for line in report.left_out if "refused to mix" in line]
+    assert len(refusal) == 1 and "random/seed2.json" in refusal[0] \
+        and "random/seed0.json" in refusal[0]
+
+
+def test_rebuild_is_byte_identical_wherever_it_runs(swept, tmp_path):
+    outputs = []
+    for name in ("one", "two"):
+        results = copy_results(swept, tmp_path / name)
+        build(results, tmp_path / name / "board", allow_unsealed=not SEALED)
+        board = tmp_path / name / "board"
+        outputs.append({p.relative_to(board).as_posix(): p.read_bytes()
+                        for p in sorted(board.rglob("*")) if p.is_file()})
+    assert outputs[0] == outputs[1]
+    assert len([name for name in outputs[0] if name.endswith(".png")]) == 4
+    assert str(tmp_path).encode() not in outputs[0]["index.html"] + outputs[0]["README.md"]
+
+
+def test_committed_leaderboard_is_what_build_writes(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    build(Path("leaderboard/results"), tmp_path)
+    for name in ("README.md", "index.html"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "leaderboard" / name).read_bytes(), \
+            f"leaderboard/{name} is stale: run `make leaderboard`"
+    readme = ROOT / "README.md"
+    copy = tmp_path / "README.md.copy"
+    copy.write_text(readme.read_text())
+    build(Path("leaderboard/results"), tmp_path / "again", readme=copy)
+    assert copy.read_text() == readme.read_text(), "README.md's table is stale: make leaderboard"
+
+
+# ----------------------------------------------------------------------------- aggregation
+def test_seeds_aggregate_to_mean_std_and_t_interval():
+    summary = aggregate.Summary.of([0.8, 0.9, 1.0])
+    assert summary.mean == pytest.approx(0.9) and summary.std == pytest.approx(0.1)
+    half = 4.302652729911275 * 0.1 / 3 ** 0.5  # t(0.975, 2 dof)
+    assert (summary.low, summary.high) == pytest.approx((0.9 - half, 0.9 + half))
+    assert aggregate.Summary.of([0.5]).std is None
+
+
+def test_flops_not_counted_when_learn_ran_outside_torch(swept):
+    runs = [aggregate.Run(str(p), load_result(p))
+            for p in sorted(folder(swept, "random").glob("*.json"))]
+    rows, _ = aggregate.group(runs, lambda run: "s")
+    assert rows[0].flops_counted  # random: 0 FLOPs in no time: it does nothing
+    for run in runs:  # 0 FLOPs in 0.2 s per task: the work was not torch
+        run.result.costs["learn_seconds"] = [0.2] * len(run.result.accuracy)
+    rows, _ = aggregate.group(runs, lambda run: "s")
+    assert aggregate.row_cells(rows[0])[aggregate.COLUMNS.index("learn GFLOP/task")] \
+        == "not counted"
+
+
+def test_table_groups_seeds_and_shows_arguments(swept, tmp_path, capsys):
+    results = copy_results(swept, tmp_path)
+    tuned = folder(results, "naive") / "seed1.json"
+    payload = json.loads(tuned.read_text())
+    payload["agent"]["kwargs"] = {"epochs": 1}
+    tuned.write_text(json.dumps(payload))
+    assert main(["table", str(results)]) == 0
+    printed = capsys.readouterr().out
+    assert "| naive | defaults |" in printed and "| naive | epochs=1 |" in printed
+    assert "| random | defaults |" in printed and "| 0,1,2 |" in printed
+    assert main(["table", "--format", "csv", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("stream,agent,arguments") and len(lines) == 4
+    assert main(["table", "--format", "latex", str(results)]) == 0
+    assert r"\begin{tabular}" in capsys.readouterr().out
+
+
+def test_leaderboard_run_reports_an_unknown_suite(capsys):
+    assert main(["leaderboard", "run", "--suite", "nope"]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the page
+BROWSER = "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+def test_page_renders_sorts_and_shows_every_plot_in_headless_chromium(swept, tmp_path):
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    if not Path(BROWSER).exists():
+        pytest.skip(f"no browser at {BROWSER} (Debian: apt-get install chromium)")
+    results = copy_results(swept, tmp_path)
+    report = build(results, tmp_path / "board", allow_unsealed=not SEALED)
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=BROWSER, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto((tmp_path / "board" / "index.html").as_uri())
+            agents = page.eval_on_selector_all("table.sortable tbody tr td:first-child",
+                                               "cells => cells.map(c => c.textContent)")
+            assert agents == [row.agent for row in report.rows]  # one row per (entry, agent)
+            widths = page.eval_on_selector_all("img", "images => images.map(i => i.naturalWidth)")
+            assert len(widths) == 4 and all(width > 0 for width in widths)
+            column = aggregate.COLUMNS.index("final bytes")
+            header = page.locator("table.sortable th").nth(column)
+            values = f"rows => rows.map(r => Number(r.cells[{column}].dataset.value))"
+            for order in (sorted, lambda v: sorted(v, reverse=True)):
+                header.click()
+                shown = page.eval_on_selector_all("table.sortable tbody tr", values)
+                assert shown == order(shown)
+            assert page.eval_on_selector_all("table.sortable tbody tr td:first-child",
+                                             "c => c.map(x => x.textContent)") == ["naive",
+                                                                                   "random"]
+            page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "leaderboard.png").stat().st_size > 10_000
