@@ -191,7 +191,7 @@ def result_files(paths: Sequence[str]) -> list[Path]:
     for name in paths:
         path = Path(name)
         if not path.exists():
-            raise FileNotFoundError(f"no result file or folder {name}")
+            raise UsageError(f"no result file or folder {name}")
         files += sorted(path.rglob("*.json")) if path.is_dir() else [path]
     return files
 

@@ -115,17 +115,17 @@ def test_suite_entries_have_distinct_readable_folders():
 
 def test_plan_skips_scenarios_an_agent_does_not_support(tmp_path, monkeypatch):
     domain = SUITES["offline"][3]
-    planned = sweep.plan("offline", [domain], ["naive", "test_leaderboard:DomainAgent"], [0],
-                         tmp_path)
+    planned = sweep.plan("offline", [domain], ["independent", "test_leaderboard:DomainAgent"],
+                         [0], tmp_path)
     if domain.unsupported_kwargs():  # before the scenario kwarg exists: said per entry
         assert planned.jobs == [] and planned.skipped == []
         assert planned.unavailable == [f"{domain.label}: not run: this clbench's environment "
                                        "does not accept scenario"]
     monkeypatch.setattr(Entry, "unsupported_kwargs", lambda self: [])
-    planned = sweep.plan("offline", [domain], ["naive", "test_leaderboard:DomainAgent"], [0],
-                         tmp_path)
+    planned = sweep.plan("offline", [domain], ["independent", "test_leaderboard:DomainAgent"],
+                         [0], tmp_path)
     assert [job.agent for job in planned.jobs] == ["test_leaderboard:DomainAgent"]
-    assert planned.skipped == [f"{domain.label}: skipped for naive: it supports the "
+    assert planned.skipped == [f"{domain.label}: skipped for independent: it supports the "
                                "scenario(s) task, not domain"]
 
 
@@ -228,6 +228,9 @@ def corrupt(results: Path) -> dict[str, str]:
     write("seed6.json", {**good, "seed": 6, "schema": "clbench.result/0"}, "schema")
     write("seed7.json", {**good, "seed": 7, "status": "failed", "error": "boom",
                          "accuracy": good["accuracy"][:1], "agent_metrics": [{}],
+                         "reproducible": good["reproducible"][:1],
+                         "failure": {"kind": "agent_error", "stage": "learn", "task_id": 1,
+                                     "traceback": None},
                          "storage": {k: v[:1] for k, v in good["storage"].items()},
                          "costs": {k: v[:1] for k, v in good["costs"].items()
                                    if isinstance(v, list)}}, "status failed after 1/2")

@@ -48,15 +48,10 @@ def section_of(relative: str) -> str:
 
 
 def _sealed(result) -> tuple[bool, str]:
-    """(sealed, why not): results before the sealed harness have no ``sealed`` field."""
-    sealed = getattr(result, "sealed", None)
-    if sealed is True:
+    """(sealed, why not), from the result's ``sealed`` flag and its isolation's reason."""
+    if result.sealed:
         return True, ""
-    if sealed is None:
-        return False, "not sealed (the file predates sealed workers: no 'sealed' field)"
-    reason = next((getattr(result, key) for key in ("sealed_reason", "unsealed_reason", "reason")
-                   if getattr(result, key, None)), "no reason given")
-    return False, f"not sealed ({reason})"
+    return False, f"not sealed ({result.isolation.get('reason') or 'no reason given'})"
 
 
 def check_file(path: Path, relative: str, allow_unsealed: bool) -> tuple[Run | None, str]:

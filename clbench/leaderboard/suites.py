@@ -113,8 +113,3 @@ def get_suite(name: str) -> tuple[Entry, ...]:
         return SUITES[name]
     except KeyError:
         raise ValueError(f"unknown suite {name!r}; suites: {', '.join(SUITES)}") from None
-
-
-def agent_scenarios(cls: type) -> tuple[str, ...]:
-    """The scenarios an agent class supports (its ``scenarios`` attribute, default task)."""
-    return tuple(getattr(cls, "scenarios", (DEFAULT_SCENARIO,)))

@@ -24,8 +24,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from clbench.agent import canonical_agent_name, load_agent_class, registered_agents
-from clbench.leaderboard.suites import Entry, agent_scenarios
+from clbench.agent import (
+    canonical_agent_name,
+    load_agent_class,
+    registered_agents,
+    supported_scenarios,
+)
+from clbench.leaderboard.suites import Entry
 from clbench.results import ResultFormatError, load_result, write_json_atomic
 
 DEFAULT_RESULTS = Path("leaderboard") / "results"
@@ -93,7 +98,7 @@ def plan(suite: str, entries: Sequence[Entry], agents: Sequence[str], seeds: Seq
                                f"not accept {', '.join(unsupported)}")
             continue
         for agent in agents:
-            scenarios = agent_scenarios(classes[agent])
+            scenarios = supported_scenarios(classes[agent])
             if entry.scenario not in scenarios:
                 skipped.append(f"{entry.label}: skipped for {agent}: it supports the "
                                f"scenario(s) {', '.join(scenarios)}, not {entry.scenario}")
