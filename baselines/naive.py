@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from clbench.nets import MultiHeadNet
 from clbench.tasks import Task
-from clbench.training import minibatches, predict_batched
+from clbench.training import minibatches, predict_batched, sgd
 
 # Hyperparameters (the paper's TN training settings)
 LEARNING_RATE = 0.01
@@ -46,7 +46,7 @@ class Naive:
         net = self._ensure_net(task.input_shape)
         net.add_head()
         self.datasets.append(task.dataset)
-        optimizer = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=self.momentum)
+        optimizer = sgd(net.parameters(), lr=self.lr, momentum=self.momentum)
         net.train()
         for _ in range(self.epochs):
             for x, y in minibatches(task.x_train, task.y_train, task.dataset, self.batch_size):

@@ -67,7 +67,12 @@ def normalized(images: torch.Tensor, dataset: str) -> torch.Tensor:
         _normalized_cache.move_to_end(key)
         return entry[3]
     values = normalize(images, dataset)
-    _normalized_cache[key] = (weakref.ref(images), images._version, dataset, values)
+
+    def forget(dead: weakref.ref) -> None:  # free the float copy with the images
+        if key in _normalized_cache and _normalized_cache[key][0] is dead:
+            del _normalized_cache[key]
+
+    _normalized_cache[key] = (weakref.ref(images, forget), images._version, dataset, values)
     _normalized_cache.move_to_end(key)
     while len(_normalized_cache) > NORMALIZED_CACHE_SIZE:
         _normalized_cache.popitem(last=False)
