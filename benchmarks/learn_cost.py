@@ -31,8 +31,6 @@ AGENTS = ["naive", "ewc", "online_ewc", "si", "lwf", "replay,buffer_size=200", "
 
 def learn_stream(spec: str, tasks: list[Task], epochs: int, seed: int) -> float:
     """Build the agent, learn every task; return the seconds spent inside ``learn``."""
-    import time
-
     name, kwargs = parse_agent(spec)
     torch.manual_seed(seed)
     agent = load_agent_class(name)(device="cpu", **{"epochs": epochs, **kwargs})
@@ -67,9 +65,8 @@ def main() -> None:
             for spec in agents:
                 timed[spec].append(learn_stream(spec, tasks, args.epochs, args.seed))
         seconds = {spec: median(values) for spec, values in timed.items()}
-        flops = {spec: count_flops(lambda spec=spec: learn_stream(spec, tasks, args.epochs,
-                                                                  args.seed))
-                 for spec in agents}
+        flops = {spec: count_flops(lambda spec=spec, tasks=tasks: learn_stream(
+                     spec, tasks, args.epochs, args.seed)) for spec in agents}
         rows = [[spec, f"{seconds[spec]:.2f}", f"{seconds[spec] / seconds['naive']:.2f}",
                  f"{flops[spec] / 1e9:.1f}", f"{flops[spec] / flops['naive']:.2f}"]
                 for spec in agents]
