@@ -29,10 +29,14 @@ Streams of different lengths are fine: a network whose stream has ended stops ch
 Minibatch orders are drawn exactly as the one-by-one loop draws them (each network's
 ``generator``, or the global RNG in network order), so both see the same batches.
 
-When it pays (``benchmarks/vectorized_speed.py``): on a CPU the reference nets' convolutions
-are compute-bound at batch 64, so K networks at once cost about what K one after another
-cost; the gain comes where each step is small (small batches, small nets) or on a GPU, where
-one step of K networks launches as many kernels as one network.
+When it pays (``benchmarks/vectorized_speed.py``, K = 32 MNIST nets on 32 tuple tasks, one
+CPU thread, loaded 2-core machine): at batch 64 together is *slower* than one by one (0.70x):
+the reference nets' convolutions are compute-bound there, and 32 networks' activations at
+once (47 MB for the first layer) leave the caches that one network's fit in. With small
+batches, where per-step overhead dominates, it gains (1.29x at batch 16, 1.39x at batch 8).
+On a GPU, where one step of K networks launches as many kernels as one network, the gain
+should be far larger; it is not measured yet. So on CPU, use it for small per-network
+batches or small nets, and train batch-64 conv nets one by one.
 """
 
 from __future__ import annotations
