@@ -8,7 +8,8 @@
     median of the rounds, their ratio and each one's ACC after the stream (test split).
 (d) Achieved training GFLOP/s (FLOPs of naive's learn over the stream, counted once with
     `clbench.costs.count_flops`, over its median seconds) against the machine's measured
-    matrix-multiply rate (a square `torch.mm` at the same thread count).
+    matrix-multiply rate (square `torch.mm`s at the same thread count, taking turns with the
+    two loops of (a) in the same rounds).
 With --compile, also the break-even of `torch.compile` on the training step: its
 compilation seconds over the seconds it saves per step, in steps and in tasks of the stream.
 
@@ -81,16 +82,13 @@ def final_acc(predict, tasks: list[Task]) -> float:
                                 for task in tasks)
 
 
-def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
-    """The machine's measured float32 matrix-multiply rate (median of ``repeats``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+MATMUL_SIZE, MATMUL_REPEATS = 1024, 10
+
+
+def matmuls(a: torch.Tensor, b: torch.Tensor) -> None:
+    """The machine's reference work: ``MATMUL_REPEATS`` float32 square matrix multiplies."""
+    for _ in range(MATMUL_REPEATS):
         torch.mm(a, b)
-        seconds.append(time.perf_counter() - start)
-    return 2 * size**3 / median(seconds) / 1e9
 
 
 def compile_break_even(tasks: list[Task], epochs: int, rounds: int) -> list[object]:
@@ -129,8 +127,8 @@ def compile_break_even(tasks: list[Task], epochs: int, rounds: int) -> list[obje
     return [f"{compile_seconds:.1f}", f"{eager_ms:.2f}", f"{compiled_ms:.2f}", "never", "never"]
 
 
-def measure_stream(env_id: str, tasks: list[Task], args: argparse.Namespace,
-                   peak: float) -> tuple[list[object], list[object]]:
+def measure_stream(env_id: str, tasks: list[Task],
+                   args: argparse.Namespace) -> tuple[list[object], list[object]]:
     """The stream's rows of tables (a) and (d)."""
     hand = hand_written_loop(tasks, args.epochs, args.seed)
     hand.eval()
@@ -138,10 +136,13 @@ def measure_stream(env_id: str, tasks: list[Task], args: argparse.Namespace,
     hand_acc = final_acc(
         lambda task: hand(hand_normalized(task.x_test, task.dataset), task.id).argmax(1), tasks)
     naive_acc = final_acc(lambda task: agent.predict(task.x_test, task.id), tasks)
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
     seconds = interleaved({
         "hand": lambda: hand_written_loop(tasks, args.epochs, args.seed),
         "naive": lambda: naive_learn(tasks, args.epochs, args.seed),
+        "mm": lambda: matmuls(a, b),
     }, args.rounds)
+    peak = 2 * MATMUL_SIZE**3 * MATMUL_REPEATS / median(seconds["mm"]) / 1e9
     hand_s, naive_s = median(seconds["hand"]), median(seconds["naive"])
     speed_row = [env_id, len(tasks), sum(len(t.y_train) for t in tasks), f"{hand_s:.2f}",
                  f"{naive_s:.2f}", f"{naive_s / hand_s:.3f}", f"{hand_acc:.4f}",
@@ -165,13 +166,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     speed_rows, rate_rows, compile_rows = [], [], []
-    peak = matmul_gflops()
     for env_id in (OFFLINE_STREAM, FASHION_STREAM):
         tasks = stream_tasks(env_id, args.seed)
         if tasks is None:
             print(f"skipped {env_id}: its data is not installed")
             continue
-        speed_row, rate_row = measure_stream(env_id, tasks, args, peak)
+        speed_row, rate_row = measure_stream(env_id, tasks, args)
         speed_rows.append(speed_row)
         rate_rows.append(rate_row)
         if args.compile and env_id == OFFLINE_STREAM:
@@ -182,8 +182,8 @@ def main() -> None:
           f"{args.rounds} interleaved rounds\n")
     print(markdown(["stream", "tasks", "train examples", "hand-written s", "naive s",
                     "naive / hand", "hand ACC", "naive ACC"], speed_rows))
-    print(f"\n(d) achieved training rate of naive vs a {1024}x{1024} torch.mm, "
-          f"{args.threads} thread(s)\n")
+    print(f"\n(d) achieved training rate of naive vs {MATMUL_REPEATS} {MATMUL_SIZE}x"
+          f"{MATMUL_SIZE} torch.mm, timed in the same rounds as (a), {args.threads} thread(s)\n")
     print(markdown(["stream", "learn GFLOP", "achieved GFLOP/s", "torch.mm GFLOP/s",
                     "achieved / mm"], rate_rows))
     if compile_rows:
