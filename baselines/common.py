@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from clbench.tasks import Task
-from clbench.training import minibatches
+from clbench.training import minibatches, sgd
 
 
 def train_on_task(
@@ -25,7 +25,7 @@ def train_on_task(
 ) -> None:
     """``epochs`` of SGD with momentum on ``task``'s training data, cross-entropy on ``model``'s
     2-way logits. A fresh optimiser per task: nothing of it survives between tasks."""
-    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum)
+    optimizer = sgd(parameters, lr=lr, momentum=momentum)
     for _ in range(epochs):
         for x, y in minibatches(task.x_train, task.y_train, task.dataset, batch_size):
             optimizer.zero_grad(set_to_none=True)

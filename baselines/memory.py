@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from clbench.data import normalize
 from clbench.nets import MultiHeadNet
+from clbench.training import fast_layout, sgd
 
 LABEL_DTYPE = torch.uint8
 TASK_ID_DTYPE = torch.int16
@@ -164,7 +165,7 @@ def multitask_loss(net: MultiHeadNet, batch: Examples, datasets: list[str]) -> t
     x = torch.empty(batch["inputs"].shape, dtype=torch.float32, device=task_ids.device)
     for task_id, mask in groups:
         x[mask] = normalize(batch["inputs"][mask], datasets[task_id])
-    features = net.trunk(x)
+    features = net.trunk(fast_layout(x))
     logits = features.new_empty((len(x), 2))
     for task_id, mask in groups:
         logits[mask] = net.heads[task_id](features[mask])
@@ -184,7 +185,7 @@ def train_multitask(
     """``epochs`` of SGD with momentum over ``examples`` in shuffled batches of ``batch_size``;
     with ``replay``, every batch is joined by ``batch_size`` examples drawn uniformly (with
     replacement) from it. A fresh optimiser per call: nothing of it survives between tasks."""
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    optimizer = sgd(net.parameters(), lr=lr, momentum=momentum)
     device = examples["labels"].device
     n = len(examples["labels"])
     replaying = replay is not None and len(replay["labels"]) > 0

@@ -22,6 +22,7 @@ from clbench.training import (
     minibatches,
     predict_batched,
     seeded_for_unseen_task,
+    sgd,
 )
 
 # Hyperparameters (the paper's TN training settings)
@@ -64,7 +65,7 @@ class Naive:
         net = self._ensure_net(task.input_shape, task.scenario)
         net.add_head()
         self.datasets.append(task.dataset)
-        optimizer = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=self.momentum)
+        optimizer = sgd(net.parameters(), lr=self.lr, momentum=self.momentum)
         net.train()
         for _ in range(self.epochs):
             for x, y in minibatches(task.x_train, task.y_train, task.dataset, self.batch_size):

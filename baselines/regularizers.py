@@ -36,7 +36,7 @@ from baselines.common import require_input_shape
 from baselines.naive import Naive
 from clbench.nets import MultiHeadNet
 from clbench.tasks import Task
-from clbench.training import minibatches
+from clbench.training import minibatches, sgd
 
 
 class SharedTrunkAgent(Naive):
@@ -111,7 +111,7 @@ def sgd_steps(
     ``targets`` is indexed like the images, so it may be labels or example indices.
     """
     net = agent.net
-    optimizer = torch.optim.SGD(net.parameters(), lr=agent.lr, momentum=agent.momentum)
+    optimizer = sgd(net.parameters(), lr=agent.lr, momentum=agent.momentum)
     net.train()
     for _ in range(agent.epochs):
         for inputs, batch_targets in minibatches(images, targets, dataset, agent.batch_size):
