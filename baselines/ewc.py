@@ -86,12 +86,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from baselines.regularizers import QuadraticPenalty, SharedTrunkAgent, sgd_steps, trunk_vector
+from baselines.regularizers import QuadraticPenalty, SharedTrunkAgent, trunk_vector
 from clbench.data import normalize
 from clbench.nets import MultiHeadNet
 from clbench.tasks import Task
 
-# Hyperparameters (besides naive's epochs, lr, momentum and batch_size, passed through)
+# Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 EWC_LAMBDA = 100.0  # penalty strength (lambda of Kirkpatrick et al.), from the sweep
 ONLINE_EWC_LAMBDA = 100.0  # the same for online EWC, from the sweep
 GAMMA = 1.0  # online EWC: decay of the running Fisher (0.9 did as well, 0.5 worse)
@@ -159,9 +159,9 @@ class EWC(SharedTrunkAgent):
         ewc_lambda: float = EWC_LAMBDA,
         fisher: str = FISHER,
         fisher_samples: int = FISHER_SAMPLES,
-        **training: Any,
+        **recipe: Any,
     ) -> None:
-        super().__init__(device, **training)  # naive's epochs, lr, momentum, batch_size
+        super().__init__(device, **recipe)  # the shared recipe's overrides
         if fisher not in FISHER_MODES:
             hint = (" (the command line reads a bare true as JSON; write "
                     "--agent-arg 'fisher=\"true\"')") if isinstance(fisher, bool) else ""
@@ -178,10 +178,8 @@ class EWC(SharedTrunkAgent):
         last_anchor = trunk_vector(self.net) if self.datasets else None  # after the last task
         penalty = None if last_anchor is None else self._penalty(last_anchor)
         net = self._start_task(task)
-        for inputs, labels in sgd_steps(self, task.x_train, task.y_train, task.dataset):
-            F.cross_entropy(net(inputs, task.id), labels).backward()
-            if penalty is not None:
-                penalty.add_gradient()
+        self._train(net.parameters(), task,
+                    before_step=None if penalty is None else penalty.add_gradient)
         self._require_finite(task, f"ewc_lambda={self.ewc_lambda}")
         chosen = torch.randperm(len(task.y_train))[: self.fisher_samples].to(self.device)
         fisher = diagonal_fisher(net, task.id, task.x_train[chosen], task.y_train[chosen],

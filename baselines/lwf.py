@@ -12,7 +12,7 @@ so the trunk (and every head, which all keep training, as in the paper) may chan
 ways that keep the earlier heads' answers on the new inputs. KL is the paper's soft
 cross-entropy minus the targets' entropy, a constant: the gradients are the same and the
 loss is zero when the net still gives the recorded outputs. The paper's warm-up (training
-the new head alone first) is left out; the optimiser is naive's SGD.
+the new head alone first) is left out; the optimiser is the shared recipe's.
 
 Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,156 for
 CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
@@ -42,12 +42,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.regularizers import SharedTrunkAgent, sgd_steps
+from baselines.regularizers import SharedTrunkAgent
 from clbench.data import normalize
 from clbench.nets import MultiHeadNet
+from clbench.recipe import train
 from clbench.tasks import Task
 
-# Hyperparameters (besides naive's epochs, lr, momentum and batch_size, passed through)
+# Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 DISTILL_WEIGHT = 1.0  # lambda_o of Li & Hoiem
 TEMPERATURE = 2.0  # softens both distributions, as in the paper
 RECORD_BATCH = 1024  # inputs per forward pass when recording the earlier heads' outputs
@@ -77,9 +78,9 @@ class LwF(SharedTrunkAgent):
         device: str | torch.device = "cpu",
         distill_weight: float = DISTILL_WEIGHT,
         temperature: float = TEMPERATURE,
-        **training: Any,
+        **recipe: Any,
     ) -> None:
-        super().__init__(device, **training)  # naive's epochs, lr, momentum, batch_size
+        super().__init__(device, **recipe)  # the shared recipe's overrides
         if distill_weight < 0:
             raise ValueError(f"distill_weight={distill_weight}: the loss weight must be >= 0")
         if temperature <= 0:
@@ -101,13 +102,22 @@ class LwF(SharedTrunkAgent):
         n_earlier = len(self.datasets)
         net = self._start_task(task)
         recorded = self._record(task, n_earlier) if n_earlier else None  # before any step
-        # Minibatches of example indices, so that each batch finds its recorded outputs.
+
+        # The recipe's loop runs over example indices, so that each minibatch finds its
+        # recorded outputs.
+        def inputs(batch: torch.Tensor) -> torch.Tensor:
+            return normalize(task.x_train.index_select(0, batch), task.dataset)
+
+        def loss(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            features = net.trunk(inputs(batch))
+            total = F.cross_entropy(net.heads[task.id](features), labels)
+            if recorded is None:
+                return total
+            current = earlier_head_logits(net, features, n_earlier)
+            return total + self.distill_weight * distillation_loss(
+                current, recorded[batch], self.temperature)
+
+        net.train()
         index = torch.arange(len(task.y_train), device=task.y_train.device)
-        for inputs, batch in sgd_steps(self, task.x_train, index, task.dataset):
-            features = net.trunk(inputs)
-            loss = F.cross_entropy(net.heads[task.id](features), task.y_train[batch])
-            if recorded is not None:
-                current = earlier_head_logits(net, features, n_earlier)
-                loss = loss + self.distill_weight * distillation_loss(
-                    current, recorded[batch], self.temperature)
-            loss.backward()
+        self.last_training = train(lambda batch: net(inputs(batch), task.id), net.parameters(),
+                                   index, task.y_train, self.recipe, loss=loss)

@@ -22,7 +22,9 @@ Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,
 CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
     4 * (P_trunk + T*H)  [the net]  +  4 * P_trunk  [omega]
 The anchor theta* is the net's own trunk after the previous task, so it is not stored a
-second time; the path integral lives only while a task is being learnt.
+second time; the path integral lives only while a task is being learnt. With the recipe's
+early stopping, the path integral counts every step taken (also those of epochs whose
+weights were then given up) and Delta is measured at the weights kept.
 
 Defaults: ``damping`` xi = 0.1 (Zenke et al.'s permuted-MNIST runs); ``si_c`` from the
 sweeps below (seeds 10-12, not the 0-2 of reported figures), run as
@@ -57,12 +59,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from baselines.regularizers import QuadraticPenalty, SharedTrunkAgent, sgd_steps, trunk_vector
+from baselines.regularizers import QuadraticPenalty, SharedTrunkAgent, trunk_vector
 from clbench.tasks import Task
 
-# Hyperparameters (besides naive's epochs, lr, momentum and batch_size, passed through)
+# Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 SI_C = 100.0  # penalty strength (c of Zenke et al.), from the sweeps
 DAMPING = 0.1  # xi: keeps omega finite for parameters that barely moved
 
@@ -77,9 +78,9 @@ class SI(SharedTrunkAgent):
         device: str | torch.device = "cpu",
         si_c: float = SI_C,
         damping: float = DAMPING,
-        **training: Any,
+        **recipe: Any,
     ) -> None:
-        super().__init__(device, **training)  # naive's epochs, lr, momentum, batch_size
+        super().__init__(device, **recipe)  # the shared recipe's overrides
         if si_c < 0:
             raise ValueError(f"si_c={si_c}: the penalty strength must be >= 0")
         if damping <= 0:
@@ -103,12 +104,13 @@ class SI(SharedTrunkAgent):
             path_integral.sub_(task_gradient * (after_step - before_step))
             before_step.copy_(after_step)
 
-        for inputs, labels in sgd_steps(self, task.x_train, task.y_train, task.dataset,
-                                        after_step=accumulate):
-            F.cross_entropy(net(inputs, task.id), labels).backward()
+        def read_gradient_then_penalise() -> None:
             task_gradient.copy_(torch.cat([p.grad.reshape(-1) for p in params]))
             if penalty is not None:
                 penalty.add_gradient()
+
+        self._train(net.parameters(), task, before_step=read_gradient_then_penalise,
+                    after_step=accumulate)
         self._require_finite(task, f"si_c={self.si_c}")
 
         importance = path_integral / ((trunk_vector(net) - start).pow(2) + self.damping)

@@ -21,7 +21,7 @@ from clbench.tasks import Task, TaskSpec, materialize, split
 
 ENV_ID = "clbench/SplitMNIST5k-v0"
 SMALL_STREAM = {"n_tasks": 3, "max_train_per_task": 128, "max_test_per_task": 48}
-SMALL_TRAINING = {"epochs": 2, "lr": 0.05}  # enough for every task to be learned
+SMALL_TRAINING = {"epochs": 2, "lr": 0.05, "momentum": 0.5, "holdout_fraction": 0}  # learns each
 MNIST_PARAMETERS, MNIST_HEAD = 21_432, 102
 MNIST_TRUNK = MNIST_PARAMETERS - MNIST_HEAD
 PIXELS = 28 * 28
@@ -194,8 +194,12 @@ def test_independent_handles_mixed_input_shapes():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="int4"):
-        Independent(dtype="int4")
+    with pytest.raises(ValueError, match="int2"):
+        Independent(dtype="int2")
+    with pytest.raises(ValueError, match="delta='yes'"):
+        Independent(delta="yes")
+    with pytest.raises(TypeError, match="learning_rate"):
+        Independent(learning_rate=0.1)
     with pytest.raises(ValueError, match="row"):
         Independent(dtype="int8", int8_scale="row")
     with pytest.raises(ValueError, match="buffer_size=-1"):

@@ -21,7 +21,8 @@ def test_round_to_storage_puts_weights_on_the_stored_grid(dtype):
     again = dequantize_into(small_net(), stored)
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), again.parameters(),
                                                   strict=True))
-    bound = {"float32": 0, "float16": 1e-3, "bfloat16": 4e-3, "int8": 1 / 127 / 2}[dtype]
+    bound = {"float32": 0, "float16": 1e-3, "bfloat16": 4e-3, "int8": 1 / 127 / 2,
+             "int4": 1 / 7 / 2}[dtype]
     for before, after in zip(original, net.parameters(), strict=True):
         peak = before.abs().amax(dim=-1, keepdim=True) if before.dim() > 1 else before.abs().max()
         assert ((after - before).abs() <= bound * peak + 1e-12).all()
@@ -35,5 +36,5 @@ def test_int8_storage_takes_a_byte_per_weight_plus_a_scale_per_row():
 
 
 def test_unknown_dtype_is_named():
-    with pytest.raises(ValueError, match="dtype='int4'"):
-        quantize(small_net(), "int4")
+    with pytest.raises(ValueError, match="dtype='int2'"):
+        quantize(small_net(), "int2")
