@@ -21,7 +21,8 @@ bytes; m_t = min(memory_per_task, training examples of task t)):
 the memory being stored as ``baselines/replay.py``'s buffer is (``baselines/memory.py``):
 uint8 inputs, a uint8 label and an int16 task id per example.
 
-Defaults: 256 examples per task (on MNIST 201,472 bytes, about 2.3 times the net) and a
+Defaults (not tuned: a memory budget is a choice of the comparison, not a hyperparameter to
+fit): 256 examples per task (on MNIST 201,472 bytes, about 2.3 times the net) and a
 reference batch as large as the training batch (64), so that a step costs about two of
 naive's (a reference batch of 256 made learning about eight times slower than naive's on
 ``clbench/SplitMNIST5k-v0``).

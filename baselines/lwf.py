@@ -19,20 +19,9 @@ CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
     4 * (P_trunk + T*H)  [the net, exactly naive's state]
 The recorded outputs exist only while a task is being learnt.
 
-Defaults: the paper's temperature T = 2 and loss weight lambda_o = 1 (``distill_weight``).
-A check on ``clbench/SplitMNIST5k-v0`` (seeds 10-12; naive: ACC 0.964 ± 0.002, forgetting
-0.009) found no reason to change it:
-
-    python benchmarks/baselines_table.py --envs clbench/SplitMNIST5k-v0 --seeds 10 11 12 \
-        --no-flops --no-verify --agents lwf,distill_weight=0.5 lwf,distill_weight=1 \
-        lwf,distill_weight=2 lwf,distill_weight=4
-
-    | distill_weight | ACC           | BWT    | forgetting |
-    |---------------:|---------------|--------|------------|
-    |            0.5 | 0.966 ± 0.009 | -0.006 | 0.006      |
-    |              1 | 0.967 ± 0.008 | -0.004 | 0.004      |
-    |              2 | 0.966 ± 0.008 | -0.004 | 0.005      |
-    |              4 | 0.969 ± 0.004 | -0.001 | 0.003      |
+Defaults: the paper's temperature T = 2 (not tuned) and the loss weight lambda_o
+(``distill_weight``) chosen on validation data by ``clbench tune`` (the record, with its
+command, table and rule: ``leaderboard/tuning/lwf.json``).
 """
 
 from __future__ import annotations
@@ -49,7 +38,7 @@ from clbench.recipe import train
 from clbench.tasks import Task
 
 # Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
-DISTILL_WEIGHT = 1.0  # lambda_o of Li & Hoiem
+DISTILL_WEIGHT = 1.0  # lambda_o of Li & Hoiem: leaderboard/tuning/lwf.json
 TEMPERATURE = 2.0  # softens both distributions, as in the paper
 RECORD_BATCH = 1024  # inputs per forward pass when recording the earlier heads' outputs
 

@@ -41,7 +41,7 @@ from baselines.naive import Naive
 from clbench.tasks import Task
 
 # Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
-BUFFER_SIZE = 200
+BUFFER_SIZE = 200  # a memory budget fixed for the comparison (not tuned), as for A-GEM
 CLASS_BALANCED = False
 
 
