@@ -2,6 +2,7 @@
 
     clbench tune --agent A --env E --grid key=v1,v2,... [--grid ...] --seeds 0,1,2
                  [--env-arg k=v ...] [--agent-arg k=v ...] [--out leaderboard/tuning/A.json]
+    clbench tune --show leaderboard/tuning/A.json
 
 runs every setting of the grid (the product of the ``--grid`` lists, on top of the fixed
 ``--agent-arg`` values) for every seed through :func:`clbench.evaluate`, on the env made
@@ -278,9 +279,10 @@ def table(record: dict[str, Any]) -> str:
              "|" + "---|" * len(keys) + "---:|---:|" + "---:|" * len(seeds) + "---:|:---:|"]
     chosen = (record.get("chosen") or {}).get("index")
     for index, entry in enumerate(record["settings"]):
-        summary = entry.get("summary")
-        if summary is None:
-            figure, worst = "failed", "-"
+        summary, failed = entry.get("summary"), entry.get("failed_seeds")
+        if summary is None or failed:
+            figure = "failed on seed " + ", ".join(map(str, failed)) if failed else "failed"
+            worst = "-"
         else:
             spread = "" if summary["std"] is None else f" ± {summary['std']:.4f}"
             figure, worst = f"{summary['mean']:.4f}{spread}", f"{summary['worst']:.4f}"
@@ -299,9 +301,35 @@ def _now() -> str:
 
 
 # ----------------------------------------------------------------------------- the command
+def show(path: str) -> int:
+    """Print a committed tuning record's command, table, rule and choice."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"clbench: cannot read the tuning record {path}: {error}", file=sys.stderr)
+        return 2
+    if record.get("schema") != SCHEMA:
+        print(f"clbench: {path} is not a tuning record (schema {SCHEMA})", file=sys.stderr)
+        return 2
+    print(f"$ {record['command']}\n")
+    print(table(record))
+    print(f"\nrule: {record['rule']}; resolution {record.get('resolution', float('nan')):.5f}")
+    chosen = record.get("chosen")
+    print("chosen: " + (format_setting(chosen["setting"]) if chosen
+                        else "none (every setting failed)"))
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
     from clbench.cli import parse_assignments
 
+    if args.show:
+        return show(args.show)
+    missing = [option for option, value in (("--agent", args.agent), ("--env", args.env),
+                                            ("--grid", args.grid)) if not value]
+    if missing:
+        print(f"clbench: tune needs {', '.join(missing)} (or --show RECORD)", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else DEFAULT_FOLDER / f"{args.agent}.json"
     command = command_line(args, out)
     try:
@@ -329,8 +357,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     tune_parser = commands.add_parser(
         "tune", help="choose hyperparameters on the validation split; writes a tuning record",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tune_parser.add_argument("--agent", required=True, help="registered agent name")
-    tune_parser.add_argument("--env", required=True, help="environment id")
+    tune_parser.add_argument("--agent", help="registered agent name")
+    tune_parser.add_argument("--env", help="environment id")
     tune_parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                              help="an agent argument and the values to try (repeatable; the "
                                   "grid is the product; list values cheapest first)")
@@ -342,6 +370,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     tune_parser.add_argument("--out", help=f"tuning record (default {DEFAULT_FOLDER}/AGENT.json)")
     tune_parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
     tune_parser.add_argument("--quiet", action="store_true", help="no line per run")
+    tune_parser.add_argument("--show", metavar="RECORD",
+                             help="print a tuning record's table and choice; runs nothing")
     tune_parser.set_defaults(handler=run_command)
 
 

@@ -101,3 +101,25 @@ def test_a_tiny_grid_end_to_end_writes_a_record_and_resumes_from_it(tmp_path, ca
     assert capsys.readouterr().out.count("kept from the record") == 4
     with pytest.raises(TuningError, match="another request"):
         tune("independent", ENV_ID, {"epochs": [1]}, [0], env_kwargs=TINY, out=out)
+
+
+def test_show_prints_a_records_table_and_choice(tmp_path, capsys):
+    record = {"schema": "clbench.tuning/1", "command": "clbench tune --agent si ...",
+              "grid": {"si_c": [10, 100]}, "seeds": [0, 1], "rule": RULE, "resolution": 0.004,
+              "chosen": {"index": 1, "setting": {"si_c": 100}},
+              "settings": [
+                  {"setting": {"si_c": 10}, "failed_seeds": [1], "mean_state_bytes": 5.0,
+                   "summary": {"mean": 0.9, "std": None, "worst": 0.9},
+                   "runs": [{"seed": 0, "acc": 0.9}, {"seed": 1, "acc": None}]},
+                  {"setting": {"si_c": 100}, "failed_seeds": [], "mean_state_bytes": 5.0,
+                   "summary": {"mean": 0.95, "std": 0.01, "worst": 0.94},
+                   "runs": [{"seed": 0, "acc": 0.96}, {"seed": 1, "acc": 0.94}]}]}
+    path = tmp_path / "si.json"
+    path.write_text(json.dumps(record))
+    assert main(["tune", "--show", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "$ clbench tune --agent si ..."
+    assert "| 10 | failed on seed 1 | - | 0.9000 | failed | 5 |  |" in lines
+    assert "| 100 | 0.9500 ± 0.0100 | 0.9400 | 0.9600 | 0.9400 | 5 | <- |" in lines
+    assert lines[-1] == "chosen: si_c=100"
+    assert main(["tune", "--show", str(tmp_path / "absent.json")]) == 2
