@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clbench.agent import load_agent_class
-from clbench.recipe import DEFAULT, FIELDS, Recipe, holdout_accuracy, stratified_holdout, train
+from clbench.recipe import DEFAULT, FIELDS, Recipe, holdout_score, stratified_holdout, train
 from clbench.tasks import materialize, split
 
 TRAINING_AGENTS = ("naive", "independent", "joint", "ewc", "online_ewc", "si", "lwf", "agem",
@@ -113,8 +113,8 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_epoch():
     assert len(log.holdout_index) == 50 and len(log.train_index) == 150
     kept = snapshots[log.best_epoch - 1]
     assert all(torch.equal(p, k) for p, k in zip(model.parameters(), kept, strict=True))
-    assert holdout_accuracy(model, inputs[log.holdout_index], labels[log.holdout_index],
-                            None) == log.holdout_accuracy
+    assert holdout_score(model, inputs[log.holdout_index], labels[log.holdout_index],
+                         None)[0] == log.holdout_accuracy
 
 
 def test_adam_trains_too():
@@ -142,3 +142,20 @@ def test_every_training_agent_uses_and_reports_the_shared_recipe(name):
     assert len(agent.last_training.holdout_index) == 12
     with pytest.raises(TypeError, match="learning_rate"):
         cls(device="cpu", learning_rate=0.1)
+
+
+def test_a_lower_held_out_loss_at_equal_accuracy_counts_as_improving():
+    """A net whose held-out accuracy is flat (here: already perfect) while its held-out loss
+    falls keeps training; a patience on accuracy alone would stop it after a few epochs."""
+    labels = torch.tensor([0, 1] * 40)
+    inputs = torch.zeros(80, 4)
+    inputs[:, 0] = 2.0 * labels - 1.0  # separable on the first coordinate
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+        model.weight[1, 0] = 0.1  # right on every example, not yet confident
+    recipe = DEFAULT.replace(holdout_fraction=0.25, patience=2, epochs=8, lr=0.1)
+    log = train(model, model.parameters(), inputs, labels, recipe)
+    assert log.holdout_accuracy == 1.0
+    assert log.epochs == 8 and log.best_epoch == 8
