@@ -29,8 +29,8 @@ then restored to the best epoch's. The loss breaks ties because a held-out part 
 examples moves in steps of 1%: on accuracy alone, a net still at the majority-class plateau
 (60% on the paper's one-vs-rest tasks) or already at 100% looks unchanged while it is still
 learning, and a patience of a few epochs stopped such a net at the plateau (measured with
-lr 0.05, momentum 0.9: one task of ten on OneVsRestMNIST5k seed 0 kept at 0.60). With ``holdout_fraction = 0`` every
-example is trained on for exactly ``epochs`` epochs.
+lr 0.05, momentum 0.9: one task of ten on OneVsRestMNIST5k seed 0 kept at 0.60). With
+``holdout_fraction = 0`` every example is trained on for exactly ``epochs`` epochs.
 
 For TN+EN's task networks (or any agent of one network per task) the whole use is::
 

@@ -138,6 +138,21 @@ def validation_sizes(env_id: str, env_kwargs: dict[str, Any], seed: int) -> list
         env.close()
 
 
+def require_valid_settings(agent: str, fixed: dict[str, Any],
+                           settings: Sequence[dict[str, Any]]) -> None:
+    """Build the agent once per setting (cheap: no training) so that a misspelt key or a bad
+    value stops the command before any run, naming the setting."""
+    from clbench.agent import load_agent_class
+
+    cls = load_agent_class(agent)
+    for setting in settings:
+        try:
+            cls(device="cpu", **fixed, **setting)
+        except (TypeError, ValueError) as error:
+            raise TuningError(f"agent {agent!r} refuses the setting {format_setting(setting)}: "
+                              f"{error}") from None
+
+
 # ----------------------------------------------------------------------------- the choice
 def summarize(accuracies: Sequence[float]) -> dict[str, float | None]:
     """Mean, sample std (None for one seed) and worst of one setting's ACCs."""
@@ -208,6 +223,8 @@ def tune(agent: str, env_id: str, grid: dict[str, list[Any]], seeds: Sequence[in
                           "give it in one place")
     env_kwargs = dict(env_kwargs or {})
     require_validation_split(env_id, env_kwargs)
+    settings = settings_of(grid)
+    require_valid_settings(agent, fixed, settings)
     env_kwargs[EVALUATION_KWARG] = VALIDATION
     record: dict[str, Any] = {
         "schema": SCHEMA, "command": command, "agent": agent,
@@ -226,7 +243,6 @@ def tune(agent: str, env_id: str, grid: dict[str, list[Any]], seeds: Sequence[in
         done = {run_key(entry["setting"], run["seed"]): run
                 for entry in previous["settings"] for run in entry["runs"]
                 if run["status"] == "complete"}
-    settings = settings_of(grid)
     entries = [{"setting": setting, "runs": []} for setting in settings]
     record["settings"] = entries
     total = len(settings) * len(seeds)

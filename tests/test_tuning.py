@@ -69,6 +69,15 @@ def test_tuning_never_runs_on_the_test_split_or_on_an_env_without_validation():
         tune("naive", ENV_ID, {"lr": [0.1]}, [0], agent_kwargs={"lr": 0.2})
 
 
+@pytest.mark.skipif(not HAS_VALIDATION, reason="needs the env's validation split")
+def test_a_setting_the_agent_refuses_stops_the_command_before_any_run(tmp_path):
+    with pytest.raises(TuningError, match="learning_rate=0.1"):
+        tune("naive", ENV_ID, {"learning_rate": [0.1]}, [0], out=tmp_path / "t.json")
+    with pytest.raises(TuningError, match="lr=-1"):
+        tune("naive", ENV_ID, {"lr": [0.1, -1]}, [0], out=tmp_path / "t.json")
+    assert not (tmp_path / "t.json").exists()
+
+
 def test_cli_refuses_an_env_without_validation_with_a_clear_message(capsys, tmp_path):
     code = main(["tune", "--agent", "naive", "--env", NO_VALIDATION_ID, "--grid", "lr=0.1",
                  "--seeds", "0", "--out", str(tmp_path / "t.json")])
