@@ -12,7 +12,8 @@ held-out part of its training data, so the test split is never read. It prints a
 writes a tuning record (JSON, schema ``clbench.tuning/1``): the command, grid, seeds, env
 and kwargs, the figures of every (setting, seed), the choice and the rule that made it,
 the clbench version and git commit. The record is rewritten after every run, and a rerun of
-the same command reuses the runs it holds, so an interruption loses no finished run.
+the same command on the same commit reuses the runs it holds, so an interruption loses no
+finished run (on another commit, or outside a git checkout, it refuses to mix runs).
 
 Selection rule (:data:`RULE`): the highest mean validation ACC over the seeds; settings
 whose mean lies within one validation example's resolution of the best are tied (the
@@ -176,8 +177,11 @@ def run_key(setting: dict[str, Any], seed: int) -> str:
 
 
 def identity(record: dict[str, Any]) -> dict[str, Any]:
-    """What must match for a record's runs to be reused."""
-    return {key: record[key] for key in ("agent", "env", "fixed_agent_kwargs", "grid", "seeds")}
+    """What must match for a record's runs to be reused: the request, and the code (its git
+    commit: a default that changed since, such as the training recipe, changes what the same
+    request runs)."""
+    return {key: record[key] for key in ("agent", "env", "fixed_agent_kwargs", "grid", "seeds",
+                                         "git_commit")}
 
 
 def one_run(agent: str, env_id: str, env_kwargs: dict[str, Any], agent_kwargs: dict[str, Any],
@@ -237,9 +241,13 @@ def tune(agent: str, env_id: str, grid: dict[str, list[Any]], seeds: Sequence[in
     if out is not None and Path(out).exists():
         previous = json.loads(Path(out).read_text())
         if previous.get("schema") != SCHEMA or identity(previous) != identity(record):
-            raise TuningError(f"{out} holds a tuning record of another request (agent, env, "
-                              "grid, seeds or fixed arguments differ); give another --out or "
-                              "remove it")
+            raise TuningError(f"{out} holds a tuning record of another request or of other code "
+                              "(agent, env, grid, seeds, fixed arguments or git commit differ); "
+                              "give another --out or remove it")
+        if record["git_commit"] is None:
+            raise TuningError(f"{out} exists and this clbench is not a git checkout, so "
+                              "whether its runs were made by this code cannot be told; give "
+                              "another --out or remove it")
         done = {run_key(entry["setting"], run["seed"]): run
                 for entry in previous["settings"] for run in entry["runs"]
                 if run["status"] == "complete"}

@@ -110,6 +110,12 @@ def test_a_tiny_grid_end_to_end_writes_a_record_and_resumes_from_it(tmp_path, ca
     assert capsys.readouterr().out.count("kept from the record") == 4
     with pytest.raises(TuningError, match="another request"):
         tune("independent", ENV_ID, {"epochs": [1]}, [0], env_kwargs=TINY, out=out)
+    # runs made by other code (another commit: e.g. a changed default recipe) are not reused
+    record["git_commit"] = "0" * 40
+    out.write_text(json.dumps(record))
+    with pytest.raises(TuningError, match="git commit differ"):
+        tune("independent", ENV_ID, {"epochs": [0, 1]}, [0, 1], env_kwargs=TINY,
+             agent_kwargs={"holdout_fraction": 0}, out=out)
 
 
 def test_show_prints_a_records_table_and_choice(tmp_path, capsys):
