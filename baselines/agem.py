@@ -21,7 +21,8 @@ bytes; m_t = min(memory_per_task, training examples of task t)):
 the memory being stored as ``baselines/replay.py``'s buffer is (``baselines/memory.py``):
 uint8 inputs, a uint8 label and an int16 task id per example.
 
-Defaults: 256 examples per task (on MNIST 201,472 bytes, about 2.3 times the net) and a
+Defaults (not tuned: a memory budget is a choice of the comparison, not a hyperparameter to
+fit): 256 examples per task (on MNIST 201,472 bytes, about 2.3 times the net) and a
 reference batch as large as the training batch (64), so that a step costs about two of
 naive's (a reference batch of 256 made learning about eight times slower than naive's on
 ``clbench/SplitMNIST5k-v0``).
@@ -32,13 +33,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from baselines.memory import Examples, concat_examples, multitask_loss, task_examples
-from baselines.regularizers import SharedTrunkAgent, on_device, sgd_steps, split_like
+from baselines.regularizers import SharedTrunkAgent, on_device, split_like
 from clbench.tasks import Task
 
-# Hyperparameters (besides naive's epochs, lr, momentum and batch_size, passed through)
+# Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 MEMORY_PER_TASK = 256  # training examples of each task kept in the episodic memory
 MEMORY_BATCH_SIZE = 64  # memory examples per reference gradient
 
@@ -63,9 +63,9 @@ class AGEM(SharedTrunkAgent):
         device: str | torch.device = "cpu",
         memory_per_task: int = MEMORY_PER_TASK,
         memory_batch_size: int = MEMORY_BATCH_SIZE,
-        **training: Any,
+        **recipe: Any,
     ) -> None:
-        super().__init__(device, **training)  # naive's epochs, lr, momentum, batch_size
+        super().__init__(device, **recipe)  # the shared recipe's overrides
         if memory_per_task < 1:
             raise ValueError(f"memory_per_task={memory_per_task}: keep at least 1 example")
         if memory_batch_size < 1:
@@ -76,10 +76,8 @@ class AGEM(SharedTrunkAgent):
     def learn(self, task: Task) -> None:
         net = self._start_task(task)
         params = list(net.parameters())
-        for inputs, labels in sgd_steps(self, task.x_train, task.y_train, task.dataset):
-            F.cross_entropy(net(inputs, task.id), labels).backward()
-            if self.memory is not None:
-                self._project(params)
+        self._train(params, task, before_step=None if self.memory is None
+                    else lambda: self._project(params))
         self._remember(task)
 
     def _memory_loss(self) -> torch.Tensor:

@@ -34,48 +34,14 @@ for CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
 - ``online_ewc``: 4 * (P_trunk + T*H) + 4 * P_trunk   [the net + one Fisher; the anchor is
                                           the net's trunk]
 
-Defaults, from the sweep below on the offline stream ``clbench/SplitMNIST5k-v0`` (seeds
-10-12, so that figures reported on seeds 0-2 are not those it was tuned on; mnist5k has no
-validation split, so the test inputs are the same): the highest mean ACC. Run as
-
-    python benchmarks/baselines_table.py --envs clbench/SplitMNIST5k-v0 --seeds 10 11 12 \
-        --no-flops --agents naive ewc,ewc_lambda=1 ewc,ewc_lambda=10 \
-        ewc,ewc_lambda=30 ewc,ewc_lambda=100 ewc,ewc_lambda=300 ewc,ewc_lambda=1000 \
-        'ewc,ewc_lambda=100,fisher="predicted"' 'ewc,ewc_lambda=100,fisher="expected"' \
-        online_ewc,ewc_lambda=1 online_ewc,ewc_lambda=10 online_ewc,ewc_lambda=30 \
-        online_ewc,ewc_lambda=100 online_ewc,ewc_lambda=300 online_ewc,ewc_lambda=1000 \
-        online_ewc,ewc_lambda=100,gamma=0.5 online_ewc,ewc_lambda=100,gamma=0.9
-
-    | agent                | ACC           | BWT    | forgetting |
-    |----------------------|---------------|--------|------------|
-    | naive                | 0.964 ± 0.002 | -0.008 | 0.009      |
-    | ewc, lambda 1        | 0.965 ± 0.002 | -0.006 | 0.008      |
-    | ewc, lambda 10       | 0.965 ± 0.004 | -0.005 | 0.007      |
-    | ewc, lambda 30       | 0.965 ± 0.004 | -0.004 | 0.005      |
-    | ewc, lambda 100      | 0.968 ± 0.006 | -0.000 | 0.003      |  <- EWC_LAMBDA
-    | ewc, lambda 300      | 0.961 ± 0.008 | -0.001 | 0.003      |
-    | ewc, lambda 1000     | 0.954 ± 0.003 | +0.002 | 0.003      |
-    | ewc, 100, predicted  | 0.968 ± 0.004 | -0.001 | 0.003      |
-    | ewc, 100, expected   | 0.963 ± 0.006 | -0.000 | 0.003      |
-    | online, lambda 1     | 0.964 ± 0.002 | -0.007 | 0.008      |
-    | online, lambda 10    | 0.967 ± 0.002 | -0.003 | 0.005      |
-    | online, lambda 30    | 0.967 ± 0.002 | -0.003 | 0.005      |
-    | online, lambda 100   | 0.968 ± 0.003 | +0.000 | 0.002      |  <- ONLINE_EWC_LAMBDA
-    | online, lambda 300   | 0.963 ± 0.002 | -0.002 | 0.004      |
-    | online, lambda 1000  | 0.957 ± 0.008 | +0.003 | 0.002      |
-    | online, 100, g 0.5   | 0.965 ± 0.004 | -0.003 | 0.005      |
-    | online, 100, g 0.9   | 0.968 ± 0.003 | +0.001 | 0.002      |
-
-With lambda = 10,000 both diverge on the third task: lr * lambda * max(F) reaches ~8, past the
-stability limit of SGD with momentum 0.5 (2 * 1.5 = 3), and the agent stops with that error.
-The Fisher only grows with tasks, so longer streams lower that ceiling: on the 10 tasks of
-``clbench/OneVsRestMNIST5k-v0`` lambda = 300 already overflows on the last task (both
-variants, also with gamma = 0.9), while lambda = 100 ran the 50 tasks of
-``clbench/TupleMNIST5k-v0``.
-The true-label Fisher is kept: as good as the others here, and it needs no forward pass to
-choose labels. Stronger penalties trade plasticity for stability (ACC falls from lambda 300
-as forgetting stays ~0.003); on this short stream naive forgets little, so differences are
-small, but EWC's forgetting falls from 0.009 to 0.003.
+Defaults: the penalty strengths are chosen on validation data by ``clbench tune`` (the
+records, with their commands, tables and rule: ``leaderboard/tuning/ewc.json`` and
+``leaderboard/tuning/online_ewc.json``); ``gamma``, the Fisher mode and its sample count
+were not tuned (``gamma = 1``: online EWC's running Fisher is then the sum of the tasks'
+Fishers, as in offline EWC's merged penalty; the true-label Fisher needs no forward pass to
+choose labels). A strength too large for the recipe's step size makes SGD overflow: the
+Fisher only grows with tasks, so lr * lambda * max(F) crosses SGD's stability limit
+2 (1 + momentum) after some tasks, and the agent then stops with that error.
 """
 
 from __future__ import annotations
@@ -86,15 +52,15 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from baselines.regularizers import QuadraticPenalty, SharedTrunkAgent, sgd_steps, trunk_vector
+from baselines.regularizers import QuadraticPenalty, SharedTrunkAgent, trunk_vector
 from clbench.data import normalize
 from clbench.nets import MultiHeadNet
 from clbench.tasks import Task
 
-# Hyperparameters (besides naive's epochs, lr, momentum and batch_size, passed through)
-EWC_LAMBDA = 100.0  # penalty strength (lambda of Kirkpatrick et al.), from the sweep
-ONLINE_EWC_LAMBDA = 100.0  # the same for online EWC, from the sweep
-GAMMA = 1.0  # online EWC: decay of the running Fisher (0.9 did as well, 0.5 worse)
+# Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
+EWC_LAMBDA = 100.0  # penalty strength (lambda of Kirkpatrick et al.): leaderboard/tuning/ewc.json
+ONLINE_EWC_LAMBDA = 10.0  # the same for online EWC: leaderboard/tuning/online_ewc.json
+GAMMA = 1.0  # online EWC: decay of the running Fisher (not tuned)
 FISHER = "true"  # label of the log-likelihood: "true" | "predicted" | "expected"
 FISHER_SAMPLES = 256  # training examples the Fisher is estimated on
 FISHER_BATCH = 256  # examples per vectorised per-sample-gradient pass
@@ -159,9 +125,9 @@ class EWC(SharedTrunkAgent):
         ewc_lambda: float = EWC_LAMBDA,
         fisher: str = FISHER,
         fisher_samples: int = FISHER_SAMPLES,
-        **training: Any,
+        **recipe: Any,
     ) -> None:
-        super().__init__(device, **training)  # naive's epochs, lr, momentum, batch_size
+        super().__init__(device, **recipe)  # the shared recipe's overrides
         if fisher not in FISHER_MODES:
             hint = (" (the command line reads a bare true as JSON; write "
                     "--agent-arg 'fisher=\"true\"')") if isinstance(fisher, bool) else ""
@@ -178,10 +144,8 @@ class EWC(SharedTrunkAgent):
         last_anchor = trunk_vector(self.net) if self.datasets else None  # after the last task
         penalty = None if last_anchor is None else self._penalty(last_anchor)
         net = self._start_task(task)
-        for inputs, labels in sgd_steps(self, task.x_train, task.y_train, task.dataset):
-            F.cross_entropy(net(inputs, task.id), labels).backward()
-            if penalty is not None:
-                penalty.add_gradient()
+        self._train(net.parameters(), task,
+                    before_step=None if penalty is None else penalty.add_gradient)
         self._require_finite(task, f"ewc_lambda={self.ewc_lambda}")
         chosen = torch.randperm(len(task.y_train))[: self.fisher_samples].to(self.device)
         fisher = diagonal_fisher(net, task.id, task.x_train[chosen], task.y_train[chosen],

@@ -2,8 +2,9 @@
 
 The usual upper bound of continual learning (the "cumulative" or "joint" baseline of van de
 Ven & Tolias, 2019): nothing is forgotten because nothing is given up. The net is naive's
-(shared reference trunk, one 2-way head per task); after task t arrives it trains ``epochs``
-epochs, from where it stands, on shuffled batches drawn from the union of tasks 0..t, each
+(shared reference trunk, one 2-way head per task); after task t arrives it trains with the shared
+recipe (:mod:`clbench.recipe`), from where it stands, on shuffled batches drawn from the
+union of tasks 0..t (its held-out part for early stopping drawn from that union too), each
 example read out through its own task's head. The price is storage and compute that grow
 with the stream: every training example is kept, raw, in the state.
 
@@ -19,6 +20,8 @@ bytes more.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from baselines.common import require_input_shape
@@ -30,8 +33,8 @@ from clbench.tasks import Task
 class Joint(Naive):
     """Naive's net, retrained on all stored data of all tasks so far after each new task."""
 
-    def __init__(self, device: str | torch.device = "cpu", **hyperparameters) -> None:
-        super().__init__(device=device, **hyperparameters)
+    def __init__(self, device: str | torch.device = "cpu", **recipe: Any) -> None:
+        super().__init__(device=device, **recipe)
         # One entry per task: its raw training inputs (uint8) and labels (uint8).
         self.task_data: list[dict[str, torch.Tensor]] = []
 
@@ -46,9 +49,7 @@ class Joint(Naive):
             task_examples(data["inputs"], data["labels"], task_id)
             for task_id, data in enumerate(self.task_data)
         ])
-        net.train()
-        train_multitask(net, self.datasets, everything, self.epochs, self.lr, self.momentum,
-                        self.batch_size)
+        self.last_training = train_multitask(net, self.datasets, everything, self.recipe)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "task_data": list(self.task_data)}
@@ -59,4 +60,5 @@ class Joint(Naive):
                           for data in state["task_data"]]
 
     def metrics(self) -> dict:
-        return {"stored_examples": sum(len(data["labels"]) for data in self.task_data)}
+        return {**super().metrics(),
+                "stored_examples": sum(len(data["labels"]) for data in self.task_data)}

@@ -13,28 +13,17 @@ ways that keep the earlier heads' answers on the new inputs. In the domain-incre
 scenario there is one shared head: the sum has one term, that head's answers before the
 task. KL is the paper's soft cross-entropy minus the targets' entropy, a constant: the
 gradients are the same and the loss is zero when the net still gives the recorded outputs.
-The paper's warm-up (training the new head alone first) is left out; the optimiser is
-naive's SGD.
+The paper's warm-up (training the new head alone first) is left out; the optimiser is the
+shared recipe's.
 
 Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,156 for
 CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
     4 * (P_trunk + T*H)  [the net, exactly naive's state]
 The recorded outputs exist only while a task is being learnt.
 
-Defaults: the paper's temperature T = 2 and loss weight lambda_o = 1 (``distill_weight``).
-A check on ``clbench/SplitMNIST5k-v0`` (seeds 10-12; naive: ACC 0.964 ± 0.002, forgetting
-0.009) found no reason to change it:
-
-    python benchmarks/baselines_table.py --envs clbench/SplitMNIST5k-v0 --seeds 10 11 12 \
-        --no-flops --agents lwf,distill_weight=0.5 lwf,distill_weight=1 \
-        lwf,distill_weight=2 lwf,distill_weight=4
-
-    | distill_weight | ACC           | BWT    | forgetting |
-    |---------------:|---------------|--------|------------|
-    |            0.5 | 0.966 ± 0.009 | -0.006 | 0.006      |
-    |              1 | 0.967 ± 0.008 | -0.004 | 0.004      |
-    |              2 | 0.966 ± 0.008 | -0.004 | 0.005      |
-    |              4 | 0.969 ± 0.004 | -0.001 | 0.003      |
+Defaults: the paper's temperature T = 2 (not tuned) and the loss weight lambda_o
+(``distill_weight``) chosen on validation data by ``clbench tune`` (the record, with its
+command, table and rule: ``leaderboard/tuning/lwf.json``).
 """
 
 from __future__ import annotations
@@ -44,13 +33,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.regularizers import SharedTrunkAgent, sgd_steps
+from baselines.regularizers import SharedTrunkAgent
 from clbench.data import normalize
 from clbench.nets import MultiHeadNet
+from clbench.recipe import train
 from clbench.tasks import Task
 
-# Hyperparameters (besides naive's epochs, lr, momentum and batch_size, passed through)
-DISTILL_WEIGHT = 1.0  # lambda_o of Li & Hoiem
+# Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
+DISTILL_WEIGHT = 1.0  # lambda_o of Li & Hoiem: leaderboard/tuning/lwf.json
 TEMPERATURE = 2.0  # softens both distributions, as in the paper
 RECORD_BATCH = 1024  # inputs per forward pass when recording the earlier heads' outputs
 
@@ -79,9 +69,9 @@ class LwF(SharedTrunkAgent):
         device: str | torch.device = "cpu",
         distill_weight: float = DISTILL_WEIGHT,
         temperature: float = TEMPERATURE,
-        **training: Any,
+        **recipe: Any,
     ) -> None:
-        super().__init__(device, **training)  # naive's epochs, lr, momentum, batch_size
+        super().__init__(device, **recipe)  # the shared recipe's overrides
         if distill_weight < 0:
             raise ValueError(f"distill_weight={distill_weight}: the loss weight must be >= 0")
         if temperature <= 0:
@@ -105,13 +95,22 @@ class LwF(SharedTrunkAgent):
         if net.shared_head:  # domain scenario: the earlier heads are the one shared head
             n_earlier = min(n_earlier, 1)
         recorded = self._record(task, n_earlier) if n_earlier else None  # before any step
-        # Minibatches of example indices, so that each batch finds its recorded outputs.
+
+        # The recipe's loop runs over example indices, so that each minibatch finds its
+        # recorded outputs.
+        def inputs(batch: torch.Tensor) -> torch.Tensor:
+            return normalize(task.x_train.index_select(0, batch), task.dataset)
+
+        def loss(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            features = net.trunk(inputs(batch))
+            total = F.cross_entropy(net.heads[task.id](features), labels)
+            if recorded is None:
+                return total
+            current = earlier_head_logits(net, features, n_earlier)
+            return total + self.distill_weight * distillation_loss(
+                current, recorded[batch], self.temperature)
+
+        net.train()
         index = torch.arange(len(task.y_train), device=task.y_train.device)
-        for inputs, batch in sgd_steps(self, task.x_train, index, task.dataset):
-            features = net.trunk(inputs)
-            loss = F.cross_entropy(net.heads[task.id](features), task.y_train[batch])
-            if recorded is not None:
-                current = earlier_head_logits(net, features, n_earlier)
-                loss = loss + self.distill_weight * distillation_loss(
-                    current, recorded[batch], self.temperature)
-            loss.backward()
+        self.last_training = train(lambda batch: net(inputs(batch), task.id), net.parameters(),
+                                   index, task.y_train, self.recipe, loss=loss)

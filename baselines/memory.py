@@ -1,4 +1,4 @@
-"""Stored examples for the rehearsal baselines (joint, replay), and SGD on batches mixing tasks.
+"""Stored examples for the rehearsal baselines (joint, replay); training on batches mixing tasks.
 
 Whatever examples a baseline keeps between tasks live in its state and are counted, so they
 are kept as compactly as the data allows: raw pixels, not normalised floats. The stored form,
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from clbench.data import normalize
 from clbench.nets import MultiHeadNet
-from clbench.training import fast_layout, sgd
+from clbench.recipe import Recipe, TrainingLog, train
+from clbench.training import fast_layout
 
 LABEL_DTYPE = torch.uint8
 TASK_ID_DTYPE = torch.int16
@@ -157,9 +158,9 @@ def write_slots(memory: Examples, slots: torch.Tensor, new: Examples) -> Example
     return grown
 
 
-def multitask_loss(net: MultiHeadNet, batch: Examples, datasets: list[str]) -> torch.Tensor:
-    """Mean cross-entropy of a batch mixing tasks: each example is normalised for its task's
-    dataset and read out through its own task's head (task-incremental training)."""
+def multitask_logits(net: MultiHeadNet, batch: Examples, datasets: list[str]) -> torch.Tensor:
+    """2-way logits of a batch mixing tasks: each example is normalised for its task's
+    dataset and read out through its own task's head (task-incremental)."""
     task_ids = batch["task_ids"].to(torch.int64)
     groups = [(task_id, task_ids == task_id) for task_id in task_ids.unique().tolist()]
     x = torch.empty(batch["inputs"].shape, dtype=torch.float32, device=task_ids.device)
@@ -169,35 +170,40 @@ def multitask_loss(net: MultiHeadNet, batch: Examples, datasets: list[str]) -> t
     logits = features.new_empty((len(x), 2))
     for task_id, mask in groups:
         logits[mask] = net.heads[task_id](features[mask])
-    return F.cross_entropy(logits, batch["labels"].to(torch.int64))
+    return logits
+
+
+def multitask_loss(net: MultiHeadNet, batch: Examples, datasets: list[str]) -> torch.Tensor:
+    """Mean cross-entropy of a batch mixing tasks (:func:`multitask_logits`)."""
+    return F.cross_entropy(multitask_logits(net, batch, datasets),
+                           batch["labels"].to(torch.int64))
 
 
 def train_multitask(
     net: MultiHeadNet,
     datasets: list[str],
     examples: Examples,
-    epochs: int,
-    lr: float,
-    momentum: float,
-    batch_size: int,
+    recipe: Recipe,
     replay: Examples | None = None,
-) -> None:
-    """``epochs`` of SGD with momentum over ``examples`` in shuffled batches of ``batch_size``;
-    with ``replay``, every batch is joined by ``batch_size`` examples drawn uniformly (with
-    replacement) from it. A fresh optimiser per call: nothing of it survives between tasks."""
-    optimizer = sgd(net.parameters(), lr=lr, momentum=momentum)
+) -> TrainingLog:
+    """The shared recipe over ``examples`` (its held-out part, if any, drawn from them); with
+    ``replay``, every minibatch is joined by ``recipe.batch_size`` examples drawn uniformly
+    (with replacement) from it."""
     device = examples["labels"].device
-    n = len(examples["labels"])
     replaying = replay is not None and len(replay["labels"]) > 0
-    for _ in range(epochs):
-        order = torch.randperm(n).to(device)
-        for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
-            batch = {key: value.index_select(0, index) for key, value in examples.items()}
-            if replaying:
-                picks = torch.randint(len(replay["labels"]), (batch_size,)).to(device)
-                batch = {key: torch.cat([value, replay[key].index_select(0, picks)])
-                         for key, value in batch.items()}
-            optimizer.zero_grad(set_to_none=True)
-            multitask_loss(net, batch, datasets).backward()
-            optimizer.step()
+
+    def pick(index: torch.Tensor) -> Examples:
+        return {key: value.index_select(0, index) for key, value in examples.items()}
+
+    def loss(index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        batch = pick(index)
+        if replaying:
+            picks = torch.randint(len(replay["labels"]), (recipe.batch_size,)).to(device)
+            batch = {key: torch.cat([value, replay[key].index_select(0, picks)])
+                     for key, value in batch.items()}
+        return multitask_loss(net, batch, datasets)
+
+    net.train()
+    return train(lambda index: multitask_logits(net, pick(index), datasets), net.parameters(),
+                 torch.arange(len(examples["labels"]), device=device),
+                 examples["labels"].to(torch.int64), recipe, loss=loss)

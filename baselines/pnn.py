@@ -14,8 +14,8 @@ random small value, to match the scales of the different inputs), concatenated a
 projected onto as many units/channels as one column's layer i-1 has (``V``, a 1x1
 convolution for convolutional maps, as in the paper), ReLU, then mapped like column k's own
 layer i (``U``: same kernel or shape, no bias; the layer's own bias serves). Only the new
-column and its adapters are trained (SGD lr 0.01, momentum 0.5, batch 64, 3 epochs);
-task t is answered by column t.
+column and its adapters are trained (the shared recipe, :mod:`clbench.recipe`); task t is
+answered by column t.
 
 Storage (tensor payload of the state, exact): 4 bytes per parameter of all columns. Column
 1 is one reference net; column k >= 2 adds its adapters. MNIST (m = k - 1 earlier columns):
@@ -36,13 +36,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from baselines.common import require_input_shape, train_on_task
+from baselines.common import require_input_shape
 from baselines.naive import Naive
 from clbench.nets import reference_net
 from clbench.tasks import Task
 from clbench.training import seeded_for_unseen_task
 
-# Hyperparameters (the rest are naive's: SGD lr 0.01, momentum 0.5, batch 64, 3 epochs)
+# Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 ALPHA_INIT = 0.1  # each adapter scale starts uniform in [0, ALPHA_INIT): "a random small value"
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
@@ -158,8 +158,7 @@ class PNN(Naive):
         require_input_shape(self.net.input_shape, task, "pnn")
         column = self.net.add_column().to(self.device)
         self.datasets.append(task.dataset)
-        train_on_task(lambda x: self.net(x, task.id), column.parameters(), task, self.epochs,
-                      self.lr, self.momentum, self.batch_size)
+        self._train(column.parameters(), task)
 
     def _unseen_model(self, task_id: int, input_shape: tuple[int, ...]):
         """Logits for a task not learned yet: a fresh column drawn for the task id, laterally

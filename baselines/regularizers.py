@@ -1,15 +1,14 @@
 """What the shared-trunk regularisation and memory baselines have in common.
 
 EWC, online EWC, SI, LwF and A-GEM are naive fine-tuning (``baselines/naive.py``: shared
-trunk, one 2-way head per task, SGD with momentum) plus one change to each step: a penalty's
-gradient, a distillation term, or a projection of the gradient. This module holds the parts
-they share, so each baseline's file shows only what its method adds:
+trunk, one 2-way head per task, the shared recipe of :mod:`clbench.recipe`) plus one change
+to each step, plugged into the recipe's loop through its hooks: a penalty's gradient, a
+distillation term, or a projection of the gradient. This module holds the parts they share,
+so each baseline's file shows only what its method adds:
 
 - :class:`SharedTrunkAgent`: naive plus the named attributes a method keeps between tasks
   (``STATE_KEYS``), saved in and restored from the state, and the start of every task
   (input-shape check, a new head);
-- :func:`sgd_steps`: naive's training loop as a generator; the caller computes the loss of
-  each minibatch and calls ``backward``, the generator then takes the optimiser step;
 - :func:`trunk_vector` / :func:`split_like`: the trunk's parameters as one flat vector (how
   importances and anchors are stored) and back to per-parameter views;
 - :class:`QuadraticPenalty`: ``scale * sum_i importance_i * (theta_i - anchor_i)^2`` over the
@@ -26,7 +25,7 @@ Tolias (2019), who penalise every parameter there (102 of the MNIST net's 21,432
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,7 +35,6 @@ from baselines.common import require_input_shape
 from baselines.naive import Naive
 from clbench.nets import MultiHeadNet
 from clbench.tasks import Task
-from clbench.training import minibatches, sgd
 
 
 class SharedTrunkAgent(Naive):
@@ -67,7 +65,7 @@ class SharedTrunkAgent(Naive):
         if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
             raise FloatingPointError(
                 f"{type(self).__name__}: training diverged on task {task.id} ({task.name}) with "
-                f"{setting} and lr={self.lr}; lower the penalty strength (or lr)")
+                f"{setting} and lr={self.recipe.lr}; lower the penalty strength (or lr)")
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -93,33 +91,6 @@ def on_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, dict):
         return {key: on_device(item, device) for key, item in value.items()}
     return value
-
-
-def sgd_steps(
-    agent: Naive,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    dataset: str,
-    after_step: Callable[[], None] | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Naive's loop over ``agent.net``: yield each ``(inputs, targets)`` minibatch, then step.
-
-    ``agent.epochs`` shuffled epochs of ``agent.batch_size``, SGD with ``agent.lr`` and
-    ``agent.momentum`` over every parameter of the net. Between receiving a minibatch and
-    asking for the next one, the caller computes its loss and calls ``backward`` (and may edit
-    the gradients); the generator then applies the step and calls ``after_step``.
-    ``targets`` is indexed like the images, so it may be labels or example indices.
-    """
-    net = agent.net
-    optimizer = sgd(net.parameters(), lr=agent.lr, momentum=agent.momentum)
-    net.train()
-    for _ in range(agent.epochs):
-        for inputs, batch_targets in minibatches(images, targets, dataset, agent.batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            yield inputs, batch_targets
-            optimizer.step()
-            if after_step is not None:
-                after_step()
 
 
 def trunk_vector(net: nn.Module) -> torch.Tensor:

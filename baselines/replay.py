@@ -23,6 +23,8 @@ at most); a few hundred bytes more, plus the input shape and datasets.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from baselines.common import require_input_shape
@@ -38,8 +40,8 @@ from baselines.memory import (
 from baselines.naive import Naive
 from clbench.tasks import Task
 
-# Hyperparameters (the rest are naive's: SGD lr 0.01, momentum 0.5, batch 64, 3 epochs)
-BUFFER_SIZE = 200
+# Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
+BUFFER_SIZE = 200  # a memory budget fixed for the comparison (not tuned), as for A-GEM
 CLASS_BALANCED = False
 
 
@@ -51,9 +53,9 @@ class Replay(Naive):
         device: str | torch.device = "cpu",
         buffer_size: int = BUFFER_SIZE,
         class_balanced: bool = CLASS_BALANCED,
-        **hyperparameters,
+        **recipe: Any,
     ) -> None:
-        super().__init__(device=device, **hyperparameters)
+        super().__init__(device=device, **recipe)
         if int(buffer_size) != buffer_size or buffer_size < 0:
             raise ValueError(f"buffer_size={buffer_size!r}: give a whole number of examples >= 0")
         self.buffer_size, self.class_balanced = int(buffer_size), bool(class_balanced)
@@ -71,9 +73,8 @@ class Replay(Naive):
             self.buffer = empty_examples(net.input_shape, self.device)
         current = task_examples(task.x_train.to(self.device), task.y_train.to(self.device),
                                 task.id)
-        net.train()
-        train_multitask(net, self.datasets, current, self.epochs, self.lr, self.momentum,
-                        self.batch_size, replay=self.buffer)
+        self.last_training = train_multitask(net, self.datasets, current, self.recipe,
+                                             replay=self.buffer)
         self._offer(current)
 
     def _offer(self, new: dict[str, torch.Tensor]) -> None:
@@ -104,8 +105,8 @@ class Replay(Naive):
 
     def metrics(self) -> dict:
         if self.buffer is None:
-            return {"buffer_examples": 0}
+            return {**super().metrics(), "buffer_examples": 0}
         task_ids = self.buffer["task_ids"].to(torch.int64)
         per_task = torch.bincount(task_ids, minlength=len(self.datasets))
-        return {"buffer_examples": len(self.buffer["labels"]), "seen": self.seen,
-                "buffer_per_task": per_task.tolist()}
+        return {**super().metrics(), "buffer_examples": len(self.buffer["labels"]),
+                "seen": self.seen, "buffer_per_task": per_task.tolist()}

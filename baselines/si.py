@@ -22,34 +22,14 @@ Storage (tensor payload, bytes; P_trunk = 21,330 trunk parameters for MNIST, 61,
 CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
     4 * (P_trunk + T*H)  [the net]  +  4 * P_trunk  [omega]
 The anchor theta* is the net's own trunk after the previous task, so it is not stored a
-second time; the path integral lives only while a task is being learnt.
+second time; the path integral lives only while a task is being learnt. With the recipe's
+early stopping, the path integral counts every step taken (also those of epochs whose
+weights were then given up) and Delta is measured at the weights kept.
 
-Defaults: ``damping`` xi = 0.1 (Zenke et al.'s permuted-MNIST runs); ``si_c`` from the
-sweeps below (seeds 10-12, not the 0-2 of reported figures), run as
-
-    python benchmarks/baselines_table.py --envs clbench/SplitMNIST5k-v0 --seeds 10 11 12 \
-        --no-flops --agents si,si_c=10 si,si_c=30 si,si_c=100 si,si_c=300 \
-        si,si_c=1000 si,si_c=3000
-    python benchmarks/baselines_table.py --envs clbench/OneVsRestMNIST5k-v0 --seeds 10 11 12 \
-        --no-flops --agents naive si,si_c=30 si,si_c=100 si,si_c=300
-
-    | si_c | Split ACC     | BWT    | forgetting | OneVsRest ACC | BWT    | forgetting |
-    |-----:|---------------|--------|------------|---------------|--------|------------|
-    | 0    | 0.964 ± 0.002 | -0.008 | 0.009      | 0.836 ± 0.030 | -0.105 | 0.105      |
-    |   10 | 0.965 ± 0.001 | -0.006 | 0.008      |               |        |            |
-    |   30 | 0.966 ± 0.002 | -0.005 | 0.006      | 0.847 ± 0.014 | -0.086 | 0.087      |
-    |  100 | 0.965 ± 0.001 | -0.005 | 0.007      | 0.864 ± 0.017 | -0.053 | 0.060      |  <- SI_C
-    |  300 | 0.964 ± 0.002 | -0.003 | 0.004      | 0.861 ± 0.029 | -0.039 | 0.047      |
-    | 1000 | 0.960 ± 0.007 | +0.003 | 0.001      | diverges on task 7                    |
-    | 3000 | 0.949 ± 0.008 | +0.006 | 0.001      |               |        |            |
-
-(c = 0 is naive.) On Split, where naive forgets only ~1%, the ACCs up to c = 300 lie within
-the seeds' spread, so the tie was broken on the one-vs-rest stream, where naive forgets 10%:
-c = 100 has the best ACC there (and the best mean over both streams). For scale: after the
-first Split task (seed 10) omega sums to 5.2 and EWC's Fisher to 4.8, so c = 100 weighs
-about like EWC's lambda = 200 (whose penalty is lambda / 2 * F). Omega only grows with
-tasks, so a c too strong for the step size overflows after some tasks (c = 1000 on task 7
-of one-vs-rest); the agent then stops with that error.
+Defaults: ``damping`` xi = 0.1 (Zenke et al.'s permuted-MNIST runs, not tuned); ``si_c`` is
+chosen on validation data by ``clbench tune`` (the record, with its command, table and rule:
+``leaderboard/tuning/si.json``). Omega only grows with tasks, so a c too strong for the
+recipe's step size overflows after some tasks; the agent then stops with that error.
 """
 
 from __future__ import annotations
@@ -57,13 +37,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from baselines.regularizers import QuadraticPenalty, SharedTrunkAgent, sgd_steps, trunk_vector
+from baselines.regularizers import QuadraticPenalty, SharedTrunkAgent, trunk_vector
 from clbench.tasks import Task
 
-# Hyperparameters (besides naive's epochs, lr, momentum and batch_size, passed through)
-SI_C = 100.0  # penalty strength (c of Zenke et al.), from the sweeps
+# Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
+SI_C = 100.0  # penalty strength (c of Zenke et al.): leaderboard/tuning/si.json
 DAMPING = 0.1  # xi: keeps omega finite for parameters that barely moved
 
 
@@ -77,9 +56,9 @@ class SI(SharedTrunkAgent):
         device: str | torch.device = "cpu",
         si_c: float = SI_C,
         damping: float = DAMPING,
-        **training: Any,
+        **recipe: Any,
     ) -> None:
-        super().__init__(device, **training)  # naive's epochs, lr, momentum, batch_size
+        super().__init__(device, **recipe)  # the shared recipe's overrides
         if si_c < 0:
             raise ValueError(f"si_c={si_c}: the penalty strength must be >= 0")
         if damping <= 0:
@@ -103,12 +82,13 @@ class SI(SharedTrunkAgent):
             path_integral.sub_(task_gradient * (after_step - before_step))
             before_step.copy_(after_step)
 
-        for inputs, labels in sgd_steps(self, task.x_train, task.y_train, task.dataset,
-                                        after_step=accumulate):
-            F.cross_entropy(net(inputs, task.id), labels).backward()
+        def read_gradient_then_penalise() -> None:
             task_gradient.copy_(torch.cat([p.grad.reshape(-1) for p in params]))
             if penalty is not None:
                 penalty.add_gradient()
+
+        self._train(net.parameters(), task, before_step=read_gradient_then_penalise,
+                    after_step=accumulate)
         self._require_finite(task, f"si_c={self.si_c}")
 
         importance = path_integral / ((trunk_vector(net) - start).pow(2) + self.damping)

@@ -59,13 +59,16 @@ print(sum(row) / len(row))
 print(time.perf_counter() - began)
 '''
 
+# naive's recipe overrides that make it train as the hand-written loop does
+HAND_LOOP_RECIPE = {"lr": 0.01, "momentum": 0.5, "batch_size": 64, "holdout_fraction": 0}
 # The harness alone, in the same process: no workers, no FLOP count.
 HARNESS_IN_PROCESS = r'''
-import sys, time, clbench, clbench.harness
+import json, sys, time, clbench, clbench.harness
 env_id, seed, epochs, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 start = time.perf_counter()
-clbench.evaluate("naive", env_id, seed=seed, device=device, agent_kwargs={"epochs": epochs},
-                 flops=False, seal=False)
+clbench.evaluate("naive", env_id, seed=seed, device=device,
+                 agent_kwargs={"epochs": epochs, **json.loads(sys.argv[5])}, flops=False,
+                 seal=False)
 print(time.perf_counter() - start)
 '''
 
@@ -98,6 +101,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         clbench_run = [sys.executable, "-m", "clbench", "run", "--env", args.env,
                        "--agent", "naive", "--agent-arg", f"epochs={args.epochs}",
+                       *[f"--agent-arg={key}={value}" for key, value in HAND_LOOP_RECIPE.items()],
                        "--seed", str(args.seed), "--device", args.device, "--quiet",
                        "--out", f"{folder}/r.json"]
         run_args = [args.env, str(args.seed), str(args.epochs), args.device]
@@ -106,7 +110,8 @@ def main() -> None:
             "clbench run --no-flops": clbench_run + ["--no-flops"],
             "clbench run (default, FLOPs counted)": clbench_run,
             "clbench.evaluate in process, no FLOPs": [sys.executable, "-c",
-                                                      HARNESS_IN_PROCESS, *run_args],
+                                                      HARNESS_IN_PROCESS, *run_args,
+                                                      json.dumps(HAND_LOOP_RECIPE)],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         inside: dict[str, list[float]] = {name: [] for name in commands}

@@ -16,12 +16,12 @@ from baselines.replay import Replay
 from clbench.agent import load_agent_class
 from clbench.harness import check_state, deserialize_state, evaluate, serialize_state
 from clbench.nets import reference_net
-from clbench.quantize import INT8_MAX, dequantize_into, quantize
+from clbench.quantize import INT4_MAX, INT8_MAX, dequantize_into, quantize, unpack_int4
 from clbench.tasks import Task, TaskSpec, materialize, split
 
 ENV_ID = "clbench/SplitMNIST5k-v0"
 SMALL_STREAM = {"n_tasks": 3, "max_train_per_task": 128, "max_test_per_task": 48}
-SMALL_TRAINING = {"epochs": 2, "lr": 0.05}  # enough for every task to be learned
+SMALL_TRAINING = {"epochs": 2, "lr": 0.05, "momentum": 0.5, "holdout_fraction": 0}  # learns each
 MNIST_PARAMETERS, MNIST_HEAD = 21_432, 102
 MNIST_TRUNK = MNIST_PARAMETERS - MNIST_HEAD
 PIXELS = 28 * 28
@@ -33,6 +33,9 @@ AGENTS = [
     ("independent", {"dtype": "float16"}),
     ("independent", {"dtype": "int8"}),
     ("independent", {"dtype": "int8", "int8_scale": "tensor"}),
+    ("independent", {"dtype": "int4"}),
+    ("independent", {"dtype": "int4", "delta": True}),
+    ("linear", {}),
     ("joint", {}),
     ("replay", {"buffer_size": 50}),
     ("replay", {"buffer_size": 50, "class_balanced": True}),
@@ -133,14 +136,63 @@ def test_state_serialises_to_payload_plus_small_metadata(name, kwargs):
     ({"dtype": "float16"}, 2 * MNIST_PARAMETERS),
     ({"dtype": "int8"}, MNIST_PARAMETERS + 4 * (10 + 20 + 50 + 2 + 4)),
     ({"dtype": "int8", "int8_scale": "tensor"}, MNIST_PARAMETERS + 4 * 8),
+    ({"dtype": "int4"}, 10_716 + 4 * 86),
+    ({"dtype": "int4", "int8_scale": "tensor"}, 10_716 + 4 * 8),
+    ({"dtype": "int8", "delta": True}, MNIST_PARAMETERS + 4 * 86),
+    ({"dtype": "int4", "delta": True}, 10_716 + 4 * 86),
 ])
 def test_independent_storage_formula(kwargs, bytes_per_task):
     for k in (1, 3):
         assert payload_bytes(learned("independent", kwargs, k).state_dict()) == k * bytes_per_task
 
 
+@pytest.mark.parametrize(("kwargs", "bytes_per_task"), [
+    ({}, 4 * (PIXELS + 1)),
+    ({"dtype": "int4"}, (PIXELS + 2) // 2 + 4 * 2),
+])
+def test_linear_storage_formula(kwargs, bytes_per_task):
+    for k in (1, 3):
+        assert payload_bytes(learned("linear", kwargs, k).state_dict()) == k * bytes_per_task
+
+
+def test_delta_nets_start_from_one_seeded_initialisation_that_costs_no_bytes():
+    torch.manual_seed(0)
+    agent = learned("independent", {"dtype": "int4", "delta": True}, n_tasks=3)  # untrained
+    state = agent.state_dict()
+    assert isinstance(state["base_seed"], int)
+    for stored in state["nets"]:  # no training: the stored change is exactly zero
+        assert torch.equal(stored["values"], torch.full_like(stored["values"], 0x88))
+    for net in agent.nets:
+        for weight, start in zip(net.parameters(), agent.nets[0].parameters(), strict=True):
+            assert torch.equal(weight, start)
+    torch.manual_seed(1)  # a different global generator: the start comes from the seed alone
+    again = round_trip(agent, "independent", {"dtype": "int4", "delta": True, "epochs": 0})
+    for weight, start in zip(again.nets[2].parameters(), agent.nets[0].parameters(), strict=True):
+        assert torch.equal(weight, start)
+    assert not torch.equal(next(agent.nets[0].parameters()),
+                           next(reference_net((1, 28, 28)).parameters()))
+
+
+def test_delta_int4_agent_is_the_delta_float32_agent_with_its_change_quantised():
+    tasks = stream_tasks()
+    agents = {}
+    for dtype in ("float32", "int4"):
+        torch.manual_seed(0)
+        agents[dtype] = Independent(dtype=dtype, delta=True, epochs=1)
+        agents[dtype].learn(tasks[0].for_agent())
+    start = agents["float32"]._base((1, 28, 28))
+    for weight, approx, initial in zip(agents["float32"].nets[0].parameters(),
+                                       agents["int4"].nets[0].parameters(),
+                                       start.parameters(), strict=True):
+        change = (weight - initial).detach()
+        rows = weight.shape[0] if weight.dim() > 1 else 1
+        step = change.abs().reshape(rows, -1).amax(dim=1) / INT4_MAX
+        error = (weight - approx).detach().abs().reshape(rows, -1).amax(dim=1)
+        assert (error <= step / 2 * (1 + 1e-4) + 1e-7).all()
+
+
 @pytest.mark.parametrize(("name", "kwargs"), [
-    ("independent", {}), ("independent", {"dtype": "int8"}), ("pnn", {})])
+    ("independent", {}), ("independent", {"dtype": "int8"}), ("pnn", {}), ("linear", {})])
 def test_independent_and_pnn_never_forget(name, kwargs):
     result = small_run(name, tuple(kwargs.items()))
     for i, row in enumerate(result.accuracy):
@@ -148,20 +200,25 @@ def test_independent_and_pnn_never_forget(name, kwargs):
     assert result.metrics["bwt"] == 0.0 and result.metrics["forgetting"] == 0.0
 
 
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
 @pytest.mark.parametrize("per_channel", [True, False], ids=["channel", "tensor"])
-def test_int8_quantisation_error_is_at_most_half_a_step(per_channel):
+def test_integer_quantisation_error_is_at_most_half_a_step(per_channel, dtype):
     torch.manual_seed(0)
     net = reference_net((1, 28, 28))
     with torch.no_grad():  # channels of very different magnitudes, as trained nets have
         for weight in net.parameters():
             weight.mul_(torch.logspace(-2, 1, weight.shape[0]).view(-1, *[1] * (weight.dim() - 1)))
     mode = "channel" if per_channel else "tensor"
-    stored = quantize(net, "int8", mode)
-    assert stored["values"].dtype == torch.int8 and stored["values"].abs().max() <= INT8_MAX
+    stored = quantize(net, dtype, mode)
+    levels = INT8_MAX if dtype == "int8" else INT4_MAX
+    values = stored["values"] if dtype == "int8" else unpack_int4(stored["values"], 21_432)
+    assert values.dtype == torch.int8 and values.abs().max() == levels
+    if dtype == "int4":  # two values a byte
+        assert stored["values"].dtype == torch.uint8 and stored["values"].numel() == 10_716
     restored = dequantize_into(reference_net((1, 28, 28)), stored, mode)
     for weight, approx in zip(net.parameters(), restored.parameters(), strict=True):
         rows = weight.shape[0] if per_channel and weight.dim() > 1 else 1
-        step = weight.detach().abs().reshape(rows, -1).amax(dim=1) / INT8_MAX
+        step = weight.detach().abs().reshape(rows, -1).amax(dim=1) / levels
         error = (weight - approx).detach().abs().reshape(rows, -1).amax(dim=1)
         assert (error <= step / 2 * (1 + 1e-5)).all()
         assert (error > 0).any()
@@ -194,8 +251,12 @@ def test_independent_handles_mixed_input_shapes():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="int4"):
-        Independent(dtype="int4")
+    with pytest.raises(ValueError, match="int2"):
+        Independent(dtype="int2")
+    with pytest.raises(ValueError, match="delta='yes'"):
+        Independent(delta="yes")
+    with pytest.raises(TypeError, match="learning_rate"):
+        Independent(learning_rate=0.1)
     with pytest.raises(ValueError, match="row"):
         Independent(dtype="int8", int8_scale="row")
     with pytest.raises(ValueError, match="buffer_size=-1"):

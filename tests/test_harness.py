@@ -19,7 +19,8 @@ SPLIT = "clbench/SplitMNIST5k-v0"
 @pytest.fixture(scope="module")
 def naive_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "naive.json"
-    return evaluate("naive", SPLIT, seed=0, device="cpu", out=out), out
+    return evaluate("naive", SPLIT, seed=0, device="cpu", out=out,  # 3 epochs on all the data
+                    agent_kwargs={"epochs": 3, "holdout_fraction": 0}), out
 
 
 def test_naive_run_is_complete_and_its_file_validates(naive_run):

@@ -132,8 +132,8 @@ def test_bad_settings_are_named():
         TNEN(latent_dim=3)
     with pytest.raises(ValueError, match="latent_bits=5"):
         TNEN(latent_bits=5)
-    with pytest.raises(ValueError, match="en_dtype='int4'"):
-        TNEN(en_dtype="int4")
+    with pytest.raises(ValueError, match="en_dtype='int2'"):
+        TNEN(en_dtype="int2")
     with pytest.raises(ValueError, match="task 1 arrived"):
         TNEN(architecture=["reference"], **FAST)._architecture_for(1)
 
