@@ -23,6 +23,7 @@ from agents.tnen import (
     load_parameters,
     pack_latents,
     quantize_latents,
+    task_seed,
     to_chunks,
     unpack_latents,
 )
@@ -182,7 +183,7 @@ def test_checked_reconstruction_is_the_stored_one():
     agent.learn(task)
     reported = agent.metrics()["skills"][0]["stored_held_out_accuracy"]
     agent, _ = round_trip(agent, **FAST)
-    generator = torch.Generator().manual_seed(agent.seed * 1_000_003 + task.id)
+    generator = torch.Generator().manual_seed(task_seed(agent.seed, task.id))
     _, _, x_held, y_held = holdout_split(task, agent.config["holdout_fraction"], generator)
     assert (agent.predict(x_held, 0) == y_held).double().mean().item() == reported
 
@@ -238,7 +239,7 @@ def test_code_refinement_trains_only_the_new_skills_codes():
     en_before = [p.detach().clone() for p in agent.en.parameters()]
 
     def training_loss(latents):
-        net = agent._network_from(skill, agent.en.decode(latents))
+        net = agent.network_from(skill, agent.en.decode(latents))
         with torch.no_grad():
             x = normalize(task.x_train, task.dataset)
             return torch.nn.functional.cross_entropy(net(x), task.y_train).item()
