@@ -58,4 +58,5 @@ def test_naive_forgets_on_this_stream(naive_forgetting):
 @pytest.mark.parametrize("cls", [EWC, SI, LwF, AGEM, Replay], ids=lambda cls: cls.__name__)
 def test_each_method_forgets_less_than_naive(tasks, naive_forgetting, cls):
     mean = float(np.mean([forgetting_of(cls, tasks, seed) for seed in SEEDS]))
-    assert mean < naive_forgetting, f"{cls.__name__} forgets {mean:.3f}, naive {naive_forgetting:.3f}"
+    assert mean < naive_forgetting, (f"{cls.__name__} forgets {mean:.3f}, naive "
+                                     f"{naive_forgetting:.3f}")

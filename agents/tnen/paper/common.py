@@ -308,7 +308,8 @@ def stream_section(preset: str, result: dict[str, Any], overrides: dict[str, Any
 def plot_stream_accuracy(figures: dict[str, Any], panels: Sequence[tuple[str, dict[str, int]]],
                          folder: Path, filename: str, xlabel: str) -> str:
     """Bars per panel ``(title, {preset: k})``: the test accuracy of every stored skill after
-    ``k`` skills of that preset's run; black ticks: each TN's own held-out accuracy."""
+    ``k`` skills of that preset's run; black ticks: the test accuracy of the fp32 TN each
+    skill was encoded from."""
     fig, axes = figure(len(panels), width=3.6)
     for ax, (title, rows) in zip(axes, panels, strict=True):
         width = 0.8 / len(rows)
@@ -318,16 +319,15 @@ def plot_stream_accuracy(figures: dict[str, Any], panels: Sequence[tuple[str, di
             xs = [j + offset for j in range(k)]
             ax.bar(xs, result["accuracy"][k - 1], width=width, color=PRESET_COLORS[preset],
                    label=preset)
-            ax.scatter(xs, [s["tn_held_out_accuracy"]
-                            for s in result["agent_metrics"][k - 1]["skills"]],
-                       marker="_", s=80, color="black", zorder=3)
+            ax.scatter(xs, result["tn_test_accuracy"][:k], marker="_", s=80, color="black",
+                       zorder=3)
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(max(rows.values())))
         ax.set_xlabel(xlabel)
         lowest = min(min(figures[p]["result"]["accuracy"][k - 1]) for p, k in rows.items())
         ax.set_ylim(min(0.5, lowest - 0.05), 1.0)
         ax.legend(fontsize=8, loc="lower left")
-    axes[0].set_ylabel("test accuracy of the reconstruction\n(black: TN on held-out data)")
+    axes[0].set_ylabel("test accuracy of the reconstruction\n(black: the fp32 TN's)")
     return save_figure(fig, folder, filename)
 
 

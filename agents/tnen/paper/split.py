@@ -18,7 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clbench.paper.common import (
+from agents.tnen import TNEN, build_task_network
+from agents.tnen.paper.at_once import encode_at_once
+from agents.tnen.paper.common import (
     PAPER_ON_MNIST5K,
     PAPER_ON_MNIST5K_NOTE,
     PRESET_COLORS,
@@ -28,16 +30,24 @@ from clbench.paper.common import (
     figure,
     gflop,
     log,
-    pct,
-    preset_config,
     save_figure,
     size_bytes,
     summary,
     table,
+)
+from agents.tnen.paper.verdicts import (
+    describe_gap,
+    gap_facts,
+    judge_faster,
+    judge_near,
+    near_rule,
+    pct,
+    speed_rule,
+    spread,
     verdict,
 )
-from clbench.paper.encoding import encode_at_once, rechunk, train_skill
-from clbench.tasks import one_vs_rest
+from clbench.nets import count_parameters
+from clbench.tasks import materialize, one_vs_rest
 
 NAME = "split"
 TITLE = "4. Splitting: 61k-parameter networks in chunks vs one large EN"
@@ -76,99 +86,90 @@ def _data(settings: dict[str, Any], data_root) -> tuple[str, str, str]:
 
 def run(settings: dict[str, Any], seed: int, device: str, data_root) -> dict[str, Any]:
     dataset, architecture, note = _data(settings, data_root)
-    specs = one_vs_rest(dataset, settings["n_tasks"])
+    tasks = [materialize(spec, task_id, seed, positive_fraction=0.4,
+                         max_train=settings["max_train"], max_test=settings["max_test"],
+                         root=data_root, device=device)
+             for task_id, spec in enumerate(one_vs_rest(dataset, settings["n_tasks"]))]
     figures: dict[str, Any] = {"dataset": dataset, "architecture": architecture, "note": note}
     for preset in PRESET_NAMES:
-        overrides = settings["overrides"][preset]
-        chunked = preset_config(preset, overrides)
-        skills = [train_skill(spec, task_id, architecture, chunked, seed, settings, device,
-                              data_root) for task_id, spec in enumerate(specs)]
-        log(f"split, preset {preset}: {len(skills)} TNs trained")
-        whole = preset_config(preset, {**overrides, "chunk_size": skills[0].n_parameters})
-        figures[preset] = {
-            "overrides": overrides,
-            "chunks": encode_at_once(skills, chunked, seed),
-            "whole": encode_at_once([rechunk(s, whole["chunk_size"]) for s in skills], whole,
-                                    seed),
-        }
+        overrides = {**settings["overrides"][preset], "architecture": architecture}
+        figures[preset] = {"overrides": settings["overrides"][preset]}
+        whole = count_parameters(build_task_network(architecture, tasks[0].input_shape))
+        for variant, chunk_size in (("chunks", {}), ("whole", {"chunk_size": whole})):
+            # the same seed, so the same networks; "whole": each network is one EN input row
+            agent = TNEN(device, preset=preset, seed=seed, **overrides, **chunk_size)
+            log(f"split, preset {preset}, seed {seed}: {variant}")
+            figures[preset][variant] = encode_at_once(agent, tasks)
     return figures
 
 
 # ---------------------------------------------------------------------------- analysis
-def _to_rule(run_figures: dict[str, Any]) -> dict[str, Any]:
-    last = run_figures["history"][-1]
-    return {"met": run_figures["rule_met_at"] is not None, "iterations": last["iteration"],
-            "seconds": last["seconds"], "flops": last["flops"],
-            "accuracy": summary(last["accuracy"])["mean"],
-            "original": summary(run_figures["original_accuracy"])["mean"]}
-
-
-def _describe(facts: dict[str, Any]) -> str:
-    return (f"{'' if facts['met'] else '>'}{facts['iterations']} iterations, "
-            f"{facts['seconds']:.0f} s, {gflop(facts['flops'])} GFLOP")
-
-
-def seconds_to(run_figures: dict[str, Any], cosine: float) -> float | None:
-    """EN training seconds until every reconstruction first had at least ``cosine``."""
-    return next((check["seconds"] for check in run_figures["history"]
-                 if min(check["cosine"]) >= cosine), None)
+def level_reached(run: dict[str, Any], cosine: float | None) -> dict[str, Any] | None:
+    """The first check at which the run met the stopping rule (``cosine`` None) or had every
+    reconstruction at ``cosine`` or above; None if it never did."""
+    if cosine is None:
+        return run["history"][-1] if run["rule_met"] else None
+    return next((check for check in run["history"] if min(check["cosine"]) >= cosine), None)
 
 
 def speed(figures: dict[str, Any]) -> dict[str, Any]:
-    """Chunks vs whole: seconds to the stopping rule where both met it, else to the lower
-    of the two final minimum cosines (a level both reached within their caps)."""
+    """Chunks vs whole in one seed: iterations, FLOPs and seconds to the stopping rule where
+    both met it, else to the lower of their final minimum cosines."""
     chunks, whole = figures["chunks"], figures["whole"]
-    if chunks["rule_met_at"] is not None and whole["rule_met_at"] is not None:
-        level, times = "the stopping rule", [r["history"][-1]["seconds"] for r in (chunks, whole)]
-    else:
-        cosine = min(min(r["history"][-1]["cosine"]) for r in (chunks, whole))
-        level, times = f"min cosine {cosine:.3f}", [seconds_to(r, cosine) for r in (chunks, whole)]
-    return {"level": level, "chunks": times[0], "whole": times[1],
-            "faster": times[0] < times[1],
-            "met": chunks["rule_met_at"] is not None and whole["rule_met_at"] is not None}
+    both = chunks["rule_met"] and whole["rule_met"]
+    cosine = None if both else min(min(r["history"][-1]["cosine"]) for r in (chunks, whole))
+    at = [level_reached(r, cosine) for r in (chunks, whole)]
+    return {"level": "the stopping rule" if both else f"min cosine {cosine:.3f}",
+            **{key: [None if check is None else check[key] for check in at]
+               for key in ("iteration", "flops", "seconds")}}
 
 
-def claims(record: dict[str, Any]) -> list[list[str]]:
-    figures = record["figures"]
-    facts = {p: {v: _to_rule(figures[p][v]) for v in ("chunks", "whole")} for p in PRESET_NAMES}
-    chunks = {p: figures[p]["chunks"]["n_chunks"] // figures[p]["chunks"]["n_skills"]
+def _facts(records: list[dict[str, Any]], preset: str):
+    return gap_facts({r["seed"]: (r["figures"][preset]["chunks"]["original_accuracy"],
+                                  r["figures"][preset]["chunks"]["history"][-1]["accuracy"],
+                                  r["figures"][preset]["chunks"]["n_test"]) for r in records})
+
+
+def claims(records: list[dict[str, Any]]) -> list[list[str]]:
+    first = records[0]["figures"]
+    chunks = {p: first[p]["chunks"]["n_chunks"] // first[p]["chunks"]["n_skills"]
               for p in PRESET_NAMES}
-    speeds = {p: speed(figures[p]) for p in PRESET_NAMES}
+    speeds = {p: {r["seed"]: speed(r["figures"][p]) for r in records} for p in PRESET_NAMES}
+
+    def describe(p: str) -> str:
+        return "; ".join(
+            f"seed {seed} to {s['level']}: chunks {s['iteration'][0]} iterations / "
+            f"{gflop(s['flops'][0])} GFLOP / {s['seconds'][0] or 0:.0f} s, whole "
+            f"{s['iteration'][1]} / {gflop(s['flops'][1])} GFLOP / {s['seconds'][1] or 0:.0f} s"
+            for seed, s in speeds[p].items())
+
     return [
         [f"Networks of over 60,000 parameters, cut into chunks for the EN built for MNIST "
-         f"networks, are reconstructed near their originals ({figures['note']})",
-         "; ".join(f"{p} ({chunks[p]} chunks each): {pct(f['chunks']['accuracy'])} vs "
-                   f"{pct(f['chunks']['original'])} originals after "
-                   f"{_describe(f['chunks'])}" for p, f in facts.items()),
-         verdict({p: (f["chunks"]["original"] - f["chunks"]["accuracy"] <= 0.02,
-                      "a gap above 2 points" if f["chunks"]["met"]
-                      else "not converged within the iteration cap")
-                  for p, f in facts.items()})],
+         f"networks, are reconstructed near their originals ({first['note']})", near_rule(),
+         "; ".join(f"{p} ({chunks[p]} chunks each): {describe_gap(_facts(records, p))}"
+                   for p in PRESET_NAMES),
+         verdict({p: judge_near(_facts(records, p)) for p in PRESET_NAMES})],
         ["A small EN on chunks trains faster than one large EN on the whole vector",
-         "; ".join(f"{p}: to {s['level']}, chunks {s['chunks']:.0f} s, whole "
-                   f"{s['whole']:.0f} s (whole: {_describe(facts[p]['whole'])})"
-                   for p, s in speeds.items()),
-         verdict({p: (s["faster"], ("" if s["met"] else "neither met the stopping rule "
-                                    "within the cap; ") + f"the whole-vector EN reached "
-                      f"{s['level']} sooner") for p, s in speeds.items()})],
-        ["(not measured by the paper) bytes kept, chunks vs whole",
-         "; ".join(f"{p}: {size_bytes(figures[p]['chunks']['storage_bytes'])} vs "
-                   f"{size_bytes(figures[p]['whole']['storage_bytes'])} "
-                   f"({size_bytes(figures[p]['chunks']['fp32_networks_bytes'])} as fp32 "
-                   "networks)" for p in PRESET_NAMES),
-         "; ".join(f"{p}: the " + ("whole-vector" if figures[p]["whole"]["storage_bytes"] >
-                                   figures[p]["chunks"]["storage_bytes"] else "chunk")
-                   + " EN is the larger" for p in PRESET_NAMES)],
+         speed_rule().replace("A faster than B", "chunks faster than whole"),
+         "<br>".join(f"{p}: {describe(p)}" for p in PRESET_NAMES),
+         verdict({p: judge_faster([tuple(s["iteration"]) for s in speeds[p].values()],
+                                  [tuple(s["flops"]) for s in speeds[p].values()])
+                  for p in PRESET_NAMES})],
+        ["(not measured by the paper) bytes kept, chunks vs whole", "-",
+         "; ".join(f"{p}: {size_bytes(first[p]['chunks']['storage_bytes'])} vs "
+                   f"{size_bytes(first[p]['whole']['storage_bytes'])} "
+                   f"({size_bytes(first[p]['chunks']['fp32_networks_bytes'])} as fp32 "
+                   "networks)" for p in PRESET_NAMES), "-"],
     ]
 
 
 # ---------------------------------------------------------------------------- report
-def _plot(figures: dict[str, Any], folder: Path) -> str:
+def _plot(figures: dict[str, Any], seed: int, folder: Path) -> str:
     fig, axes = figure(2 * len(PRESET_NAMES), width=3.6)
     for index, preset in enumerate(PRESET_NAMES):
         for ax, (key, label, scale) in zip(
                 axes[2 * index: 2 * index + 2],
-                (("seconds", "EN training seconds", 1), ("flops", "EN training GFLOP", 1e9)),
+                (("iteration", "EN iterations", 1), ("flops", "EN training GFLOP", 1e9)),
                 strict=True):
             for variant, style in (("chunks", "-"), ("whole", ":")):
                 run = figures[preset][variant]
@@ -179,30 +180,39 @@ def _plot(figures: dict[str, Any], folder: Path) -> str:
             ax.axhline(summary(figures[preset]["chunks"]["original_accuracy"])["mean"],
                        color="gray", linestyle="--", label="originals")
             ax.set_xlabel(label)
-            ax.set_title(f"preset {preset}", fontsize=10)
+            ax.set_title(f"preset {preset}, seed {seed}", fontsize=10)
             ax.set_ylim(0.4, 1.01)
             ax.legend(fontsize=8)
     axes[0].set_ylabel("mean test accuracy of the reconstructions")
     return save_figure(fig, folder, "split.png")
 
 
-def render(record: dict[str, Any], folder: Path) -> str:
-    figures = record["figures"]
+def render(records: list[dict[str, Any]], folder: Path) -> str:
+    figures = records[0]["figures"]
     lines = [f"## {TITLE}", "", f"Data: {figures['note']} (`{figures['architecture']}`), "
-             f"{record['settings']['n_tasks']} networks encoded at once.", ""]
+             f"{records[0]['settings']['n_tasks']} networks encoded at once; figures are "
+             f"mean ± std over seeds {', '.join(str(r['seed']) for r in records)}.", ""]
     rows = []
     for preset in PRESET_NAMES:
         for variant in ("chunks", "whole"):
-            run = figures[preset][variant]
-            facts = _to_rule(run)
-            rows.append([preset, variant, f"{run['chunk_size']:,}",
-                         run["n_chunks"] // run["n_skills"], f"{run['en_parameters']:,}",
-                         _describe(facts), pct(facts["original"]), pct(facts["accuracy"]),
-                         size_bytes(run["storage_bytes"]), size_bytes(run["fp32_networks_bytes"])])
+            runs = [r["figures"][preset][variant] for r in records]
+            finals = [run["history"][-1] for run in runs]
+            rows.append([preset, variant, f"{runs[0]['chunk_size']:,}",
+                         runs[0]["n_chunks"] // runs[0]["n_skills"],
+                         f"{runs[0]['en_parameters']:,}",
+                         f"{sum(run['rule_met'] for run in runs)} of {len(runs)}",
+                         spread([run["iterations"] for run in runs], digits=0),
+                         spread([f["flops"] / 1e9 for f in finals], digits=3),
+                         spread([f["seconds"] for f in finals], digits=0),
+                         spread([summary(run["original_accuracy"])["mean"] for run in runs],
+                                True),
+                         spread([summary(f["accuracy"])["mean"] for f in finals], True),
+                         pct(min(min(f["accuracy"]) for f in finals)),
+                         size_bytes(runs[0]["storage_bytes"])])
     lines += [table(["preset", "EN input", "n", "chunks per network", "EN parameters",
-                     "to the stopping rule", "originals", "reconstructed", "bytes kept",
-                     "fp32 networks"], rows), "",
+                     "rule met", "EN iterations", "EN GFLOP", "EN s (info)", "originals",
+                     "reconstructed", "worst", "bytes kept"], rows), "",
               "Overrides of the presets: " + "; ".join(
                   f"{p}: {figures[p]['overrides'] or 'none'}" for p in PRESET_NAMES) + ".", "",
-              f"![accuracy vs EN training time]({_plot(figures, folder)})", ""]
+              f"![accuracy vs EN training]({_plot(figures, records[0]['seed'], folder)})", ""]
     return "\n".join(lines)
