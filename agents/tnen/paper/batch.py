@@ -22,6 +22,8 @@ from agents.tnen.paper.at_once import encode_at_once
 from agents.tnen.paper.common import (
     PAPER_ON_MNIST5K,
     PAPER_ON_MNIST5K_NOTE,
+    PAPER_SMALL_EN,
+    PAPER_SMALL_EN_NOTE,
     PRESET_COLORS,
     PRESET_NAMES,
     TINY_OVERRIDES,
@@ -56,8 +58,7 @@ SIZES: dict[str, dict[str, Any]] = {
              "overrides": TINY_OVERRIDES},
     "reduced": {"dataset": "mnist5k", "counts": {"paper": [2, 5], "default": [2, 5, 10, 333]},
                 "max_train": 300, "max_test": 300,
-                "overrides": {"paper": {**PAPER_ON_MNIST5K, "chunk_size": 5358,
-                                        "en_max_steps": 150},
+                "overrides": {"paper": {**PAPER_ON_MNIST5K, **PAPER_SMALL_EN, "en_max_steps": 150},
                               "default": {"en_max_steps": 3000, "en_check_every": 250}}},
     "full": {"dataset": "mnist", "counts": {"paper": [2, 5, 10, 333],
                                             "default": [2, 5, 10, 333]},
@@ -70,7 +71,7 @@ NOTES = ("At `reduced` size the paper preset gets a smaller EN input n (its `chu
          "iterations is one Adam step per network on a 21M-parameter CAE, seconds per "
          "iteration on a shared CPU. The default preset gets a larger cap and rarer checks "
          "(each rebuilds and tests every network). Training data per task is capped so that "
-         "333 TNs train in minutes. ") + PAPER_ON_MNIST5K_NOTE
+         "333 TNs train in minutes. ") + PAPER_SMALL_EN_NOTE + PAPER_ON_MNIST5K_NOTE
 
 
 def run(settings: dict[str, Any], seed: int, device: str, data_root) -> dict[str, Any]:

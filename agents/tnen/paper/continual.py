@@ -20,6 +20,8 @@ from typing import Any
 from agents.tnen.paper.common import (
     PAPER_ON_MNIST5K,
     PAPER_ON_MNIST5K_NOTE,
+    PAPER_SMALL_EN,
+    PAPER_SMALL_EN_NOTE,
     PRESET_NAMES,
     TINY_OVERRIDES,
     evaluate_preset,
@@ -54,8 +56,7 @@ SIZES: dict[str, dict[str, Any]] = {
              "overrides": TINY_OVERRIDES},
     "reduced": {"env": "clbench/OneVsRestMNIST5k-v0",
                 "env_kwargs": {"paper": {"n_tasks": 4}, "default": {}},
-                "overrides": {"paper": {**PAPER_ON_MNIST5K, "chunk_size": 5358,
-                                        "en_max_steps": 150},
+                "overrides": {"paper": {**PAPER_ON_MNIST5K, **PAPER_SMALL_EN, "en_max_steps": 150},
                               "default": {}}},
     "full": {"env": "clbench/OneVsRestMNIST-v0", "env_kwargs": {"paper": {}, "default": {}},
              "overrides": {"paper": {}, "default": {}}},
@@ -69,7 +70,7 @@ NOTES = ("At `reduced` size the paper preset gets a smaller EN input n (its `chu
          "FLOPs), so ten skills take hours. The originals' accuracies are those of the fp32 "
          "TNs that `learn` encoded, trained again exactly as the agent trained them "
          "(`TNEN.task_network`, same seed and data) and scored on the env's test sets, like "
-         "the accuracy matrix. ") + PAPER_ON_MNIST5K_NOTE
+         "the accuracy matrix. ") + PAPER_SMALL_EN_NOTE + PAPER_ON_MNIST5K_NOTE
 
 
 def run(settings: dict[str, Any], seed: int, device: str, data_root) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from typing import Any
 from agents.tnen.paper.common import (
     PAPER_ON_MNIST5K,
     PAPER_ON_MNIST5K_NOTE,
+    PAPER_SMALL_EN,
+    PAPER_SMALL_EN_NOTE,
     PRESET_NAMES,
     TINY_OVERRIDES,
     dataset_present,
@@ -42,7 +44,7 @@ NOTES = ("Without CIFAR-10 (always at `reduced` size) the larger network is the 
          "n and an iteration cap: its EN iteration costs FLOPs in proportion to every number "
          "stored (times latent size times hidden size, for the exact contractive penalty), "
          "and the harness runs every `learn` twice (timed, and again to count FLOPs). "
-         ) + PAPER_ON_MNIST5K_NOTE
+         ) + PAPER_SMALL_EN_NOTE + PAPER_ON_MNIST5K_NOTE
 
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -52,8 +54,7 @@ SIZES: dict[str, dict[str, Any]] = {
              "overrides": TINY_OVERRIDES},
     "reduced": {"cifar": False, "env": "clbench/OneVsRestMNIST5k-v0",
                 "mnist_networks": {"paper": 2, "default": 5}, "env_kwargs": {},
-                "overrides": {"paper": {**PAPER_ON_MNIST5K, "chunk_size": 5358,
-                                        "en_max_steps": 100},
+                "overrides": {"paper": {**PAPER_ON_MNIST5K, **PAPER_SMALL_EN, "en_max_steps": 100},
                               "default": {}}},
     "full": {"cifar": True, "env": "clbench/OneVsRestMNIST-v0",
              "mnist_networks": {"paper": 5, "default": 5}, "env_kwargs": {},
