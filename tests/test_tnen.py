@@ -13,22 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import clbench
-from agents.tnen import (
-    PRESETS,
-    TNEN,
-    ContractiveAutoencoder,
-    build_task_network,
-    flatten_parameters,
+from agents.tnen import PRESETS, TNEN, ContractiveAutoencoder
+from agents.tnen.chunks import (
     from_chunks,
-    holdout_split,
-    load_parameters,
     pack_latents,
     quantize_latents,
-    task_seed,
     to_chunks,
     unpack_latents,
 )
-from agents.tnen.consolidation import step_loss
+from agents.tnen.consolidation import refine_codes, step_loss
+from agents.tnen.task_network import (
+    build_task_network,
+    flatten_parameters,
+    holdout_split,
+    load_parameters,
+    task_seed,
+)
 from clbench.costs import count_flops
 from clbench.data import normalize
 from clbench.harness import check_state
@@ -314,8 +314,11 @@ def test_code_refinement_trains_only_the_new_skills_codes():
             x = normalize(task.x_train, task.dataset)
             return torch.nn.functional.cross_entropy(net(x), task.y_train).item()
 
-    refined = agent._refine_codes(skill, codes, task.x_train, task.y_train,
-                                  torch.Generator().manual_seed(0))
+    net = build_task_network(skill["architecture"], task.input_shape)
+    refined = refine_codes(agent.en, agent.config, net,
+                           lambda chunks: agent._weights_of(skill, chunks), codes,
+                           task.x_train, task.y_train, task.dataset,
+                           torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(en_before, agent.en.parameters(),
                                                   strict=True))
     assert all(p.requires_grad for p in agent.en.parameters())

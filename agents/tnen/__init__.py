@@ -4,30 +4,7 @@
 penalty), ``consolidation`` (EN training and its stopping rule), ``agent`` (the agent and
 its presets)."""
 
-from agents.tnen.agent import PRESETS, TNEN, PendingSkill, check_config
-from agents.tnen.chunks import (
-    LATENT_BITS,
-    from_chunks,
-    pack_latents,
-    quantize_latents,
-    to_chunks,
-    unpack_latents,
-)
+from agents.tnen.agent import PRESETS, TNEN, PendingSkill
 from agents.tnen.encoder import ContractiveAutoencoder
-from agents.tnen.task_network import (
-    accuracy,
-    build_task_network,
-    flatten_parameters,
-    holdout_split,
-    load_parameters,
-    seeded_task_network,
-    task_seed,
-    train_task_network,
-)
 
-__all__ = [
-    "LATENT_BITS", "PRESETS", "TNEN", "ContractiveAutoencoder", "PendingSkill", "accuracy",
-    "build_task_network", "check_config", "flatten_parameters", "from_chunks",
-    "holdout_split", "load_parameters", "pack_latents", "quantize_latents",
-    "seeded_task_network", "task_seed", "to_chunks", "train_task_network", "unpack_latents",
-]
+__all__ = ["PRESETS", "TNEN", "ContractiveAutoencoder", "PendingSkill"]

@@ -32,11 +32,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from agents.tnen.chunks import cosine_and_error, grid_levels, quantize_latents
 from agents.tnen.encoder import ContractiveAutoencoder
 from clbench.quantize import round_to_storage
+from clbench.training import minibatches
 
 
 class Candidate(NamedTuple):
@@ -255,3 +257,39 @@ def consolidate(en: ContractiveAutoencoder, config: dict[str, Any], recalled: to
         "cosines": cosine.tolist(),
         "relative_errors": error.tolist(),
     }
+
+
+def refine_codes(en: ContractiveAutoencoder, config: dict[str, Any], net: torch.nn.Module,
+                 weights_of: Callable[[torch.Tensor], torch.Tensor], codes: torch.Tensor,
+                 images: torch.Tensor, labels: torch.Tensor, dataset: str,
+                 generator: torch.Generator) -> torch.Tensor:
+    """A new skill's codes after ``refine_epochs`` of Adam on its task's training data,
+    through the EN's decoder (held fixed: no other skill moves) and its TN ``net``, whose
+    parameter vector ``weights_of`` builds from decoded chunks.
+
+    Weight-space closeness (cosine, relative error) does not say which errors hurt the
+    task; this trains the reconstruction on the task itself. Rounding to the latent grid
+    is straight-through, so what is trained is what is stored.
+    """
+    net.train()
+    names = [name for name, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+    sizes = [p.numel() for p in net.parameters()]
+    latent = codes.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([latent], lr=config["refine_lr"])
+    bits = config["latent_bits"]
+    en.requires_grad_(False)
+    try:
+        for _ in range(config["refine_epochs"]):
+            for x, y in minibatches(images, labels, dataset, config["tn_batch_size"], generator):
+                stored = latent + (quantize_latents(latent, bits) - latent).detach()
+                vector = weights_of(en.decode(stored))
+                parameters = {name: part.view(size) for name, part, size in
+                              zip(names, vector.split(sizes), shapes, strict=True)}
+                loss = F.cross_entropy(torch.func.functional_call(net, parameters, (x,)), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    finally:
+        en.requires_grad_(True)
+    return quantize_latents(latent.detach(), bits)

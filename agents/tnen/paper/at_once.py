@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from agents.tnen import TNEN, ContractiveAutoencoder, build_task_network
+from agents.tnen import TNEN, ContractiveAutoencoder
 from agents.tnen.consolidation import iteration_batches, step_loss
 from agents.tnen.paper.common import log
-from agents.tnen.task_network import accuracy
+from agents.tnen.task_network import accuracy, build_task_network
 from clbench.costs import count_flops
 from clbench.nets import count_parameters
 from clbench.tasks import Task

@@ -7,9 +7,8 @@ EN training time, beside the originals; for 333 the mean nearly matches the orig
 Here: the first k tuple tasks of one seeded stream, one TN each, stored together by the
 agent's own code (:func:`agents.tnen.paper.at_once.encode_at_once`: ``TNEN.prepare`` per
 task, one ``TNEN.store``) until the preset's stopping rule holds or its iteration cap.
-At ``reduced`` size the paper preset's EN input (n, its chunk size) is cut to a quarter
-and it encodes at most 5 networks: its full-size CAE (85.8M parameters) takes about a
-second per Adam step on one CPU core.
+At ``reduced`` size the paper preset runs on a smaller CAE and encodes at most 5 networks
+(``NOTES`` says why).
 """
 
 from __future__ import annotations
@@ -65,11 +64,8 @@ SIZES: dict[str, dict[str, Any]] = {
              "max_train": None, "max_test": None, "overrides": {"paper": {}, "default": {}}},
 }
 PAPER_COUNTS = (2, 5, 10, 333)
-NOTES = ("At `reduced` size the paper preset gets a smaller EN input n (its `chunk_size` "
-         "override: each network becomes 4 chunks and the CAE shrinks to a quarter) and "
-         "encodes at most 5 networks, with an iteration cap (`en_max_steps`): one of its "
-         "iterations is one Adam step per network on a 21M-parameter CAE, seconds per "
-         "iteration on a shared CPU. The default preset gets a larger cap and rarer checks "
+NOTES = ("At `reduced` size the paper preset encodes at most 5 networks, with an iteration "
+         "cap (`en_max_steps`). The default preset gets a larger cap and rarer checks "
          "(each rebuilds and tests every network). Training data per task is capped so that "
          "333 TNs train in minutes. ") + PAPER_SMALL_EN_NOTE + PAPER_ON_MNIST5K_NOTE
 

@@ -8,8 +8,8 @@ skills.
 Here the reference agent runs through ``clbench/OneVsRestMNIST5k-v0`` (``OneVsRestMNIST-v0``
 at full size) in the harness, so the accuracy matrix is measured on the test sets by the
 environment, the bytes kept are the serialised state after every task, and learn FLOPs are
-counted. At ``reduced`` size the paper preset's EN input n (its chunk size) is a quarter of
-21,432, which makes its CAE four times smaller and fast enough for ten skills on a CPU.
+counted. At ``reduced`` size the paper preset runs on a smaller CAE and stores 4 skills
+(``NOTES`` says why).
 """
 
 from __future__ import annotations
@@ -62,12 +62,9 @@ SIZES: dict[str, dict[str, Any]] = {
              "overrides": {"paper": {}, "default": {}}},
 }
 SHOWN = (2, 4, 6, 10)  # the paper's snapshots
-NOTES = ("At `reduced` size the paper preset gets a smaller EN input n (its `chunk_size` "
-         "override: each network becomes several chunks, the CAE shrinks in proportion), an "
-         "iteration cap (`en_max_steps`) and only the first 4 skills: its full-size CAE "
-         "takes about a second per Adam step on one CPU core, one iteration takes one step per "
-         "stored skill, and the harness runs every `learn` twice (timed, and again to count "
-         "FLOPs), so ten skills take hours. The originals' accuracies are those of the fp32 "
+NOTES = ("At `reduced` size the paper preset gets an iteration cap (`en_max_steps`) and "
+         "only the first 4 skills: one iteration takes one Adam step per stored skill, and "
+         "the harness runs every `learn` twice (timed, and again to count FLOPs). The originals' accuracies are those of the fp32 "
          "TNs that `learn` encoded, trained again exactly as the agent trained them "
          "(`TNEN.task_network`, same seed and data) and scored on the env's test sets, like "
          "the accuracy matrix. ") + PAPER_SMALL_EN_NOTE + PAPER_ON_MNIST5K_NOTE

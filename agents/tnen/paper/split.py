@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agents.tnen import TNEN, build_task_network
+from agents.tnen import TNEN
 from agents.tnen.paper.at_once import encode_at_once
 from agents.tnen.paper.common import (
     PAPER_ON_MNIST5K,
@@ -46,6 +46,7 @@ from agents.tnen.paper.verdicts import (
     spread,
     verdict,
 )
+from agents.tnen.task_network import build_task_network
 from clbench.nets import count_parameters
 from clbench.tasks import materialize, one_vs_rest
 
