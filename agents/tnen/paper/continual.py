@@ -65,7 +65,8 @@ SHOWN = (2, 4, 6, 10)  # the paper's snapshots
 NOTES = ("At `reduced` size the paper preset gets an iteration cap (`en_max_steps`) and "
          "only the first 4 skills: one iteration takes one Adam step per stored skill, and "
          "the harness runs every `learn` twice (timed, and again to count FLOPs). The "
-         "originals' accuracies are those of the fp32 TNs that `learn` encoded, trained again exactly as the agent trained them "
+         "originals' accuracies are those of the fp32 TNs that `learn` encoded, trained "
+         "again exactly as the agent trained them "
          "(`TNEN.task_network`, same seed and data) and scored on the env's test sets, like "
          "the accuracy matrix. ") + PAPER_SMALL_EN_NOTE + PAPER_ON_MNIST5K_NOTE
 
