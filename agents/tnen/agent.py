@@ -25,7 +25,8 @@ Two presets (``PRESETS``; any setting can be overridden by keyword):
   21,432 tanh CAE stored in fp32, the authors' closed-form contractive term (lambda 1e-3),
   Adam lr 1e-4, one EN iteration = one Adam step per stored skill, stop once every
   reconstruction has cosine >= 0.99. Where PAPER.md is silent (batch size 64, the
-  iteration cap) the values are ours. It is large (85.8M parameters, 343 MB).
+  iteration cap) the values are ours. It is large: 85.8M parameters, 343,336,601 B after
+  one skill (`benchmarks/tnen_goals.py --agent-arg preset=paper`, agents/README.md).
 - ``"default"``: ours, built to store few bytes at equal accuracy (agents/README.md gives
   the measurements behind it): a shared *seeded* initialisation (regenerated from an int in
   the state) whose change the EN stores at unit RMS; a small EN (320 -> 160 -> 320, int8

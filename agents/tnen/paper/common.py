@@ -42,11 +42,11 @@ PAPER_ON_MNIST5K_NOTE = ("On mnist5k the paper preset trains every TN for a fixe
                          "against about 15,000 in MNIST, and 45 epochs of batch 64 take about "
                          "the ~700 SGD steps of their 3 epochs.")
 # At reduced size on a shared 2-core CPU, the paper preset's CAE is shrunk: n a quarter of
-# 21,432 (4 chunks per network) and 200 hidden units instead of 2,000, 2.2M parameters
+# 21,432 (4 chunks per network) and 200 hidden units instead of 2,000, 2.16M parameters
 # instead of 85.8M (an Adam step of the full CAE takes seconds there).
 PAPER_SMALL_EN = {"chunk_size": 5358, "hidden_sizes": [200]}
 PAPER_SMALL_EN_NOTE = ("At `reduced` size the paper preset's CAE is shrunk to "
-                       "5,358 -> 200 -> 20 -> 200 -> 5,358 (2.2M parameters instead of 85.8M; "
+                       "5,358 -> 200 -> 20 -> 200 -> 5,358 (2.16M parameters instead of 85.8M; "
                        "each network is 4 chunks): one of its iterations is one Adam step per "
                        "stored network, and an Adam step of the full CAE takes seconds on the "
                        "shared 2-core CPU these records were made on. ")
