@@ -148,11 +148,20 @@ def claims(records: list[dict[str, Any]]) -> list[list[str]]:
     speeds = {p: {r["seed"]: speed(r["figures"][p]) for r in records} for p in PRESET_NAMES}
 
     def describe(p: str) -> str:
-        return "; ".join(
-            f"seed {seed} to {s['level']}: chunks {s['iteration'][0]} iterations / "
-            f"{gflop(s['flops'][0])} GFLOP / {s['seconds'][0] or 0:.0f} s, whole "
-            f"{s['iteration'][1]} / {gflop(s['flops'][1])} GFLOP / {s['seconds'][1] or 0:.0f} s"
-            for seed, s in speeds[p].items())
+        parts = []
+        for record in records:
+            s, runs = speeds[p][record["seed"]], record["figures"][p]
+            if s["iteration"][0] is None:  # no common level: say where each run ended
+                parts.append(f"seed {record['seed']}: no common level ≥ 0.9; final min cosine "
+                             + ", ".join(f"{v} {min(runs[v]['history'][-1]['cosine']):.3f} "
+                                         f"after {runs[v]['iterations']} iterations"
+                                         for v in ("chunks", "whole")))
+                continue
+            parts.append(
+                f"seed {record['seed']} to {s['level']}: chunks {s['iteration'][0]} iterations "
+                f"/ {gflop(s['flops'][0])} GFLOP / {s['seconds'][0]:.0f} s, whole "
+                f"{s['iteration'][1]} / {gflop(s['flops'][1])} GFLOP / {s['seconds'][1]:.0f} s")
+        return "; ".join(parts)
 
     return [
         [f"Networks of over 60,000 parameters, cut into chunks for the EN built for MNIST "
