@@ -1,6 +1,6 @@
 """TN+EN against its goals: accuracy next to fp32 task networks, storage, integration cost.
 
-Drives ``agents/tnen.py`` through a stream the way the harness does (after every ``learn``
+Drives ``agents/tnen`` (TNEN) through a stream the way the harness does (after every ``learn``
 the state is serialised, its bytes counted, and a fresh agent loaded from it carries on), and
 beside it measures what the agent is compared with:
 
@@ -35,7 +35,8 @@ import gymnasium
 import torch
 
 import clbench  # noqa: F401  (registers the environments)
-from agents.tnen import TNEN, accuracy
+from agents.tnen import TNEN
+from agents.tnen.task_network import accuracy
 from clbench import costs
 from clbench.cli import parse_assignments
 from clbench.harness import build_agent, serialize_state

@@ -14,11 +14,12 @@ import clbench  # noqa: F401  (registers the environments)
 from baselines.agem import AGEM, project_gradient
 from baselines.ewc import EWC, OnlineEWC, diagonal_fisher
 from baselines.lwf import LwF, distillation_loss, earlier_head_logits
-from baselines.regularizers import QuadraticPenalty, trunk_vector
+from baselines.regularizers import QuadraticPenalty, split_like, trunk_vector
 from baselines.si import SI
 from clbench.costs import count_flops
 from clbench.data import normalize
 from clbench.env import TaskStreamEnv
+from clbench.nets import MultiHeadNet
 from clbench.tasks import Task, TaskSpec, materialize, split
 
 FAST = {"epochs": 1}
@@ -275,11 +276,49 @@ def test_bad_fisher_mode_is_refused_by_name():
 # --- SI, LwF, A-GEM --------------------------------------------------------------------------
 
 
-def test_si_importance_is_non_negative_and_not_trivial(tasks):
-    agent = learnt(SI, AGENTS["si"][1], tasks)
-    assert agent.omega.shape == (TRUNK,)
-    assert (agent.omega >= 0).all()
-    assert (agent.omega > 0).float().mean() > 0.5
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_si_path_integral_matches_a_hand_computed_two_step_trajectory(tasks, momentum):
+    """Two full-batch SGD steps (lr, momentum m): g0 at theta0, then theta1 = theta0 -
+    lr g0, g1 at theta1, theta2 = theta1 - lr (m g0 + g1). By hand, the path integral is
+    w = -g0 . d1 - g1 . d2 = lr g0^2 + lr g1 (m g0 + g1) per parameter and
+    omega = max(0, w / ((theta2 - theta0)^2 + xi)). With m = 0.9 the second step is not
+    along -g1, so an implementation that summed lr g^2 (or clamped per step) would fail."""
+    task = tasks[0]
+    lr, damping = 0.05, 0.1
+    torch.manual_seed(3)
+    agent = SI(epochs=2, lr=lr, momentum=momentum, batch_size=len(task.y_train),
+               damping=damping)
+    agent.learn(task)
+
+    torch.manual_seed(3)  # the same draws as SI's first task: the trunk, then the head
+    net = MultiHeadNet(task.input_shape)
+    net.add_head()
+    x = normalize(task.x_train, task.dataset)
+
+    def gradient() -> torch.Tensor:
+        """The gradient of the task loss over the whole net (trunk first, then the head)."""
+        net.zero_grad()
+        F.cross_entropy(net(x, 0), task.y_train).backward()
+        return torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+
+    def step(direction: torch.Tensor) -> None:
+        with torch.no_grad():
+            parameters = list(net.parameters())
+            for p, d in zip(parameters, split_like(direction, parameters), strict=True):
+                p.sub_(lr * d)
+
+    theta0 = trunk_vector(net)
+    g0 = gradient()
+    step(g0)
+    g1 = gradient()
+    step(momentum * g0 + g1)
+    g0, g1 = g0[:TRUNK], g1[:TRUNK]  # SI's path integral is over the trunk
+    theta2 = trunk_vector(net)
+    w = lr * g0.pow(2) + lr * g1 * (momentum * g0 + g1)
+    expected = (w / ((theta2 - theta0).pow(2) + damping)).clamp_min(0)
+    assert torch.allclose(trunk_vector(agent.net), theta2, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(agent.omega, expected, rtol=1e-4, atol=1e-9)
+    assert agent.omega.shape == (TRUNK,) and expected.abs().sum() > 0
 
 
 def test_lwf_distillation_is_zero_while_the_net_equals_the_old_net(tasks):

@@ -13,19 +13,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import clbench
-from agents.tnen import (
-    TNEN,
-    ContractiveAutoencoder,
-    build_task_network,
-    flatten_parameters,
+from agents.tnen import PRESETS, TNEN, ContractiveAutoencoder
+from agents.tnen.chunks import (
     from_chunks,
-    holdout_split,
-    load_parameters,
     pack_latents,
     quantize_latents,
     to_chunks,
     unpack_latents,
 )
+from agents.tnen.consolidation import refine_codes, step_loss
+from agents.tnen.task_network import (
+    build_task_network,
+    flatten_parameters,
+    holdout_split,
+    load_parameters,
+    task_seed,
+)
+from clbench.costs import count_flops
 from clbench.data import normalize
 from clbench.harness import check_state
 from clbench.nets import count_parameters
@@ -124,6 +128,73 @@ def test_contractive_penalty_is_the_squared_frobenius_norm_of_the_jacobian(hidde
         assert torch.allclose(value, jacobian.pow(2).sum())
 
 
+def test_closed_form_penalty_is_the_authors_formula():
+    """sum_j (h_j (1 - h_j))^2 |W_j|^2 over the latent units h and the last encoder layer's
+    rows W_j: exactly the Jacobian norm of a one-layer sigmoid encoder, and (as in the
+    authors' code) the same expression, not tanh's slope, when the units are tanh."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, dtype=torch.double)
+    sigmoid = ContractiveAutoencoder(7, [], 3, "sigmoid", penalty="closed_form").double()
+    exact = ContractiveAutoencoder(7, [], 3, "sigmoid").double()
+    exact.load_state_dict(sigmoid.state_dict())
+    assert torch.allclose(sigmoid.encode_with_penalty(x)[1], exact.encode_with_penalty(x)[1])
+    tanh = ContractiveAutoencoder(7, [6], 3, "tanh", penalty="closed_form").double()
+    h, penalty = tanh.encode_with_penalty(x)
+    by_hand = torch.stack([sum((h[i, j] * (1 - h[i, j])) ** 2
+                               * tanh.encoder[-1].weight[j].pow(2).sum() for j in range(3))
+                           for i in range(4)])
+    assert torch.allclose(penalty, by_hand)
+    with pytest.raises(ValueError, match="penalty='jacobian'"):
+        ContractiveAutoencoder(7, [], 3, "tanh", penalty="jacobian")
+
+
+@pytest.mark.parametrize(("n", "hidden", "latent", "chunks"), [(8, 4, 2, 3), (10, 6, 3, 5)])
+def test_paper_preset_flops_per_en_step_match_the_authors_formula(n, hidden, latent, chunks):
+    """One EN step of the paper preset (one skill's chunks, b of them) by hand: each linear
+    layer (in, out) costs 2 b in out forward and twice that backward (gradients of its
+    weights and of its input), except the input gradient of the first layer, which nothing
+    needs; the closed-form penalty adds no matrix product. So
+    FLOPs = 6 b (n h + h l + l h + h n) - 2 b n h. (The exact Jacobian norm would add a
+    (b, l, n) Jacobian.) On the authors' 21,432 -> 2,000 -> 20 EN, a 4-chunk step is
+    1,716,480,000 FLOPs."""
+    config = {**PRESETS["paper"], "chunk_size": n, "hidden_sizes": [hidden],
+              "latent_size": latent}
+    torch.manual_seed(0)
+    en = ContractiveAutoencoder.from_config(config)
+    batch = torch.randn(chunks, n)
+    counted = count_flops(lambda: step_loss(en, config, batch, batch[:0]).backward())
+    layers = n * hidden + hidden * latent + latent * hidden + hidden * n
+    assert counted == 6 * chunks * layers - 2 * chunks * n * hidden
+    exact = ContractiveAutoencoder.from_config({**config, "penalty": "exact"})
+    assert count_flops(lambda: step_loss(exact, config, batch, batch[:0]).backward()) > counted
+
+    with torch.device("meta"):
+        full = ContractiveAutoencoder.from_config(PRESETS["paper"])
+        four = torch.zeros(4, PRESETS["paper"]["chunk_size"])
+    assert count_flops(lambda: step_loss(full, PRESETS["paper"], four, four[:0]).backward()
+                       ) == 1_716_480_000
+
+
+def test_paper_preset_follows_the_authors_recipe():
+    """Fixed epochs on all training data (nothing held out, no early stop) and one EN
+    iteration = one Adam step per stored skill."""
+    tiny = {"chunk_size": 2_000, "hidden_sizes": [16], "latent_size": 4, "en_max_steps": 6,
+            "en_check_every": 3, "max_epochs": 2, "seed": 0}
+    tasks = stream("clbench/SplitMNIST5k-v0", n_tasks=2)
+    agent = TNEN(preset="paper", **tiny)
+    _, trained = agent.task_network(tasks[0].for_agent())
+    assert trained.epochs == 2 and len(trained.y_held) == 0
+    assert len(trained.y_train) == len(tasks[0].y_train)
+    assert trained.held_out_accuracy is None
+    for task in tasks:
+        agent.learn(task.for_agent())
+    metrics = agent.metrics()
+    assert metrics["en_backprop_calls"] == 2 * metrics["en_iterations"]  # two skills stored
+    assert metrics["tn_epochs"] == 2 and metrics["tn_held_out_accuracy"] is None
+    with pytest.raises(ValueError, match="holdout_fraction=0 holds nothing out"):
+        TNEN(preset="paper", threshold=0.95)
+
+
 # ---------------------------------------------------------------- the agent
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="preset='fast'"):
@@ -182,7 +253,7 @@ def test_checked_reconstruction_is_the_stored_one():
     agent.learn(task)
     reported = agent.metrics()["skills"][0]["stored_held_out_accuracy"]
     agent, _ = round_trip(agent, **FAST)
-    generator = torch.Generator().manual_seed(agent.seed * 1_000_003 + task.id)
+    generator = torch.Generator().manual_seed(task_seed(agent.seed, task.id))
     _, _, x_held, y_held = holdout_split(task, agent.config["holdout_fraction"], generator)
     assert (agent.predict(x_held, 0) == y_held).double().mean().item() == reported
 
@@ -238,13 +309,16 @@ def test_code_refinement_trains_only_the_new_skills_codes():
     en_before = [p.detach().clone() for p in agent.en.parameters()]
 
     def training_loss(latents):
-        net = agent._network_from(skill, agent.en.decode(latents))
+        net = agent.network_from(skill, agent.en.decode(latents))
         with torch.no_grad():
             x = normalize(task.x_train, task.dataset)
             return torch.nn.functional.cross_entropy(net(x), task.y_train).item()
 
-    refined = agent._refine_codes(skill, codes, task.x_train, task.y_train,
-                                  torch.Generator().manual_seed(0))
+    net = build_task_network(skill["architecture"], task.input_shape)
+    refined = refine_codes(agent.en, agent.config, net,
+                           lambda chunks: agent._weights_of(skill, chunks), codes,
+                           task.x_train, task.y_train, task.dataset,
+                           torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(en_before, agent.en.parameters(),
                                                   strict=True))
     assert all(p.requires_grad for p in agent.en.parameters())

@@ -10,10 +10,22 @@ from pathlib import Path
 from clbench.devices import DEVICE_CHOICES
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; a clear error otherwise."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r}: give integers separated by commas, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give distinct integers, e.g. 0,1,2")
+    return seeds
+
+
 def run(args: argparse.Namespace) -> int:
-    from clbench import paper
-    from clbench.paper import EXPERIMENTS
-    from clbench.paper.report import write_report
+    from agents.tnen import paper
+    from agents.tnen.paper import EXPERIMENTS
+    from agents.tnen.paper.report import write_report
 
     if args.full and args.size not in (None, "full"):
         print(f"clbench: --full and --size {args.size} disagree; give one", file=sys.stderr)
@@ -25,10 +37,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"report: {write_report(Path(args.out))}")
             return 0
         for name in names:
-            path = paper.run_experiment(name, size=size, seed=args.seed, device=args.device,
-                                        data_root=args.data_root, folder=args.out,
-                                        report=False)
-            print(f"{name}: {path}")
+            for seed in args.seeds:
+                path = paper.run_experiment(name, size=size, seed=seed, device=args.device,
+                                            data_root=args.data_root, folder=args.out,
+                                            report=False)
+                print(f"{name}, seed {seed}: {path}")
         print(f"report: {write_report(Path(args.out))}")
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"clbench: {error}", file=sys.stderr)
@@ -38,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_command(commands: argparse._SubParsersAction) -> None:
     """Add ``clbench paper`` to the CLI (the ``clbench.commands`` entry point)."""
-    from clbench.paper import DEFAULT_FOLDER, EXPERIMENTS
-    from clbench.paper.common import SIZE_NAMES
+    from agents.tnen.paper import DEFAULT_FOLDER, EXPERIMENTS
+    from agents.tnen.paper.common import SIZE_NAMES
 
     reproduce = commands.add_parser(
         "paper", help="reproduce the paper's experiments with TN+EN (writes leaderboard/paper/)")
@@ -51,7 +64,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     reproduce.add_argument("--size", choices=SIZE_NAMES,
                            help="reduced (default: offline on mnist5k, minutes on a CPU), "
                                 "full, or tiny (seconds, for tests)")
-    reproduce.add_argument("--seed", type=int, default=0)
+    reproduce.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2],
+                           help="seeds to run, one record each (default 0,1,2)")
     reproduce.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
     reproduce.add_argument("--data-root", help="folder of the full datasets")
     reproduce.add_argument("--out", default=str(DEFAULT_FOLDER),

@@ -1,15 +1,19 @@
 """The paper's experiments (Self-Net, Mandivarapu et al. 2020), reproduced with TN+EN.
 
-``clbench paper NAME`` runs one experiment (``robustness``, ``batch``, ``continual``,
-``split``, ``mixed``, or ``all``) and writes ``NAME.json`` (its figures), PNG plots and
-``NAME.md`` (its section) into ``leaderboard/paper/``, then regenerates
-``leaderboard/paper/README.md``, which puts the measured numbers beside the paper's claims.
+``clbench paper NAME --seeds 0,1,2`` runs one experiment (``robustness``, ``batch``,
+``continual``, ``split``, ``mixed``, or ``all``) once per seed and writes one record per
+seed, ``NAME-seedS.json`` (a finished seed is never lost to a later failure), then PNG plots
+and ``NAME.md`` (its section) into ``leaderboard/paper/`` and regenerates
+``leaderboard/paper/README.md``, which puts the measured numbers beside the paper's claims
+with the rule each verdict follows (``verdicts.py``).
 ``clbench paper report`` regenerates every section, plot and the README from the JSON files
 alone. Sizes: ``reduced`` (default: offline on mnist5k, minutes on a CPU), ``full`` (the
 paper's sizes, on the full datasets) and ``tiny`` (for the tests).
 
-Unlike the benchmark's core (data, tasks, env, harness), this layer imports the reference
-agent: it is a reproduction, like a leaderboard.
+This layer lives inside the agent's package: it imports the agent and the benchmark, the
+benchmark imports neither (the ``clbench paper`` command plugs in through the
+``clbench.commands`` entry-point group, ``cli.py``). The batch and splitting experiments
+store their networks through the agent's own ``prepare`` / ``store`` (one code path).
 """
 
 from __future__ import annotations
@@ -30,16 +34,16 @@ def experiment_module(name: str) -> ModuleType:
     """The module of experiment ``name``; a clear error lists the experiments otherwise."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
-    return importlib.import_module(f"clbench.paper.{name}")
+    return importlib.import_module(f"agents.tnen.paper.{name}")
 
 
 def run_experiment(name: str, size: str = "reduced", seed: int = 0, device: str = "cpu",
                    data_root: str | None = None, folder: str | Path = DEFAULT_FOLDER,
                    report: bool = True) -> Path:
-    """Run experiment ``name`` at ``size``, save its record into ``folder`` and (with
-    ``report``) regenerate the sections and README there. Returns the record's path."""
-    from clbench.paper import common
-    from clbench.paper import report as reporting
+    """Run experiment ``name`` at ``size`` with ``seed``, save its record into ``folder`` and
+    (with ``report``) regenerate the sections and README there. Returns the record's path."""
+    from agents.tnen.paper import common
+    from agents.tnen.paper import report as reporting
 
     module = experiment_module(name)
     settings = common.settings_for(module.SIZES, size)

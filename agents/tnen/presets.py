@@ -1,0 +1,107 @@
+"""The agent's two presets (PAPER.md, "Settings in the authors' public code"): ``"paper"``,
+the authors' method where the paper records their setting, and ``"default"``, ours. Every
+key is also a keyword of ``TNEN(...)``; ``agents/README.md`` says why each default is what
+it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.tnen.chunks import LATENT_BITS
+from clbench.quantize import DTYPES
+
+# Hyperparameters of the two presets. Every key is also a keyword of TNEN(...).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {
+        # task networks
+        "architecture": "reference",  # a spec for every task, a list per task id, or a dict
+        "shared_init": True,          # every TN starts from one seeded init; EN stores deltas
+        "warm_start": False,          # start from the most recent skill of the same kind
+        "tn_lr": 0.05,
+        "tn_momentum": 0.9,
+        "tn_batch_size": 64,
+        "max_epochs": 20,
+        "threshold": 0.95,            # stop training a TN at this held-out accuracy (None: never)
+        "holdout_fraction": 0.2,      # share of the task's training data held out (0: none)
+        # encoding network
+        "chunk_size": 320,
+        "hidden_sizes": [],
+        "latent_size": 160,
+        "activation": "tanh",
+        "penalty": "exact",           # contractive term: "exact" Jacobian norm or "closed_form"
+        "contractive_weight": 1e-4,
+        "en_lr": 3e-4,
+        "normalize": True,            # scale each skill's vector to unit RMS before encoding
+        "en_dtype": "int8",           # storage of the EN's weights (clbench.quantize.DTYPES)
+        "latent_bits": 4,             # latents stored on a grid of 2**bits - 1 levels (or 16/32)
+        "latent_noise": True,         # train the EN with that grid's rounding noise
+        "keep_codes": True,           # a recalled chunk keeps its code unless re-encoding helps
+        "refine_epochs": 2,           # new skill below its TN's accuracy: train its codes
+        "refine_lr": 0.01,            # (Adam, straight-through rounding), the EN held fixed,
+        "max_refinements": 10,        # at most this often per new skill
+        "recall_weight": 10.0,        # weight of "old codes still decode to their recall"
+        # consolidation and its stopping rule
+        "en_max_steps": 800,          # EN iterations at most
+        "en_check_every": 10,
+        "adam_step_per_skill": False,  # one iteration: one step per skill, or one step on
+        "replay_chunks": 256,         # the new chunks + this many recalled (None: all)
+        "min_cosine": 0.96,           # every skill, against its target
+        "max_relative_error": 0.25,   # new skill against its TN
+        "max_recall_drift": 0.1,      # recalled skills against their recall
+        "accuracy_tolerance": 0.005,  # new skill: held-out accuracy vs its TN
+    },
+    "paper": {
+        "architecture": "reference",
+        "shared_init": False,
+        "warm_start": False,
+        "tn_lr": 0.01,
+        "tn_momentum": 0.5,
+        "tn_batch_size": 64,
+        "max_epochs": 3,
+        "threshold": None,
+        "holdout_fraction": 0.0,
+        "chunk_size": 21432,
+        "hidden_sizes": [2000],
+        "latent_size": 20,
+        "activation": "tanh",
+        "penalty": "closed_form",
+        "contractive_weight": 1e-3,
+        "en_lr": 1e-4,
+        "normalize": False,
+        "en_dtype": "float32",
+        "latent_bits": 32,
+        "latent_noise": False,
+        "keep_codes": False,
+        "refine_epochs": 0,
+        "refine_lr": 0.0,
+        "max_refinements": 0,
+        "recall_weight": 0.0,
+        "en_max_steps": 3000,
+        "en_check_every": 10,
+        "adam_step_per_skill": True,
+        "replay_chunks": None,
+        "min_cosine": 0.99,
+        "max_relative_error": None,
+        "max_recall_drift": None,
+        "accuracy_tolerance": None,
+    },
+}
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Reject settings that cannot work together, naming the value and the remedy."""
+    if config["en_dtype"] not in DTYPES:
+        raise ValueError(f"en_dtype={config['en_dtype']!r}: choose one of {', '.join(DTYPES)}")
+    if config["latent_bits"] not in LATENT_BITS:
+        raise ValueError(f"latent_bits={config['latent_bits']!r}: choose one of "
+                         f"{', '.join(map(str, LATENT_BITS))}")
+    if not 0 <= config["holdout_fraction"] < 1:
+        raise ValueError(f"holdout_fraction={config['holdout_fraction']!r}: give a share in "
+                         "[0, 1)")
+    needs_held_out = [key for key in ("threshold", "accuracy_tolerance")
+                      if config[key] is not None] + (["refine_epochs"]
+                                                     if config["refine_epochs"] else [])
+    if needs_held_out and config["holdout_fraction"] == 0:
+        raise ValueError(f"{', '.join(needs_held_out)} judge held-out accuracy, but "
+                         "holdout_fraction=0 holds nothing out; set holdout_fraction > 0 or "
+                         f"set {', '.join(needs_held_out)} to None (0 for refine_epochs)")
