@@ -122,10 +122,10 @@ def test_paper_command_rejects_bad_requests(tmp_path, capsys):
 def test_report_on_a_record_without_figures_is_one_clear_line(tmp_path, capsys, figures):
     record = {"schema": SCHEMA, "experiment": "batch", "size": "tiny", "settings": {},
               "figures": figures}
-    (tmp_path / "batch.json").write_text(json.dumps(record))
+    (tmp_path / "batch-seed0.json").write_text(json.dumps(record))
     assert main(["paper", "report", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "batch.json: field 'figures'" in err, err
+    assert len(err.strip().splitlines()) == 1 and "batch-seed0.json: field 'figures'" in err, err
     assert "rerun `clbench paper batch`" in err
 
 
