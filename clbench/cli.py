@@ -192,7 +192,10 @@ def result_files(paths: Sequence[str]) -> list[Path]:
         path = Path(name)
         if not path.exists():
             raise UsageError(f"no result file or folder {name}")
-        files += sorted(path.rglob("*.json")) if path.is_dir() else [path]
+        found = sorted(path.rglob("*.json")) if path.is_dir() else [path]
+        if not found:
+            raise UsageError(f"{name} is a directory that holds no result files (*.json)")
+        files += found
     return files
 
 
