@@ -6,6 +6,8 @@ They live at module level so that a sealed worker can import them.
 from __future__ import annotations
 
 import io
+import sys
+import time
 
 import torch
 
@@ -117,3 +119,25 @@ class RaisesOnSecondTask(ConstantZero):
 class PickledState(ConstantZero):
     def state_dict(self):
         return {"thing": object()}
+
+
+ANNOUNCE_PAUSE_SECONDS = 0.3
+
+
+class Announces(Naive):
+    """Naive that writes a line to stderr as each learn and predict starts, then pauses a
+    moment (the state is unchanged), so that a test can kill the run inside either phase."""
+
+    def learn(self, task):
+        _announce(f"learn {task.id}")
+        super().learn(task)
+
+    def predict(self, x, task_id):
+        _announce(f"predict {task_id}")
+        return super().predict(x, task_id)
+
+
+def _announce(what: str) -> None:
+    sys.stderr.write(f"clbench-test: {what}\n")
+    sys.stderr.flush()
+    time.sleep(ANNOUNCE_PAUSE_SECONDS)
