@@ -23,6 +23,7 @@ import gymnasium
 
 import clbench  # noqa: F401  (registers the environments)
 from clbench.agent import registered_agents
+from clbench.checkpoint import INDEX, folder_for
 from clbench.data import DatasetIntegrityError, DatasetNotFoundError
 from clbench.devices import DEVICE_CHOICES
 from clbench.env.registration import check_env_kwargs
@@ -142,6 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"_s{args.seed}.json")
     _check_output(out)
     already_complete = args.resume and _complete(out)
+    if not args.resume and (folder_for(out) / INDEX).exists():
+        print(f"clbench: starting afresh over the unfinished run {out} (--resume would "
+              "continue it)", file=sys.stderr)
     try:
         result = evaluate(
             args.agent, args.env, seed=args.seed, device=args.device,

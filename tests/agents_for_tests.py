@@ -121,7 +121,7 @@ class PickledState(ConstantZero):
         return {"thing": object()}
 
 
-ANNOUNCE_PAUSE_SECONDS = 0.3
+ANNOUNCE_PAUSE_SECONDS = 0.2
 
 
 class Announces(Naive):

@@ -33,7 +33,7 @@ from clbench.results import load_result
 
 AGENT = f"{Path(__file__).with_name('agents_for_tests.py')}:Announces"
 SPLIT = "clbench/SplitMNIST5k-v0"
-STREAM = {"n_tasks": 4, "max_train_per_task": 100, "max_test_per_task": 40}
+STREAM = {"n_tasks": 3, "max_train_per_task": 100, "max_test_per_task": 40}
 AGENT_KWARGS = {"epochs": 1, "lr": 0.05}
 RUN = ["run", "--env", SPLIT, "--agent", AGENT, "--device", "cpu", "--quiet",
        *(f"--agent-arg={k}={v}" for k, v in AGENT_KWARGS.items()),
@@ -108,7 +108,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     assert code == -signal.SIGKILL and seen[-1] == f"learn {in_learn}", (seed, seen)
     assert _finished(out) == in_learn, seed
 
-    in_evaluation = draw.randrange(in_learn, 4)
+    in_evaluation = draw.randrange(in_learn, STREAM["n_tasks"])
     code, seen = _session(out, "--no-flops", "--resume",
                           kill_after=(f"learn {in_evaluation}", "predict 0"))
     assert code == -signal.SIGKILL and seen[0] == f"learn {in_learn}", (seed, seen)
@@ -344,3 +344,11 @@ def test_an_episode_started_at_a_task_is_the_one_reached_by_stepping(kwargs):
         jumped.reset(seed=7, options={"start_task": 4})
     with pytest.raises(ValueError, match="the only option is 'start_task'"):
         jumped.reset(seed=7, options={"start": 1})
+
+
+def test_a_fresh_run_over_an_unfinished_one_says_so_and_replaces_it(failed_run, capsys):
+    argv = _cli(failed_run)
+    argv.remove("--resume")
+    assert main(argv) == 0
+    assert "starting afresh over the unfinished run" in capsys.readouterr().err
+    assert load_result(failed_run).status == "complete" and not folder_for(failed_run).exists()
