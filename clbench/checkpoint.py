@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ from clbench.results import write_bytes_atomic, write_json_atomic
 SCHEMA = "clbench.checkpoint/1"
 INDEX = "checkpoint.json"
 MAX_INDEX_BYTES = 2**20  # identity and two entries: a few kB
+STATE_FILE = re.compile(r"state-[0-9]{6}\.pt")  # the only files an entry may name
+# the fields of one state entry of checkpoint.json, and their types
+ENTRY_TYPES = {"file": (str, type(None)), "sha256": (str, type(None)), "bytes": int,
+               "wall_seconds": (int, float)}
 
 
 class ResumeRefused(ValueError):
@@ -105,9 +110,14 @@ class Checkpoint:
                 done = entry["tasks_done"]
                 if isinstance(done, bool) or not isinstance(done, int) or done < 0:
                     raise ValueError(f"tasks_done {done!r}")
-                states[done] = {key: entry[key] for key in ("file", "sha256", "bytes",
-                                                            "wall_seconds")}
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+                states[done] = {key: entry[key] for key in ENTRY_TYPES}
+                for key, types in ENTRY_TYPES.items():
+                    if isinstance(entry[key], bool) or not isinstance(entry[key], types):
+                        raise ValueError(f"{key} {entry[key]!r} of state {done}")
+                if entry["file"] is not None and not STATE_FILE.fullmatch(entry["file"]):
+                    raise ValueError(f"state file name {entry['file'][:40]!r}")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError,
+                RecursionError) as error:
             raise ResumeRefused(
                 f"the checkpoint {index} is unreadable or malformed ({error}); remove "
                 f"{folder} and run without --resume to start afresh") from None

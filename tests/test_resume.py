@@ -352,3 +352,21 @@ def test_a_fresh_run_over_an_unfinished_one_says_so_and_replaces_it(failed_run, 
     assert main(argv) == 0
     assert "starting afresh over the unfinished run" in capsys.readouterr().err
     assert load_result(failed_run).status == "complete" and not folder_for(failed_run).exists()
+
+
+@pytest.mark.parametrize("index", [b"\xff\xfe", b"{}", b'{"schema": "clbench.checkpoint/1"}',
+                                   b"[" * 100000])
+def test_a_malformed_checkpoint_is_refused_in_one_line(failed_run, capsys, index):
+    (folder_for(failed_run) / "checkpoint.json").write_bytes(index)
+    assert main(_cli(failed_run)) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is unreadable or malformed" in error, error
+
+
+def test_a_state_entry_naming_another_file_is_refused(failed_run, capsys):
+    index = folder_for(failed_run) / "checkpoint.json"
+    data = json.loads(index.read_text())
+    data["states"][-1]["file"] = "../run.json"
+    index.write_text(json.dumps(data))
+    assert main(_cli(failed_run)) == 2
+    assert "state file name '../run.json'" in capsys.readouterr().err
