@@ -58,7 +58,7 @@ from clbench.checkpoint import Checkpoint, ResumeRefused, first_difference, fold
 from clbench.devices import resolve_device
 from clbench.env import UNTOLD_TASK, env_scenario
 from clbench.nets import count_parameters, reference_net
-from clbench.results import COST_KEYS, Result, load_result
+from clbench.results import COST_KEYS, Result, ResultFormatError, load_result
 from clbench.sealed import sandbox
 from clbench.sealed.calls import (
     FRESH_AGENT,
@@ -406,8 +406,9 @@ def evaluate(
     last finished task; it raises :class:`ResumeRefused` (naming the field and both values)
     when the env, its kwargs, the agent, its kwargs, the seed, the device, ``flops``,
     ``seal`` or the versions (clbench, torch, ...) differ from the checkpoint's, and when
-    there is no result or checkpoint to resume. ``resume="auto"`` does the same but starts
-    afresh where ``out`` or its checkpoint does not exist (what a sweep wants). A complete
+    there is no result or checkpoint to resume. ``resume="auto"`` (what a sweep wants)
+    resumes where ``out`` and its checkpoint pass those checks and starts afresh where they
+    do not (missing, malformed, or another run's). A complete
     ``out`` of the same run is returned as it is, without work. ``resume=False`` (default)
     starts afresh, replacing ``out`` and its checkpoint. A resumed result keeps the finished
     tasks' rows, costs, agent metrics, reproducibility and FWT baseline from the file; its
@@ -436,18 +437,17 @@ def evaluate(
                          "agent": {"name": name, "kwargs": agent_kwargs}, "seed": int(seed),
                          "device": str(dev), "flops": bool(flops), "seal": bool(seal),
                          "versions": versions()}, "the run's identity")
-    earlier, checkpoint = (prior_run(out, identity, resume == "auto") if resume
-                           else (None, None))
+    earlier, checkpoint, blob, earlier_seconds = None, None, None, 0.0
+    if resume:
+        try:
+            earlier, checkpoint, blob, earlier_seconds = prior_run(out, identity,
+                                                                   resume == "auto")
+        except (ResumeRefused, ResultFormatError):
+            if resume != "auto":
+                raise
     if earlier is not None and earlier.status == "complete":
         return earlier
-    start, blob, earlier_seconds = 0, None, 0.0
-    if earlier is not None:
-        start = earlier.n_tasks_done
-        blob, earlier_seconds = checkpoint.state(start)
-        if start and len(blob) != earlier.storage["bytes"][-1]:
-            raise ResumeRefused(f"the checkpoint's state after task {start - 1} has "
-                                f"{len(blob)} bytes, the result records "
-                                f"{earlier.storage['bytes'][-1]}: they are not of one run")
+    start = earlier.n_tasks_done if earlier is not None else 0
     wall_start = time.perf_counter()
     elapsed = lambda: earlier_seconds + time.perf_counter() - wall_start  # noqa: E731
     with _signals_interrupt():
@@ -561,15 +561,16 @@ def env_spec_kwargs(env_id: str, env_kwargs: dict[str, Any], device: torch.devic
 
 
 def prior_run(out: str | os.PathLike, identity: dict[str, Any], optional: bool
-              ) -> tuple[Result | None, Checkpoint | None]:
-    """The run of ``out`` to resume and its checkpoint, after every check that it is this
-    run: ``(complete result, None)`` when there is nothing left to do; ``(None, None)``
-    when there is nothing to resume and ``optional``; else :class:`ResumeRefused`."""
+              ) -> tuple[Result | None, Checkpoint | None, bytes | None, float]:
+    """The run of ``out`` to resume, its checkpoint, the state after its last finished task
+    and its wall seconds up to then, after every check that it is this run: the complete
+    result alone when there is nothing left to do; nothing when there is nothing to resume
+    and ``optional``; else :class:`ResumeRefused` (or ``ResultFormatError``)."""
     out = Path(out)
     afresh = "run without --resume to start afresh (which replaces it)"
     if not out.exists():
         if optional:
-            return None, None
+            return None, None, None, 0.0
         raise ResumeRefused(f"nothing to resume: there is no result file {out}; run without "
                             "--resume to start")
     result = load_result(out)
@@ -584,11 +585,11 @@ def prior_run(out: str | os.PathLike, identity: dict[str, Any], optional: bool
             raise ResumeRefused(f"cannot resume {out}: it is a complete run that differs in "
                                 f"{found.replace('(checkpoint)', '(result)')}")
         Checkpoint(folder_for(out), identity, {}).remove()  # one a kill left behind
-        return result, None
+        return result, None, None, 0.0
     checkpoint = Checkpoint.open(out)
     if checkpoint is None:
         if optional:
-            return None, None
+            return None, None, None, 0.0
         raise ResumeRefused(
             f"cannot resume {out} ({result.status}, {result.n_tasks_done} of "
             f"{len(result.env['task_names'])} tasks finished): it has no checkpoint "
@@ -601,7 +602,12 @@ def prior_run(out: str | os.PathLike, identity: dict[str, Any], optional: bool
     if found:
         raise ResumeRefused(f"cannot resume {out}: the result and its checkpoint are not of "
                             f"one run ({found.replace('(this run)', '(result)')}); {afresh}")
-    return result, checkpoint
+    blob, seconds = checkpoint.state(result.n_tasks_done)
+    if blob is not None and len(blob) != result.storage["bytes"][-1]:
+        raise ResumeRefused(f"the checkpoint's state after {result.n_tasks_done} tasks has "
+                            f"{len(blob)} bytes, the result records "
+                            f"{result.storage['bytes'][-1]}: they are not of one run; {afresh}")
+    return result, checkpoint, blob, seconds
 
 
 def _run_stream(runner, env, obs, info, result: Result, task_done: Callable[[bytes], None],

@@ -283,9 +283,14 @@ def test_nothing_to_resume_is_refused_clearly(tmp_path, failed_run, capsys):
     assert "run without --resume to start afresh" in error
 
 
-def test_resume_auto_starts_afresh_where_there_is_nothing_to_resume(tmp_path):
-    result = evaluate("naive", SPLIT, out=tmp_path / "new.json", resume="auto", **FAST)
-    assert result.status == "complete" and "resumed_after_tasks" not in result.isolation
+def test_resume_auto_starts_afresh_where_there_is_nothing_to_resume(tmp_path, failed_run):
+    """What a sweep passes: resume where it can, else start afresh (no file, a malformed
+    one, another run's checkpoint)."""
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text("{")
+    for out, seed in ((tmp_path / "new.json", 0), (malformed, 0), (failed_run, 1)):
+        result = evaluate(CENTROIDS, SPLIT, out=out, resume="auto", seed=seed, **CHEAP)
+        assert result.status == "complete" and "resumed_after_tasks" not in result.isolation
     with pytest.raises(ValueError, match="resume needs out="):
         evaluate("naive", SPLIT, resume=True, **FAST)
 
