@@ -23,6 +23,7 @@ import gymnasium
 
 import clbench  # noqa: F401  (registers the environments)
 from clbench.agent import agent_arguments, load_agent_class, registered_agents
+from clbench.checkpoint import INDEX, folder_for
 from clbench.data import DatasetIntegrityError, DatasetNotFoundError
 from clbench.devices import DEVICE_CHOICES
 from clbench.env.registration import check_env_kwargs
@@ -141,12 +142,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{args.agent.replace(':', '_').replace('/', '_')}_{args.env.split('/')[-1]}"
         f"_s{args.seed}.json")
     _check_output(out)
+    already_complete = args.resume and _complete(out)
+    if not args.resume and (folder_for(out) / INDEX).exists():
+        print(f"clbench: starting afresh over the unfinished run {out} (--resume would "
+              "continue it)", file=sys.stderr)
     try:
         result = evaluate(
             args.agent, args.env, seed=args.seed, device=args.device,
             agent_kwargs=agent_kwargs, env_kwargs=env_kwargs,
             out=out, progress_bars=not args.quiet, flops=not args.no_flops,
-            seal=not args.no_seal, learn_timeout=args.learn_timeout,
+            seal=not args.no_seal, learn_timeout=args.learn_timeout, resume=args.resume,
         )
     except AgentError as error:
         failure = error.result.failure if error.result is not None else None
@@ -164,10 +169,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(summary_table([result]))
     print(f"\nresult: {out}")
+    if already_complete:
+        print(f"clbench: {out} was already complete; nothing was run", file=sys.stderr)
     if result.status != "complete":
         print(f"clbench: {result.error}", file=sys.stderr)
         return RUN_FAILURE
     return 0
+
+
+def _complete(out: Path) -> bool:
+    """Whether ``out`` is a valid complete result (evaluate checks it is this run's)."""
+    try:
+        return load_result(out).status == "complete"
+    except ValueError:
+        return False
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -246,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "nothing enforced, the result says unsealed)")
     run.add_argument("--learn-timeout", type=float, metavar="SECONDS",
                      help="kill a learn call that runs longer (the run fails, naming the task)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run of --out from its last finished task, from the "
+                          "checkpoint kept beside it (<out>.ckpt/); refused when the env, "
+                          "agent, arguments, seed, device, flags or versions differ; a "
+                          "complete run is left as it is")
     run.set_defaults(handler=cmd_run)
 
     listing = commands.add_parser("list", help="list environments and agents")

@@ -18,6 +18,10 @@ the serialised state of the previous task and nothing else. Per task:
 4. ``env.step`` scores the labels: there is one evaluation path.
 
 ``seal=False`` runs the same calls in this process, for debugging (results say unsealed).
+
+With ``out``, a checkpoint beside the result (:mod:`clbench.checkpoint`) keeps the state
+after every task, so that ``resume`` continues a killed, interrupted or failed run from its
+last finished task: the same state bytes, seeds and env position as without the break.
 """
 
 from __future__ import annotations
@@ -50,10 +54,11 @@ from clbench.agent import (
     require_scenario,
     supported_scenarios,
 )
+from clbench.checkpoint import Checkpoint, ResumeRefused, first_difference, folder_for
 from clbench.devices import resolve_device
 from clbench.env import UNTOLD_TASK, env_scenario
 from clbench.nets import count_parameters, reference_net
-from clbench.results import COST_KEYS, Result
+from clbench.results import COST_KEYS, Result, ResultFormatError, load_result
 from clbench.sealed import sandbox
 from clbench.sealed.calls import (
     FRESH_AGENT,
@@ -75,8 +80,8 @@ from clbench.sealed.workers import WorkerFailure, WorkerPool
 from clbench.sealed.zygote import WORKER_FLAG
 
 # The state helpers stay importable from here (tests and benchmarks use them).
-__all__ = ["AgentError", "RunInterrupted", "build_agent", "check_predictions", "check_state",
-           "deserialize_state", "evaluate", "serialize_state", "state_difference"]
+__all__ = ["AgentError", "ResumeRefused", "RunInterrupted", "build_agent", "check_predictions",
+           "check_state", "deserialize_state", "evaluate", "serialize_state", "state_difference"]
 
 # On CUDA, kernels are not bitwise deterministic: the replay's state passes when it labels
 # the task's training inputs like the timed call's state, but for at most this fraction.
@@ -382,6 +387,7 @@ def evaluate(
     seal: bool = True,
     learn_timeout: float | None = None,
     retain_threshold: float = 0.95,
+    resume: bool | str = False,
 ) -> Result:
     """Run ``agent`` through the stream ``env_id`` and return its :class:`Result`.
 
@@ -394,6 +400,20 @@ def evaluate(
     dies, an :class:`AgentError` names the agent, the task and what was wrong, after the
     result file (with every finished task) was written; SIGINT and SIGTERM end the run as
     ``interrupted`` and raise :class:`KeyboardInterrupt` (:class:`RunInterrupted`).
+
+    With ``out``, the state after every task is kept in the checkpoint folder ``<out>.ckpt``
+    (removed when the run completes). ``resume=True`` continues the run of ``out`` from its
+    last finished task; it raises :class:`ResumeRefused` (naming the field and both values)
+    when the env, its kwargs, the agent, its kwargs, the seed, the device, ``flops``,
+    ``seal`` or the versions (clbench, torch, ...) differ from the checkpoint's, and when
+    there is no result or checkpoint to resume. ``resume="auto"`` (what a sweep wants)
+    resumes where ``out`` and its checkpoint pass those checks and starts afresh where they
+    do not (missing, malformed, or another run's). A complete
+    ``out`` of the same run is returned as it is, without work. ``resume=False`` (default)
+    starts afresh, replacing ``out`` and its checkpoint. A resumed result keeps the finished
+    tasks' rows, costs, agent metrics, reproducibility and FWT baseline from the file; its
+    ``wall_seconds`` adds up the sessions (each counted to its last finished task, the last
+    to its end) and ``isolation["resumed_after_tasks"]`` lists where each session began.
     """
     if os.environ.get(WORKER_FLAG):
         raise RuntimeError(
@@ -405,23 +425,57 @@ def evaluate(
     scenario = env_scenario(env_id, env_kwargs)
     if learn_timeout is not None and not learn_timeout > 0:
         raise ValueError(f"learn_timeout={learn_timeout}: give a positive number of seconds")
+    if resume not in (False, True, "auto"):
+        raise ValueError(f"resume={resume!r}: give True, False or 'auto'")
+    if resume and out is None:
+        raise ValueError("resume needs out=, the result file of the run to continue")
     if out is not None:
         check_writable(out)
     dev = resolve_device(device)
+    spec_kwargs = env_spec_kwargs(env_id, env_kwargs, dev)
+    identity = jsonable({"env": {"id": env_id, "kwargs": spec_kwargs},
+                         "agent": {"name": name, "kwargs": agent_kwargs}, "seed": int(seed),
+                         "device": str(dev), "flops": bool(flops), "seal": bool(seal),
+                         "versions": versions()}, "the run's identity")
+    earlier, checkpoint, blob, earlier_seconds = None, None, None, 0.0
+    if resume:
+        try:
+            earlier, checkpoint, blob, earlier_seconds = prior_run(out, identity,
+                                                                   resume == "auto")
+        except (ResumeRefused, ResultFormatError):
+            if resume != "auto":
+                raise
+    if earlier is not None and earlier.status == "complete":
+        return earlier
+    start = earlier.n_tasks_done if earlier is not None else 0
     wall_start = time.perf_counter()
+    elapsed = lambda: earlier_seconds + time.perf_counter() - wall_start  # noqa: E731
     with _signals_interrupt():
         env = gymnasium.make(env_id, **{**env_kwargs, "device": str(dev), "backend": "torch"},
                              disable_env_checker=True)
-        obs, info = env.reset(seed=seed)
-        spec_kwargs = {k: v for k, v in env.spec.kwargs.items() if k not in ("backend",)}
-        result = Result(
-            env={"id": env_id, "kwargs": jsonable(spec_kwargs, "env kwargs"),
-                 "task_names": list(info["task_names"])},
+        n_tasks = env.unwrapped.n_tasks
+        obs, info = env.reset(seed=seed, options={"start_task": start}
+                              if 0 < start < n_tasks else None)
+        result = earlier or Result(
+            env={"id": env_id, "kwargs": spec_kwargs, "task_names": list(info["task_names"])},
             agent={"name": name, "kwargs": agent_kwargs},
-            seed=int(seed), device=str(dev), versions=versions(), git_commit=git_commit(),
-            started_at=_now(),
+            seed=int(seed), device=str(dev), versions=identity["versions"],
+            git_commit=git_commit(), started_at=_now(),
         )
+        if result.env["task_names"] != list(info["task_names"]):
+            raise ResumeRefused(f"{out} holds the tasks {result.env['task_names']}, this run's "
+                                f"stream has {list(info['task_names'])}: the data or the "
+                                "stream changed; run without --resume to start afresh")
         save = (lambda: result.save(out)) if out is not None else (lambda: None)
+
+        def task_done(state: bytes) -> None:
+            """After a task: its state into the checkpoint, then the result, then prune."""
+            if checkpoint is not None:
+                checkpoint.record(result.n_tasks_done, state, elapsed())
+            save()
+            if checkpoint is not None:
+                checkpoint.prune(result.n_tasks_done)
+
         input_shapes = info["input_shapes"]
         runner: SealedRunner | InProcessRunner | None = None
         try:
@@ -435,6 +489,17 @@ def evaluate(
             # where its calls run (a worker, when sealed)
             require_scenario(supported_scenarios(agent) if isinstance(agent, type)
                              else runner.scenarios(), name, scenario)
+            resumed_after = []
+            if earlier is not None:
+                if runner.sealed != earlier.sealed:
+                    raise ResumeRefused(
+                        f"{out} was run {'in' if earlier.sealed else 'outside'} the bwrap "
+                        f"sandbox, this session runs {'in' if runner.sealed else 'outside'} it "
+                        f"({runner.isolation['reason']}): a result is sealed throughout or "
+                        "not at all")
+                resumed_after = [*earlier.isolation.get("resumed_after_tasks", []), start]
+                result.status = "running"
+                result.error = result.failure = result.finished_at = None
             result.sealed, result.isolation = runner.sealed, runner.isolation
             result.isolation.update(
                 threads=torch.get_num_threads(),
@@ -442,21 +507,25 @@ def evaluate(
                                   f"labels on the training inputs, at most "
                                   f"{CUDA_LABEL_TOLERANCE:.0%} differ on CUDA")
                                  if flops else "not checked: FLOPs off (no replay of learn)"))
+            if resumed_after:
+                result.isolation["resumed_after_tasks"] = resumed_after
+            if out is not None and earlier is None:
+                checkpoint = Checkpoint.start(out, identity)
             save()
-            _run_stream(runner, env, obs, info, result, save, flops, learn_timeout,
-                        progress_bars, retain_threshold)
-        except ScenarioRefused:
+            _run_stream(runner, env, obs, info, result, task_done, flops, learn_timeout,
+                        progress_bars, retain_threshold, start, blob)
+        except (ScenarioRefused, ResumeRefused):
             raise
         except WorkerFailure as failure:
             task_id = failure.task_id if failure.task_id is not None else result.n_tasks_done
             message = _describe(name, min(task_id, len(input_shapes) - 1), result.env,
                                 failure.stage, str(failure))
-            _finish(result, save, wall_start, "failed", message,
+            _finish(result, save, elapsed(), "failed", message,
                     {"kind": failure.kind, "stage": failure.stage, "task_id": task_id,
                      "traceback": failure.traceback})
             raise AgentError(message, result) from None
         except Exception as error:  # the harness's own failure: still a terminal status
-            _finish(result, save, wall_start, "failed",
+            _finish(result, save, elapsed(), "failed",
                     f"the harness failed after {result.n_tasks_done} of {len(input_shapes)} "
                     f"tasks: {type(error).__name__}: {error}",
                     {"kind": "harness_error", "stage": None, "task_id": result.n_tasks_done,
@@ -464,7 +533,7 @@ def evaluate(
             raise
         except KeyboardInterrupt as interrupt:
             signal_name = getattr(interrupt, "signal_name", "SIGINT")
-            _finish(result, save, wall_start, "interrupted",
+            _finish(result, save, elapsed(), "interrupted",
                     f"interrupted by {signal_name} after {result.n_tasks_done} of "
                     f"{len(input_shapes)} tasks",
                     {"kind": "interrupted", "stage": None, "task_id": result.n_tasks_done,
@@ -475,26 +544,87 @@ def evaluate(
                 runner.close()
     result.status = "complete"
     result.finished_at = _now()
-    result.wall_seconds = time.perf_counter() - wall_start
+    result.wall_seconds = elapsed()
     result.costs["process_peak_memory_bytes"] = costs.process_peak_memory_bytes()
     save()
+    if checkpoint is not None:
+        checkpoint.remove()  # the result is final; no partial checkpoint may outlive it
     return result
 
 
-def _run_stream(runner, env, obs, info, result: Result, save, flops: bool,
-                learn_timeout: float | None, progress_bars: bool, threshold: float) -> None:
-    """Every task: learn (timed), replay (FLOPs + reproducibility), predict, step."""
+def env_spec_kwargs(env_id: str, env_kwargs: dict[str, Any], device: torch.device
+                    ) -> dict[str, Any]:
+    """The make() kwargs a run records: the registered ones, the user's, the device."""
+    registered = gymnasium.spec(env_id).kwargs
+    merged = {**registered, **env_kwargs, "device": str(device)}
+    return jsonable({k: v for k, v in merged.items() if k != "backend"}, "env kwargs")
+
+
+def prior_run(out: str | os.PathLike, identity: dict[str, Any], optional: bool
+              ) -> tuple[Result | None, Checkpoint | None, bytes | None, float]:
+    """The run of ``out`` to resume, its checkpoint, the state after its last finished task
+    and its wall seconds up to then, after every check that it is this run: the complete
+    result alone when there is nothing left to do; nothing when there is nothing to resume
+    and ``optional``; else :class:`ResumeRefused` (or ``ResultFormatError``)."""
+    out = Path(out)
+    afresh = "run without --resume to start afresh (which replaces it)"
+    if not out.exists():
+        if optional:
+            return None, None, None, 0.0
+        raise ResumeRefused(f"nothing to resume: there is no result file {out}; run without "
+                            "--resume to start")
+    result = load_result(out)
+    recorded = {"env": {"id": result.env["id"], "kwargs": result.env["kwargs"]},
+                "agent": result.agent, "seed": result.seed, "device": result.device}
+    if result.status == "complete":
+        recorded.update(seal=result.isolation.get("mode") == "workers",
+                        flops=any(value is not None for value in result.reproducible))
+        wanted = {key: identity[key] for key in recorded}
+        found = first_difference(recorded, wanted)
+        if found:
+            raise ResumeRefused(f"cannot resume {out}: it is a complete run that differs in "
+                                f"{found.replace('(checkpoint)', '(result)')}")
+        Checkpoint(folder_for(out), identity, {}).remove()  # one a kill left behind
+        return result, None, None, 0.0
+    checkpoint = Checkpoint.open(out)
+    if checkpoint is None:
+        if optional:
+            return None, None, None, 0.0
+        raise ResumeRefused(
+            f"cannot resume {out} ({result.status}, {result.n_tasks_done} of "
+            f"{len(result.env['task_names'])} tasks finished): it has no checkpoint "
+            f"{folder_for(out)} (written by a clbench without resume, or removed); {afresh}")
+    found = first_difference(checkpoint.identity, identity)
+    if found:
+        raise ResumeRefused(f"cannot resume {out}: this run differs from the checkpoint's in "
+                            f"{found}; rerun with the checkpoint's value, or {afresh}")
+    found = first_difference({key: checkpoint.identity.get(key) for key in recorded}, recorded)
+    if found:
+        raise ResumeRefused(f"cannot resume {out}: the result and its checkpoint are not of "
+                            f"one run ({found.replace('(this run)', '(result)')}); {afresh}")
+    blob, seconds = checkpoint.state(result.n_tasks_done)
+    if blob is not None and len(blob) != result.storage["bytes"][-1]:
+        raise ResumeRefused(f"the checkpoint's state after {result.n_tasks_done} tasks has "
+                            f"{len(blob)} bytes, the result records "
+                            f"{result.storage['bytes'][-1]}: they are not of one run; {afresh}")
+    return result, checkpoint, blob, seconds
+
+
+def _run_stream(runner, env, obs, info, result: Result, task_done: Callable[[bytes], None],
+                flops: bool, learn_timeout: float | None, progress_bars: bool,
+                threshold: float, start: int = 0, blob: bytes | None = None) -> None:
+    """Every task from ``start`` (whose previous state is ``blob``): learn (timed), replay
+    (FLOPs + reproducibility), predict, step; ``task_done`` keeps each task's state."""
     input_shapes = info["input_shapes"]
     reference_bytes = _reference_bytes(input_shapes)
     n_tasks = len(input_shapes)
     dev = env.unwrapped.device
-    if env.unwrapped.query_future:
+    if env.unwrapped.query_future and result.fwt_baseline is None:
         fresh = runner.predict(None, obs["query_inputs"], obs["query_task_ids"], 0, False,
                                FRESH_AGENT)
         result.fwt_baseline = [float(a) for a in env.unwrapped.score(fresh.labels)]
-    blob: bytes | None = None
-    with _task_bar(n_tasks, result.agent["name"], progress_bars) as bar:
-        for task_id in range(n_tasks):
+    with _task_bar(n_tasks, start, result.agent["name"], progress_bars) as bar:
+        for task_id in range(start, n_tasks):
             task = info["task"]
             with progress.inner_bar(f"learn {task.name}", progress_bars):
                 learned = runner.learn(blob, task, False, learn_timeout)
@@ -525,7 +655,7 @@ def _run_stream(runner, env, obs, info, result: Result, save, flops: bool,
                      "predict_seconds": answer.seconds, "predict_flops": predict_flops},
                     learned.metrics, threshold)
             result.reproducible.append(reproducible)
-            save()
+            task_done(blob)
             bar.update(1)
             bar.set_postfix(acc=f"{result.metrics['acc']:.3f}")
 
@@ -572,11 +702,11 @@ def _describe(name: str, task_id: int, env: dict, stage: str, detail: str) -> st
     return f"agent {name!r} failed in {stage} on {where}: {detail}"
 
 
-def _finish(result: Result, save: Callable[[], Any], wall_start: float, status: str,
+def _finish(result: Result, save: Callable[[], Any], wall_seconds: float, status: str,
             message: str, failure: dict[str, Any]) -> None:
     result.status, result.error, result.failure = status, message, failure
     result.finished_at = _now()
-    result.wall_seconds = time.perf_counter() - wall_start
+    result.wall_seconds = wall_seconds
     save()
 
 
@@ -595,10 +725,11 @@ def _record(result: Result, accuracies, state_bytes: int, reference_bytes: int,
 
 
 @contextlib.contextmanager
-def _task_bar(n_tasks: int, name: str, enabled: bool):
+def _task_bar(n_tasks: int, done: int, name: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_tasks, desc=name, unit="task", disable=None if enabled else True)
+    bar = tqdm(total=n_tasks, initial=done, desc=name, unit="task",
+               disable=None if enabled else True)
     try:
         yield bar
     finally:

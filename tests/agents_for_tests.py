@@ -6,6 +6,8 @@ They live at module level so that a sealed worker can import them.
 from __future__ import annotations
 
 import io
+import sys
+import time
 
 import torch
 
@@ -117,3 +119,49 @@ class RaisesOnSecondTask(ConstantZero):
 class PickledState(ConstantZero):
     def state_dict(self):
         return {"thing": object()}
+
+
+ANNOUNCE_PAUSE_SECONDS = 0.2
+
+
+class Announces(Naive):
+    """Naive that writes a line to stderr as each learn and predict starts, then pauses a
+    moment (the state is unchanged), so that a test can kill the run inside either phase."""
+
+    def learn(self, task):
+        _announce(f"learn {task.id}")
+        super().learn(task)
+
+    def predict(self, x, task_id):
+        _announce(f"predict {task_id}")
+        return super().predict(x, task_id)
+
+
+def _announce(what: str) -> None:
+    sys.stderr.write(f"clbench-test: {what}\n")
+    sys.stderr.flush()
+    time.sleep(ANNOUNCE_PAUSE_SECONDS)
+
+
+class Centroids(ConstantZero):
+    """Nearest class mean per task, jittered by the seeded generator: a cheap agent whose
+    state grows with every task and depends on the seeds the harness sets."""
+
+    def __init__(self, device="cpu"):
+        super().__init__(device)
+        self.means: dict[str, torch.Tensor] = {}
+
+    def learn(self, task):
+        x = task.x_train.flatten(1).double()
+        means = torch.stack([x[task.y_train == label].mean(0) for label in (0, 1)])
+        self.means[str(task.id)] = means + torch.rand_like(means)
+
+    def predict(self, x, task_id):
+        distances = torch.cdist(x.flatten(1).double(), self.means[str(task_id)])
+        return distances.argmin(1)
+
+    def state_dict(self):
+        return {"means": dict(self.means)}
+
+    def load_state_dict(self, state):
+        self.means = dict(state["means"])

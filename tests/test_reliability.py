@@ -16,6 +16,7 @@ import pytest
 from test_results import make_result
 
 from clbench import results
+from clbench.checkpoint import folder_for
 from clbench.cli import main
 from clbench.data import registry
 from clbench.results import Result, ResultFormatError, load_result
@@ -271,11 +272,10 @@ def test_a_full_disk_keeps_the_earlier_file_intact(tmp_path, monkeypatch):
 
 def test_a_disk_that_fills_mid_run_keeps_the_finished_tasks(tmp_path, monkeypatch, capsys):
     out = tmp_path / "r.json"
-    real_fsync, calls = os.fsync, []
+    real_fsync = os.fsync
 
     def fsync_then_full(fd):
-        calls.append(fd)
-        if len(calls) > 2:  # the run's start and task 0 are written; then the disk is full
+        if out.exists() and load_result(out).n_tasks_done == 1:  # then the disk is full
             _enospc()
         real_fsync(fd)
 
@@ -286,7 +286,9 @@ def test_a_disk_that_fills_mid_run_keeps_the_finished_tasks(tmp_path, monkeypatc
            "intact" in err
     kept = load_result(out)
     assert kept.status == "running" and kept.n_tasks_done == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.json.ckpt"]
+    assert sorted(p.name for p in folder_for(out).iterdir()) == [  # no temp file left
+        "checkpoint.json", "state-000001.pt"]
 
 
 def test_a_read_only_output_folder_fails_before_any_work(tmp_path, monkeypatch, capsys):

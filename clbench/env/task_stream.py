@@ -110,7 +110,10 @@ class TaskStreamEnv(gym.Env):
     ## Starting State
 
     ``reset(seed=...)`` draws the stream (for ``tuples``), the seeded subsampling of every
-    task and the order of the queries; the same seed gives the same episode. What the seed
+    task and the order of the queries; the same seed gives the same episode.
+    ``reset(seed=..., options={"start_task": k})`` starts the same episode at task k (to
+    resume a run): the observation and ``info`` are those that k steps would reach, without
+    the k steps (every task is drawn from (episode seed, task id) alone). What the seed
     varies: the tuple draws, the negative subsampling (``positive_fraction``) and the caps,
     the order of the training examples and of the queries, and the validation split; the
     harness also derives the agent's network initialisation from it. What it does not vary:
@@ -159,7 +162,8 @@ class TaskStreamEnv(gym.Env):
     ## Version History
 
     - v0: initial version; later given the ``evaluation``, ``validation_fraction`` and
-      ``scenario`` kwargs, whose defaults leave every episode as it was.
+      ``scenario`` kwargs, whose defaults leave every episode as it was, and the reset
+      option ``start_task``.
     """
 
     metadata = {"render_modes": [], "torch": False}
@@ -275,6 +279,7 @@ class TaskStreamEnv(gym.Env):
         return tuple(spec.name for spec in self.specs)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        start = _start_task(options, self.n_tasks)
         super().reset(seed=seed)
         self._episode_seed = int(self.np_random.integers(2**31 - 1))
         if self._fixed_specs is not None:
@@ -282,11 +287,11 @@ class TaskStreamEnv(gym.Env):
         else:
             self.specs = STREAMS["tuples"](self.dataset, self.n_tasks, seed=self._episode_seed)
         self.tasks = [None] * self.n_tasks
-        self._current = 0
+        self._current = start
         if self.query_future:
             for task_id in range(self.n_tasks):
                 self.task(task_id)
-        return self._observe(0), self._arrival_info(0)
+        return self._observe(start), self._arrival_info(start)
 
     def step(self, action):
         if self._current < 0:
@@ -419,6 +424,18 @@ class TaskStreamEnv(gym.Env):
         counts = torch.bincount(self._query_ids, minlength=self.n_tasks).to(torch.float64)
         asked = len(self._queried_tasks(self._current))
         return (totals / counts)[:asked].cpu().numpy()
+
+
+def _start_task(options: dict[str, Any] | None, n_tasks: int) -> int:
+    """The task an episode starts at: ``options["start_task"]``, else 0."""
+    unknown = sorted(set(options or {}) - {"start_task"})
+    if unknown:
+        raise ValueError(f"reset options {unknown}: the only option is 'start_task'")
+    start = (options or {}).get("start_task", 0)
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not (
+            0 <= start < n_tasks):
+        raise ValueError(f"start_task={start!r}: give a task id from 0 to {n_tasks - 1}")
+    return int(start)
 
 
 def _check_evaluation(evaluation: str, validation_fraction: float | None) -> float:
