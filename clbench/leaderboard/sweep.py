@@ -46,11 +46,13 @@ class Job:
     seed: int
     path: Path
 
-    def request(self, device: str, threads: int) -> dict[str, Any]:
-        """The job as plain values (what a worker process or a Ray task receives)."""
+    def request(self, device: str, threads: int, resumable: bool = False) -> dict[str, Any]:
+        """The job as plain values (what a worker process or a Ray task receives). A
+        ``resumable`` job writes its own file and checkpoint as it goes (local backend: the
+        same disk), so an interrupted run continues from its last finished task."""
         return {"agent": self.agent, "env_id": self.entry.env_id,
                 "env_kwargs": dict(self.entry.kwargs), "seed": self.seed, "device": device,
-                "threads": threads}
+                "threads": threads, "out": str(self.path) if resumable else None}
 
 
 @dataclass
@@ -129,7 +131,8 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(request["threads"])
     try:
         result = clbench.evaluate(request["agent"], request["env_id"], seed=request["seed"],
-                                  device=request["device"], env_kwargs=request["env_kwargs"])
+                                  device=request["device"], env_kwargs=request["env_kwargs"],
+                                  out=request["out"], resume="auto" if request["out"] else False)
     except AgentError as error:
         return {"result": error.result.to_dict() if error.result else None, "error": str(error)}
     except Exception as error:  # the job is reported and the sweep goes on with the others
@@ -149,7 +152,7 @@ def sweep(jobs: Sequence[Job], device: str = "auto", backend: str = "local", wor
         raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if workers < 1 or threads < 1:
         raise ValueError(f"--workers and --threads must be at least 1, got {workers}, {threads}")
-    requests = [job.request(device, threads) for job in jobs]
+    requests = [job.request(device, threads, resumable=backend == "local") for job in jobs]
     outcomes = (_run_ray(requests, device, threads, address) if backend == "ray"
                 else _run_local(requests, workers))
     problems = []
