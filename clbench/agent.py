@@ -32,6 +32,7 @@ set it apart from its defaults: together they say which rows of a table are the 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -175,15 +176,22 @@ def agent_arguments(cls: type) -> dict[str, Any]:
     """The constructor arguments of an agent class and their defaults (``device`` aside).
 
     An ``__init__`` that passes ``**kwargs`` on to its base class (as ``Joint`` does to
-    ``Naive``) also has the base class's arguments. Arguments without a default are left out.
+    ``Naive``) also has the base class's arguments; one that takes ``**recipe`` has the
+    fields of the shared training recipe (:data:`clbench.recipe.DEFAULT`). Arguments without
+    a default are left out.
     """
+    from clbench.recipe import DEFAULT
+
     arguments: dict[str, Any] = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass is object:
             continue
         forwards = False
         for parameter in inspect.signature(vars(klass)["__init__"]).parameters.values():
-            if parameter.kind is parameter.VAR_KEYWORD:
+            if parameter.kind is parameter.VAR_KEYWORD and parameter.name == "recipe":
+                for key, value in dataclasses.asdict(DEFAULT).items():
+                    arguments.setdefault(key, _plain(value))
+            elif parameter.kind is parameter.VAR_KEYWORD:
                 forwards = True
             elif (parameter.name not in ("self", "device") and parameter.default
                   is not parameter.empty and parameter.kind is not parameter.VAR_POSITIONAL):

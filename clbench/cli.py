@@ -236,7 +236,25 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_plugins(commands: argparse._SubParsersAction, wanted: str | None) -> None:
+    """The plug-in commands: the one asked for is loaded and adds its own parser; the others
+    are listed by name only, so running one command imports no other plug-in's code (the
+    ``paper`` command lives in an agent's package, which ``clbench run`` must not import)."""
+    for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
+        if plugin.name == wanted:
+            plugin.load()(commands)
+        else:
+            commands.add_parser(plugin.name, add_help=False,
+                                help=f"plug-in command ({plugin.value}); see "
+                                     f"`clbench {plugin.name} -h`")
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command an argument list asks for: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -282,8 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one Markdown row per file instead (no grouping)")
     table.set_defaults(handler=cmd_table)
 
-    for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
-        plugin.load()(commands)
+    _add_plugins(commands, _command_in(argv))
     debug_help = "show the full traceback of an error"
     parser.add_argument("--debug", action="store_true", help=debug_help)
     for command in commands.choices.values():  # `clbench run --debug` works as well
@@ -302,7 +319,8 @@ def exit_code(error: BaseException) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.handler(args)
     except KeyboardInterrupt:

@@ -226,7 +226,8 @@ class ReplaysFromAClassAttribute(Naive):
         super().learn(task)
         replay = type(self).buffer
         if replay:
-            optimizer = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=self.momentum)
+            optimizer = torch.optim.SGD(self.net.parameters(), lr=self.recipe.lr,
+                                        momentum=self.recipe.momentum)
             for old in replay:
                 for inputs, targets in minibatches(old.x_train, old.y_train, old.dataset, 64):
                     optimizer.zero_grad()

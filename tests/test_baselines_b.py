@@ -287,7 +287,7 @@ def test_si_path_integral_matches_a_hand_computed_two_step_trajectory(tasks, mom
     lr, damping = 0.05, 0.1
     torch.manual_seed(3)
     agent = SI(epochs=2, lr=lr, momentum=momentum, batch_size=len(task.y_train),
-               damping=damping)
+               damping=damping, holdout_fraction=0)
     agent.learn(task)
 
     torch.manual_seed(3)  # the same draws as SI's first task: the trunk, then the head
