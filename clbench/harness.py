@@ -477,6 +477,9 @@ def evaluate(
                 checkpoint.prune(result.n_tasks_done)
 
         input_shapes = info["input_shapes"]
+        if not result.isolation:  # a valid file even if the run ends before its runner starts
+            result.isolation = {"mode": "workers" if seal else "in-process", "sandbox": None,
+                                "reason": "the run ended before the agent's first call"}
         runner: SealedRunner | InProcessRunner | None = None
         try:
             if seal:

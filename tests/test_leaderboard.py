@@ -176,15 +176,19 @@ def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one
         [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen([sys.executable, str(script), str(results)], env=environment,
                                start_new_session=True, stderr=subprocess.DEVNULL)
+    def finished() -> list[Path]:  # runs write their file as they go: count complete ones
+        return [path for path in sorted(results.rglob("seed*.json"))
+                if load_result(path).status == "complete"]
+
     deadline = time.monotonic() + 240
-    while not list(results.rglob("seed*.json")) and time.monotonic() < deadline:
+    while not finished() and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the driver and its workers
     process.wait(timeout=60)
-    finished = sorted(results.rglob("seed*.json"))
-    assert 1 <= len(finished) < 3, "the sweep was not interrupted mid-way"
+    done = finished()
+    assert 1 <= len(done) < 3, "the sweep was not interrupted mid-way"
     again = sweep.plan(SUITE, [TINY], ["random"], [0, 1, 2], results)
-    assert len(again.done) == len(finished) and len(again.jobs) == 3 - len(finished)
+    assert len(again.done) == len(done) and len(again.jobs) == 3 - len(done)
     assert sweep.sweep(again.jobs, device="cpu", progress=False) == []
     for seed in (0, 1, 2):
         assert same_content(folder(results, "random") / f"seed{seed}.json",

@@ -237,3 +237,20 @@ def test_signals_end_the_run_and_leave_nothing_behind(tmp_path, number, sandboxe
         time.sleep(0.2)
     assert _marked_processes(marker) == []
     assert list(temp.iterdir()) == []
+
+
+def test_an_interrupt_while_the_workers_start_leaves_a_valid_interrupted_file(tmp_path,
+                                                                              monkeypatch):
+    """Ctrl-C before the agent's first call (here: while the zygote starts) still ends in a
+    file that validates, status interrupted (a sweep killed mid-way once left an invalid one)."""
+    from clbench import harness
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness.SealedRunner, "__init__", interrupted)
+    out = tmp_path / "r.json"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate("naive", SPLIT, device="cpu", env_kwargs=TINY, out=out)
+    kept = load_result(out)
+    assert kept.status == "interrupted" and kept.n_tasks_done == 0 and not kept.sealed
