@@ -39,7 +39,7 @@ def bwrap_status() -> tuple[bool, str]:
         return False, ("bubblewrap is not installed (Debian/Ubuntu: apt-get install "
                        "bubblewrap), so workers run unsandboxed")
     try:
-        done = subprocess.run([executable, *OPTIONS, "--", sys.executable, "-c", "pass"],
+        done = subprocess.run([*bwrap_command(()), sys.executable, "-c", "pass"],
                               capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.SubprocessError) as error:
         return False, f"bubblewrap could not be started ({error}), so workers run unsandboxed"
@@ -64,10 +64,14 @@ def dataset_sources(data_roots: Iterable[str | os.PathLike | None]) -> list[Path
 
 def bwrap_command(hidden: Iterable[Path], visible: Iterable[str] = ()) -> list[str]:
     """The ``bwrap`` prefix of the zygote's command line, hiding ``hidden``; the folders in
-    ``visible`` that the private /tmp would cover (an agent file's folder, import paths)
-    are bound back read-only."""
+    ``visible`` and the interpreter's own that the private /tmp would cover (an agent file's
+    folder, import paths, a virtualenv) are bound back read-only."""
     command = [shutil.which("bwrap") or "bwrap", *OPTIONS]
-    for folder in sorted({Path(p).resolve() for p in visible}):
+    # the interpreter, its environment and this checkout stay visible too (all may lie
+    # under /tmp: a virtualenv, an editable install whose finder points at the checkout)
+    interpreter = [sys.prefix, sys.base_prefix, str(Path(sys.executable).parent),
+                   str(Path(__file__).resolve().parents[2])]
+    for folder in sorted({Path(p).resolve() for p in [*visible, *interpreter]}):
         if folder.is_dir() and folder.is_relative_to(PRIVATE_TEMP):
             command += ["--ro-bind", str(folder), str(folder)]
     for place in hidden:
