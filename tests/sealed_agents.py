@@ -12,28 +12,17 @@ import time
 from pathlib import Path
 
 import torch
+from agents_for_tests import ConstantZero
 
 LEFTOVER_FILE = "clbench-probe-leftover"
 
 
-class Quiet:
-    """Keeps nothing and answers 0: the base of the probes below."""
+class Quiet(ConstantZero):
+    """Keeps nothing and answers 0, reporting ``figures``: the base of the probes below."""
 
     def __init__(self, device="cpu"):
-        self.device = device
+        super().__init__(device)
         self.figures = {}
-
-    def learn(self, task):
-        pass
-
-    def predict(self, x, task_id):
-        return torch.zeros(len(x), dtype=torch.int64)
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
 
     def metrics(self):
         return self.figures

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import clbench  # noqa: F401  (registers the environments)
 from baselines.agem import AGEM, project_gradient
@@ -16,7 +17,7 @@ from baselines.ewc import EWC, OnlineEWC, diagonal_fisher
 from baselines.lwf import LwF, distillation_loss, earlier_head_logits
 from baselines.regularizers import QuadraticPenalty, split_like, trunk_vector
 from baselines.si import SI
-from clbench.costs import count_flops
+from clbench.costs import FLOP_FORMULAS, count_flops
 from clbench.data import normalize
 from clbench.env import TaskStreamEnv
 from clbench.nets import MultiHeadNet
@@ -384,6 +385,29 @@ def test_fisher_flops_are_those_of_one_batched_pass(tasks):
     inputs = normalize(images, "mnist5k")
     batched = count_flops(lambda: F.cross_entropy(agent.net(inputs, 0), labels).backward())
     assert fisher == pytest.approx(batched, rel=0.05)
+
+
+def test_lean_counter_counts_what_torchs_counter_counts(tasks):
+    """FlopCounter drops FlopCounterMode's per-module bookkeeping, not a single FLOP: a
+    training step with an Adam update, a composite op that decomposes (einsum), and vmap's
+    per-sample gradients all total the same under both."""
+    agent = learnt(EWC, AGENTS["ewc"][1], tasks[:1])
+    images, labels = tasks[0].x_train[:32], tasks[0].y_train[:32]
+    optimizer = torch.optim.Adam(agent.net.parameters())
+
+    def work():
+        inputs = normalize(images, "mnist5k")
+        loss = F.cross_entropy(agent.net(inputs, 0), labels)
+        loss = loss + torch.einsum("bi,bi->", inputs.flatten(1), inputs.flatten(1)) * 0
+        loss.backward()
+        optimizer.step()
+        diagonal_fisher(agent.net, 0, images, labels, "mnist5k", "true")
+
+    with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as reference:
+        work()
+    counted = count_flops(work)
+    assert counted > 0
+    assert counted == reference.get_total_flops()
 
 
 def test_loading_another_agents_state_names_what_is_missing(tasks):

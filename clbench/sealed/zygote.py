@@ -279,14 +279,15 @@ def warm_up() -> None:
     import io
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+
+    from clbench.costs import FlopCounter
 
     torch.set_num_threads(1)
     net = torch.nn.Conv2d(1, 2, 3)
     inputs, labels = torch.zeros(2, 1, 5, 5), torch.zeros(2, dtype=torch.int64)
     for optimizer in (torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.5),
                       torch.optim.Adam(net.parameters())):
-        with FlopCounterMode(display=False):
+        with FlopCounter():
             loss = torch.nn.functional.cross_entropy(net(inputs).flatten(1), labels)
             loss.backward()
         optimizer.step()
