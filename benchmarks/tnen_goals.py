@@ -11,7 +11,7 @@ beside it measures what the agent is compared with:
 - **storage**: state bytes after each task next to ``k`` fp32 reference networks and ``k``
   int8 copies (the tensors ``clbench.quantize`` stores for ``baselines/independent.py``);
 - **learn FLOPs** of the tasks named in ``--flops-at`` (that ``learn`` runs under
-  ``FlopCounterMode``; FLOPs depend on shapes, not on how fast the machine is). With
+  ``clbench.costs.count_flops``; FLOPs depend on shapes, not on how fast the machine is). With
   ``--flops-at all`` every task is counted and the summary adds the mean over the ten tasks
   up to k = 10, 50, 100: how many EN iterations one skill needs varies from tens to the cap,
   so a single task's figure says more about that task than about the growth with k.

@@ -8,9 +8,10 @@ the serialised state of the previous task and nothing else. Per task:
 
 1. ``learn`` (timed) in a worker that receives the task's training data; it answers with the
    serialised ``state_dict()``, whose bytes are the storage footprint;
-2. with FLOPs on: a replay of the same ``learn`` from the same previous state and seeds under
-   ``FlopCounterMode``; its state must equal the timed call's (bitwise on CPU; on CUDA, the
-   same labels on the task's training inputs up to :data:`CUDA_LABEL_TOLERANCE`), otherwise
+2. with FLOPs on: a replay of the same ``learn`` from the same previous state and seeds
+   under the FLOP counter (:class:`clbench.costs.FlopCounter`); its state must equal the
+   timed call's (bitwise on CPU; on CUDA, the same labels on the task's training inputs up
+   to :data:`CUDA_LABEL_TOLERANCE`), otherwise
    the run fails: something outside the state was used, or ``learn`` is not deterministic;
 3. ``predict`` (timed) of every query in a worker loaded from the new state, and with FLOPs
    on, once more in another fresh worker under the FLOP counter (so a cache the timed call

@@ -82,7 +82,7 @@ def defaults_of(agent: str) -> dict[str, Any] | None:
 
 def flops_counted(agent: str) -> bool:
     """False where an installed agent declares ``counts_flops = False`` (its learn runs
-    outside torch, so FlopCounterMode sees nothing)."""
+    outside torch, so the FLOP counter sees nothing)."""
     try:
         return bool(getattr(load_agent_class(agent), "counts_flops", True))
     except (ValueError, TypeError):

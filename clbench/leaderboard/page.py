@@ -21,7 +21,8 @@ NOTES = [
     "of the mean. Only complete runs of sealed workers are shown.",
     "final bytes: the serialised state after the last task; compression: one fp32 reference "
     "network per task divided by those bytes.",
-    "learn GFLOP/task: forward + backward FLOPs of learn counted by torch's FlopCounterMode; "
+    "learn GFLOP/task: forward + backward FLOPs of learn counted with torch's FLOP formulas "
+    "(clbench.costs.FlopCounter); "
     "'not counted' where the agent's learn runs outside torch (0 FLOPs counted in measurable "
     "time, or the agent declares counts_flops = False).",
     "Pareto ★: no other agent on the stream has higher ACC, fewer bytes and fewer learn FLOPs "
