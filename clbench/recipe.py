@@ -4,10 +4,12 @@ Comparisons between continual-learning methods are only fair when every method t
 networks with the same budget. :class:`Recipe` is that budget: optimiser, learning rate,
 momentum, batch size, the most epochs, and the held-out early-stopping rule. :data:`DEFAULT`
 is the one default every baseline uses (naive, independent, joint, EWC, online EWC, SI,
-LwF, A-GEM, replay, PNN, linear); an agent's recipe overrides are explicit agent arguments
-(``lr=``, ``epochs=``, ... recorded in a result's ``agent["kwargs"]``), and each agent
-reports its resolved recipe in ``metrics()`` (``result.agent_metrics[t]["recipe"]``), so
-every table can show the recipe a number was trained with.
+LwF, A-GEM, replay, PNN, linear) and TN+EN's default preset trains its task networks with
+(its paper preset uses the authors' recipe, ``agents/tnen/presets.py``); an agent's recipe
+overrides are explicit agent arguments (``lr=``, ``epochs=``, ... recorded in a result's
+``agent["kwargs"]``), and each agent reports its resolved recipe in ``metrics()``
+(``result.agent_metrics[t]["recipe"]``), so every table can show the recipe a number was
+trained with.
 
 :func:`train` is the loop. What a method adds plugs in through small hooks, so each
 baseline stays one readable file:

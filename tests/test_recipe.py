@@ -14,6 +14,7 @@ from clbench.agent import load_agent_class
 from clbench.recipe import DEFAULT, FIELDS, Recipe, holdout_score, stratified_holdout, train
 from clbench.tasks import materialize, split
 
+# TN+EN's task networks: tests/test_tnen.py::test_default_task_networks_get_independents_recipe
 TRAINING_AGENTS = ("naive", "independent", "joint", "ewc", "online_ewc", "si", "lwf", "agem",
                    "replay", "pnn", "linear")
 

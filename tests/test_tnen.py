@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import clbench
-from agents.tnen import PRESETS, TNEN, ContractiveAutoencoder
+from agents.tnen import PRESETS, RECIPES, TNEN, ContractiveAutoencoder
 from agents.tnen.chunks import (
     from_chunks,
     pack_latents,
@@ -23,20 +23,21 @@ from agents.tnen.chunks import (
 )
 from agents.tnen.consolidation import refine_codes, step_loss
 from agents.tnen.task_network import (
+    accuracy,
     build_task_network,
     flatten_parameters,
-    holdout_split,
     load_parameters,
-    task_seed,
 )
+from clbench.agent import load_agent_class
 from clbench.costs import count_flops
 from clbench.data import normalize
 from clbench.harness import check_state
 from clbench.nets import count_parameters
+from clbench.recipe import DEFAULT
 from clbench.tasks import Task
 
-# Small and fast: one epoch per TN, few EN steps, a small EN.
-FAST = {"max_epochs": 5, "en_max_steps": 100, "en_check_every": 20, "latent_size": 32,
+# Small and fast: at most five epochs per TN, few EN steps, a small EN.
+FAST = {"epochs": 5, "en_max_steps": 100, "en_check_every": 20, "latent_size": 32,
         "chunk_size": 160, "replay_chunks": 64, "en_lr": 1e-3, "seed": 0}
 
 
@@ -176,30 +177,65 @@ def test_paper_preset_flops_per_en_step_match_the_authors_formula(n, hidden, lat
 
 
 def test_paper_preset_follows_the_authors_recipe():
-    """Fixed epochs on all training data (nothing held out, no early stop) and one EN
-    iteration = one Adam step per stored skill."""
+    """The authors' TN training, as a recipe: SGD lr 0.01, momentum 0.5, batch 64, exactly 3
+    epochs on all training data (nothing held out, no early stop); and one EN iteration =
+    one Adam step per stored skill."""
     tiny = {"chunk_size": 2_000, "hidden_sizes": [16], "latent_size": 4, "en_max_steps": 6,
-            "en_check_every": 3, "max_epochs": 2, "seed": 0}
+            "en_check_every": 3, "seed": 0}
     tasks = stream("clbench/SplitMNIST5k-v0", n_tasks=2)
     agent = TNEN(preset="paper", **tiny)
+    n = len(tasks[0].y_train)
     _, trained = agent.task_network(tasks[0].for_agent())
-    assert trained.epochs == 2 and len(trained.y_held) == 0
-    assert len(trained.y_train) == len(tasks[0].y_train)
-    assert trained.held_out_accuracy is None
+    assert (trained.epochs, trained.steps) == (3, 3 * -(-n // 64))
+    assert torch.equal(trained.train_index, torch.arange(n)) and len(trained.holdout_index) == 0
+    assert trained.holdout_accuracy is None
     for task in tasks:
         agent.learn(task.for_agent())
     metrics = agent.metrics()
     assert metrics["en_backprop_calls"] == 2 * metrics["en_iterations"]  # two skills stored
-    assert metrics["tn_epochs"] == 2 and metrics["tn_held_out_accuracy"] is None
-    with pytest.raises(ValueError, match="holdout_fraction=0 holds nothing out"):
-        TNEN(preset="paper", threshold=0.95)
+    assert metrics["recipe"] == {"optimizer": "sgd", "lr": 0.01, "momentum": 0.5,
+                                 "batch_size": 64, "epochs": 3, "holdout_fraction": 0,
+                                 "patience": DEFAULT.patience}
+    assert metrics["epochs_trained"] == 3 and metrics["holdout_accuracy"] is None
+    assert TNEN(preset="paper", epochs=45).recipe == RECIPES["paper"].replace(epochs=45)
+
+
+def test_settings_that_need_held_out_data_are_refused_without_a_hold_out():
+    with pytest.raises(ValueError, match="accuracy_tolerance=0.005 judges held-out accuracy, "
+                       "but holdout_fraction=0 holds nothing out; set holdout_fraction > 0"):
+        TNEN(preset="paper", accuracy_tolerance=0.005)
+    with pytest.raises(ValueError, match="accuracy_tolerance=0.005 and refine_epochs=2 judge"):
+        TNEN(holdout_fraction=0)
+    assert TNEN(holdout_fraction=0, accuracy_tolerance=None, refine_epochs=0).recipe == (
+        DEFAULT.replace(holdout_fraction=0))
+    assert TNEN(preset="paper", accuracy_tolerance=0.0, holdout_fraction=0.2).recipe == (
+        RECIPES["paper"].replace(holdout_fraction=0.2))
+
+
+def test_default_task_networks_get_independents_recipe():
+    """TN+EN's TNs and ``independent``'s networks (the bound TN+EN compresses) are trained
+    with one recipe, the shared default, and hold out alike; so do overrides."""
+    task = stream("clbench/SplitMNIST5k-v0", n_tasks=1)[0].for_agent()
+    unforced = {key: value for key, value in FAST.items() if key != "epochs"}
+    for overrides in ({}, {"lr": 0.05, "epochs": 3}):
+        agent = TNEN(**unforced, **overrides)
+        bound = load_agent_class("independent")(device="cpu", **overrides)
+        for learner in (agent, bound):
+            torch.manual_seed(0)
+            learner.learn(task)
+        assert agent.metrics()["recipe"] == bound.metrics()["recipe"] == (
+            DEFAULT.replace(**overrides).as_dict())
+        assert (len(agent.last_training.holdout_index)
+                == len(bound.last_training.holdout_index) == round(0.1 * len(task.y_train)))
+        assert agent.metrics()["epochs_trained"] == agent.last_training.epochs <= (
+            DEFAULT.replace(**overrides).epochs)
 
 
 # ---------------------------------------------------------------- the agent
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="preset='fast'"):
         TNEN(preset="fast")
-    with pytest.raises(ValueError, match="unknown TNEN setting.*latent_dim"):
+    with pytest.raises(TypeError, match="unknown TNEN setting.*latent_dim"):
         TNEN(latent_dim=3)
     with pytest.raises(ValueError, match="latent_bits=5"):
         TNEN(latent_bits=5)
@@ -252,23 +288,27 @@ def test_checked_reconstruction_is_the_stored_one():
     agent = TNEN(**FAST)
     agent.learn(task)
     reported = agent.metrics()["skills"][0]["stored_held_out_accuracy"]
+    held = agent.last_training.holdout_index  # the part the recipe held out of training
+    assert len(held) == round(0.1 * len(task.y_train))
     agent, _ = round_trip(agent, **FAST)
-    generator = torch.Generator().manual_seed(task_seed(agent.seed, task.id))
-    _, _, x_held, y_held = holdout_split(task, agent.config["holdout_fraction"], generator)
-    assert (agent.predict(x_held, 0) == y_held).double().mean().item() == reported
+    assert (agent.predict(task.x_train[held], 0) == task.y_train[held]).double().mean().item(
+        ) == reported
 
 
 def test_warm_start_begins_from_the_recalled_skill():
-    """The same task again: a TN that starts from the recalled skill needs no training."""
+    """The same task again: with ``warm_start`` the new TN starts from the recalled skill
+    (already right on most of the task), without it from the shared seeded base."""
     task = stream("clbench/SplitMNIST5k-v0", n_tasks=1)[0]
     again = Task(1, task.spec, task.x_train, task.y_train)
-    epochs = {}
     for warm_start in (False, True):
         agent = TNEN(warm_start=warm_start, **FAST)
         agent.learn(task.for_agent())
-        agent.learn(again)
-        epochs[warm_start] = agent.metrics()["tn_epochs"]
-    assert epochs[True] == 0 < epochs[False]
+        agent.recipe = agent.recipe.replace(epochs=0)  # the TN as training would start it
+        start, _ = agent.task_network(again)
+        expected = agent._network(0) if warm_start else agent._unseen_network(1, (1, 28, 28))
+        assert torch.equal(flatten_parameters(start), flatten_parameters(expected))
+        starts_right = accuracy(start, task.x_test, task.y_test, task.dataset) > 0.8
+        assert starts_right == warm_start
 
 
 def test_mixed_architectures_share_one_encoding_network():
@@ -317,7 +357,7 @@ def test_code_refinement_trains_only_the_new_skills_codes():
     net = build_task_network(skill["architecture"], task.input_shape)
     refined = refine_codes(agent.en, agent.config, net,
                            lambda chunks: agent._weights_of(skill, chunks), codes,
-                           task.x_train, task.y_train, task.dataset,
+                           task.x_train, task.y_train, task.dataset, agent.recipe.batch_size,
                            torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(en_before, agent.en.parameters(),
                                                   strict=True))

@@ -18,7 +18,7 @@ TINY_STREAM: dict[str, Any] = {"n_tasks": 2, "max_train_per_task": 60, "max_test
 # Per agent, the keyword arguments that make it one epoch (and TN+EN's encoder small).
 TINY_AGENT_KWARGS: dict[str, dict[str, Any]] = {
     "random": {},
-    "tnen": {"max_epochs": 1, "en_max_steps": 20, "en_check_every": 10, "latent_size": 32,
+    "tnen": {"epochs": 1, "en_max_steps": 20, "en_check_every": 10, "latent_size": 32,
              "chunk_size": 160, "replay_chunks": 64, "refine_epochs": 0},
 }
 

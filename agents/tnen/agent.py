@@ -17,7 +17,10 @@ PAPER.md). Learning a skill and storing it are decoupled; each step has its own 
 5. **Recall**: ``predict`` decodes the task's latents, loads them into a TN of the stored
    architecture and runs it (decoding counts as prediction cost).
 
-Two presets (``PRESETS``; any setting can be overridden by keyword):
+Every TN is trained with the shared training recipe (:mod:`clbench.recipe`), the loop and
+budget every baseline uses; a preset picks the recipe (``RECIPES``) and its fields are
+keywords like any other setting (``TNEN(lr=0.05, epochs=5)``). Two presets (``PRESETS``;
+any setting can be overridden by keyword):
 
 - ``"paper"``: the authors' method where PAPER.md records their setting: TNs from their
   own random init, 3 epochs of SGD (lr 0.01, momentum 0.5) on all training data (nothing
@@ -28,11 +31,13 @@ Two presets (``PRESETS``; any setting can be overridden by keyword):
   iteration cap) the values are ours. It is large: 85.8M parameters, 343,336,601 B after
   one skill (`benchmarks/tnen_goals.py --agent-arg preset=paper`, agents/README.md).
 - ``"default"``: ours, built to store few bytes at equal accuracy (agents/README.md gives
-  the measurements behind it): a shared *seeded* initialisation (regenerated from an int in
-  the state) whose change the EN stores at unit RMS; a small EN (320 -> 160 -> 320, int8
-  with one scale per row) over chunks of 320; 4-bit latents; the exact contractive
-  penalty; TN early stopping, code refinement and the accuracy part of the stopping rule
-  on a held-out 20% of the task's training data; kept codes and a recall term.
+  the measurements behind it): TNs trained with exactly the shared default recipe
+  (:data:`clbench.recipe.DEFAULT`, as ``independent``'s networks); a shared *seeded*
+  initialisation (regenerated from an int in the state) whose change the EN stores at unit
+  RMS; a small EN (320 -> 160 -> 320, int8 with one scale per row) over chunks of 320;
+  4-bit latents; the exact contractive penalty; code refinement and the accuracy part of
+  the stopping rule judged on the part of the task's training data the recipe held out for
+  the TN's early stopping; kept codes and a recall term.
 """
 
 from __future__ import annotations
@@ -51,20 +56,19 @@ from agents.tnen.chunks import (
 )
 from agents.tnen.consolidation import Candidate, CheckCallback, consolidate, refine_codes
 from agents.tnen.encoder import ContractiveAutoencoder
-from agents.tnen.presets import PRESETS, check_config
+from agents.tnen.presets import resolve
 from agents.tnen.task_network import (
-    TrainedTaskNetwork,
     accuracy,
     build_task_network,
     flatten_parameters,
     load_parameters,
     seeded_task_network,
     task_seed,
-    train_task_network,
 )
 from clbench.data import dataset_info
 from clbench.nets import count_parameters
 from clbench.quantize import dequantize_into, quantize
+from clbench.recipe import TrainingLog, recipe_metrics, train
 from clbench.tasks import Task
 from clbench.training import dataset_for_unseen_task, predict_batched, seeded_for_unseen_task
 
@@ -75,7 +79,7 @@ class PendingSkill(NamedTuple):
 
     task: Task
     net: nn.Module
-    trained: TrainedTaskNetwork
+    trained: TrainingLog  # which examples trained the TN, which were held out
     skill: dict[str, Any]
     candidate: Candidate
     generator: torch.Generator  # the task's random stream, continued by consolidation
@@ -85,24 +89,18 @@ class TNEN:
     """Task networks trained by backprop, stored as latents of one contractive autoencoder.
 
     ``TNEN(device, preset="default", seed=None, **settings)``: ``settings`` override the
-    preset's entries (see ``PRESETS``). ``seed`` fixes the shared TN initialisation, the EN's
-    and every per-task random draw; ``None`` draws it from torch's global generator at the
-    first task (the harness seeds that per run). The state holds the seed, the EN's weights,
-    every chunk's latent, and per skill its architecture, dataset, scale and storing-time
-    held-out accuracies.
+    preset's entries (``PRESETS``) and the fields of its TN training recipe (``RECIPES``:
+    ``lr``, ``momentum``, ``batch_size``, ``epochs``, ``holdout_fraction``, ...). ``seed``
+    fixes the shared TN initialisation, the EN's and every per-task random draw; ``None``
+    draws it from torch's global generator at the first task (the harness seeds that per
+    run). The state holds the seed, the EN's weights, every chunk's latent, and per skill
+    its architecture, dataset, scale and storing-time held-out accuracies.
     """
 
     def __init__(self, device: str | torch.device = "cpu", preset: str = "default",
                  seed: int | None = None, **settings: Any) -> None:
-        if preset not in PRESETS:
-            raise ValueError(f"preset={preset!r}: choose one of {', '.join(PRESETS)}")
-        unknown = sorted(set(settings) - set(PRESETS[preset]))
-        if unknown:
-            raise ValueError(f"unknown TNEN setting(s) {', '.join(unknown)}; valid settings: "
-                             f"{', '.join(PRESETS[preset])}")
         self.device = torch.device(device)
-        self.config = {**PRESETS[preset], **settings}
-        check_config(self.config)
+        self.config, self.recipe = resolve(preset, settings)
         self.seed = None if seed is None else int(seed)
         self.en: ContractiveAutoencoder | None = None
         self.latents: torch.Tensor | None = None  # (all chunks, latent_size), on their grid
@@ -110,6 +108,7 @@ class TNEN:
         self._networks: dict[int, nn.Module] = {}  # decoded TNs, rebuilt on demand
         self._bases: dict[tuple, torch.Tensor] = {}  # regenerated from the seed on demand
         self._last_metrics: dict[str, Any] = {}
+        self.last_training: TrainingLog | None = None  # the last TN's; not part of the state
 
     # ------------------------------------------------------------ per-skill helpers
     def _architecture_for(self, task_id: int) -> str:
@@ -173,7 +172,9 @@ class TNEN:
         This is the fp32 network a stored skill is measured against (benchmarks and the
         paper's experiments compare its test accuracy with the reconstruction's).
         ``generator`` defaults to the task's own seeded one, so two calls give the same
-        network. Returns ``(net, TrainedTaskNetwork)``.
+        network. It is trained with ``self.recipe`` by the loop every baseline uses.
+        Returns ``(net, TrainingLog)``: the log's ``holdout_index`` is the part of the
+        task's training data that judges the stored skill (empty without a hold-out).
         """
         config = self.config
         if generator is None:
@@ -188,7 +189,9 @@ class TNEN:
                        and dataset_info(s["dataset"]).input_shape == shape]
             if earlier:
                 load_parameters(net, flatten_parameters(self._network(earlier[-1])))
-        return net, train_task_network(net, task, config, generator)
+        net.train()
+        return net, train(net, net.parameters(), task.x_train, task.y_train, self.recipe,
+                          dataset=task.dataset, generator=generator)
 
     def prepare(self, task: Task) -> PendingSkill:
         """Train ``task``'s TN and cut it into the chunks the EN will store (nothing stored)."""
@@ -202,22 +205,24 @@ class TNEN:
         skill = {"architecture": spec, "dataset": task.dataset,
                  "scale": torch.as_tensor(scale, dtype=torch.float32).item(),
                  "n_chunks": -(-delta.numel() // config["chunk_size"]),
-                 "tn_accuracy": trained.held_out_accuracy}
+                 "tn_accuracy": trained.holdout_accuracy}
+        # the recipe's held-out part judges the stored skill; code refinement trains on the rest
+        held, kept = trained.holdout_index, trained.train_index
+        x_held, y_held = task.x_train[held], task.y_train[held]
 
         def held_out_accuracy(chunks: torch.Tensor) -> float | None:
-            if len(trained.y_held) == 0:
+            if len(y_held) == 0:
                 return None
-            return accuracy(self.network_from(skill, chunks), trained.x_held, trained.y_held,
-                            task.dataset)
+            return accuracy(self.network_from(skill, chunks), x_held, y_held, task.dataset)
 
         def refine(codes: torch.Tensor) -> torch.Tensor:
             net = build_task_network(spec, tuple(task.input_shape)).to(self.device)
             return refine_codes(self.en, config, net, lambda chunks: self._weights_of(
-                skill, chunks), codes, trained.x_train, trained.y_train, task.dataset,
-                generator)
+                skill, chunks), codes, task.x_train[kept], task.y_train[kept], task.dataset,
+                self.recipe.batch_size, generator)
 
         candidate = Candidate(to_chunks(delta / skill["scale"], config["chunk_size"]),
-                              trained.held_out_accuracy, held_out_accuracy,
+                              trained.holdout_accuracy, held_out_accuracy,
                               refine if config["refine_epochs"] else None)
         return PendingSkill(task, net, trained, skill, candidate, generator)
 
@@ -243,6 +248,7 @@ class TNEN:
             item.skill["stored_accuracy"] = stored
             self.skills.append(item.skill)
         self._networks = {}
+        self.last_training = pending[-1].trained
         report.pop("en_seconds")  # wall time: the harness measures it; the state stays replayable
         per_skill = zip(self.skills, report.pop("cosines"), report.pop("relative_errors"),
                         strict=True)
@@ -251,9 +257,8 @@ class TNEN:
             "task_id": last.task.id,
             "architecture": last.skill["architecture"],
             "tn_parameters": count_parameters(last.net),
-            "tn_epochs": last.trained.epochs,
+            **recipe_metrics(self.recipe, last.trained),
             "tn_backprop_calls": sum(p.trained.steps for p in pending),
-            "tn_held_out_accuracy": last.skill["tn_accuracy"],
             "stored_held_out_accuracy": last.skill["stored_accuracy"],
             **report,
             "skills": [
@@ -299,13 +304,15 @@ class TNEN:
         return net.to(self.device).eval()
 
     def metrics(self) -> dict[str, Any]:
-        """Figures of the last ``learn``: the TN (epochs, backprop calls, held-out accuracy),
-        the EN (iterations and backprop calls to integrate the skill, whether the stopping
-        rule was met, the new skill's cosine and relative error to its TN, the largest drift
-        of a recalled skill), and per stored skill its TN's held-out accuracy and its stored
-        reconstruction's, both at storing time, with its cosine and relative error against
-        its recall now (against its TN for the new skill). Accuracy *now* on test data is
-        the harness's accuracy matrix: the agent keeps no data of old tasks."""
+        """Figures of the last ``learn``: the TN (as every baseline reports them: ``recipe``,
+        the resolved training recipe, and ``epochs_trained``, ``best_epoch``,
+        ``holdout_accuracy``; and ``tn_backprop_calls``), the EN (iterations and backprop
+        calls to integrate the skill, whether the stopping rule was met, the new skill's
+        cosine and relative error to its TN, the largest drift of a recalled skill), and per
+        stored skill its TN's held-out accuracy and its stored reconstruction's, both at
+        storing time, with its cosine and relative error against its recall now (against its
+        TN for the new skill). Accuracy *now* on test data is the harness's accuracy matrix:
+        the agent keeps no data of old tasks."""
         return self._last_metrics
 
     # ------------------------------------------------------------ state
@@ -327,7 +334,7 @@ class TNEN:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = state["base_seed"]
         columns = state["skills"]
-        self._networks, self._last_metrics = {}, {}
+        self._networks, self._last_metrics, self.last_training = {}, {}, None
         if not columns:
             self.en, self.latents, self.skills = None, None, []
             return

@@ -261,11 +261,12 @@ def consolidate(en: ContractiveAutoencoder, config: dict[str, Any], recalled: to
 
 def refine_codes(en: ContractiveAutoencoder, config: dict[str, Any], net: torch.nn.Module,
                  weights_of: Callable[[torch.Tensor], torch.Tensor], codes: torch.Tensor,
-                 images: torch.Tensor, labels: torch.Tensor, dataset: str,
+                 images: torch.Tensor, labels: torch.Tensor, dataset: str, batch_size: int,
                  generator: torch.Generator) -> torch.Tensor:
-    """A new skill's codes after ``refine_epochs`` of Adam on its task's training data,
-    through the EN's decoder (held fixed: no other skill moves) and its TN ``net``, whose
-    parameter vector ``weights_of`` builds from decoded chunks.
+    """A new skill's codes after ``refine_epochs`` of Adam (minibatches of ``batch_size``,
+    the TN recipe's) on its task's training data, through the EN's decoder (held fixed: no
+    other skill moves) and its TN ``net``, whose parameter vector ``weights_of`` builds from
+    decoded chunks.
 
     Weight-space closeness (cosine, relative error) does not say which errors hurt the
     task; this trains the reconstruction on the task itself. Rounding to the latent grid
@@ -281,7 +282,7 @@ def refine_codes(en: ContractiveAutoencoder, config: dict[str, Any], net: torch.
     en.requires_grad_(False)
     try:
         for _ in range(config["refine_epochs"]):
-            for x, y in minibatches(images, labels, dataset, config["tn_batch_size"], generator):
+            for x, y in minibatches(images, labels, dataset, batch_size, generator):
                 stored = latent + (quantize_latents(latent, bits) - latent).detach()
                 vector = weights_of(en.decode(stored))
                 parameters = {name: part.view(size) for name, part, size in

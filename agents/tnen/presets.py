@@ -1,7 +1,10 @@
 """The agent's two presets (PAPER.md, "Settings in the authors' public code"): ``"paper"``,
-the authors' method where the paper records their setting, and ``"default"``, ours. Every
-key is also a keyword of ``TNEN(...)``; ``agents/README.md`` says why each default is what
-it is."""
+the authors' method where the paper records their setting, and ``"default"``, ours.
+
+A preset is its settings (``PRESETS``) and the recipe its task networks are trained with
+(``RECIPES``, :mod:`clbench.recipe`). Every key of ``PRESETS`` and every field of the recipe
+(``lr``, ``epochs``, ``holdout_fraction``, ...) is a keyword of ``TNEN(...)``;
+``agents/README.md`` says why each default is what it is."""
 
 from __future__ import annotations
 
@@ -9,6 +12,17 @@ from typing import Any
 
 from agents.tnen.chunks import LATENT_BITS
 from clbench.quantize import DTYPES
+from clbench.recipe import DEFAULT, FIELDS, Recipe
+
+# How each preset trains its task networks. "default": exactly the shared recipe every
+# baseline trains with, so TN+EN's TNs and `independent`'s networks get one budget.
+# "paper": the authors' SGD (lr 0.01, momentum 0.5) for a fixed 3 epochs on all training
+# data; batch 64 is ours (the paper is silent).
+RECIPES: dict[str, Recipe] = {
+    "default": DEFAULT,
+    "paper": DEFAULT.replace(lr=0.01, momentum=0.5, batch_size=64, epochs=3,
+                             holdout_fraction=0.0),
+}
 
 # Hyperparameters of the two presets. Every key is also a keyword of TNEN(...).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -17,12 +31,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "architecture": "reference",  # a spec for every task, a list per task id, or a dict
         "shared_init": True,          # every TN starts from one seeded init; EN stores deltas
         "warm_start": False,          # start from the most recent skill of the same kind
-        "tn_lr": 0.05,
-        "tn_momentum": 0.9,
-        "tn_batch_size": 64,
-        "max_epochs": 20,
-        "threshold": 0.95,            # stop training a TN at this held-out accuracy (None: never)
-        "holdout_fraction": 0.2,      # share of the task's training data held out (0: none)
         # encoding network
         "chunk_size": 320,
         "hidden_sizes": [],
@@ -37,8 +45,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "latent_noise": True,         # train the EN with that grid's rounding noise
         "keep_codes": True,           # a recalled chunk keeps its code unless re-encoding helps
         "refine_epochs": 2,           # new skill below its TN's accuracy: train its codes
-        "refine_lr": 0.01,            # (Adam, straight-through rounding), the EN held fixed,
-        "max_refinements": 10,        # at most this often per new skill
+        "refine_lr": 0.01,            # (Adam, the recipe's batch size, straight-through
+        "max_refinements": 10,        # rounding), the EN held fixed, at most this often
         "recall_weight": 10.0,        # weight of "old codes still decode to their recall"
         # consolidation and its stopping rule
         "en_max_steps": 800,          # EN iterations at most
@@ -54,12 +62,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "architecture": "reference",
         "shared_init": False,
         "warm_start": False,
-        "tn_lr": 0.01,
-        "tn_momentum": 0.5,
-        "tn_batch_size": 64,
-        "max_epochs": 3,
-        "threshold": None,
-        "holdout_fraction": 0.0,
         "chunk_size": 21432,
         "hidden_sizes": [2000],
         "latent_size": 20,
@@ -88,20 +90,35 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def check_config(config: dict[str, Any]) -> None:
+def resolve(preset: str, settings: dict[str, Any]) -> tuple[dict[str, Any], Recipe]:
+    """The settings and the TN recipe of ``preset`` with ``settings`` (``TNEN``'s keywords)
+    applied: recipe fields override the preset's recipe, other keys its settings."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}: choose one of {', '.join(PRESETS)}")
+    unknown = sorted(set(settings) - set(PRESETS[preset]) - set(FIELDS))
+    if unknown:
+        raise TypeError(f"unknown TNEN setting(s) {', '.join(unknown)}; valid settings: "
+                        f"{', '.join(PRESETS[preset])}, and the training recipe's "
+                        f"{', '.join(FIELDS)}")
+    config = {**PRESETS[preset], **{k: v for k, v in settings.items() if k not in FIELDS}}
+    recipe = RECIPES[preset].replace(**{k: v for k, v in settings.items() if k in FIELDS})
+    check_config(config, recipe)
+    return config, recipe
+
+
+def check_config(config: dict[str, Any], recipe: Recipe) -> None:
     """Reject settings that cannot work together, naming the value and the remedy."""
     if config["en_dtype"] not in DTYPES:
         raise ValueError(f"en_dtype={config['en_dtype']!r}: choose one of {', '.join(DTYPES)}")
     if config["latent_bits"] not in LATENT_BITS:
         raise ValueError(f"latent_bits={config['latent_bits']!r}: choose one of "
                          f"{', '.join(map(str, LATENT_BITS))}")
-    if not 0 <= config["holdout_fraction"] < 1:
-        raise ValueError(f"holdout_fraction={config['holdout_fraction']!r}: give a share in "
-                         "[0, 1)")
-    needs_held_out = [key for key in ("threshold", "accuracy_tolerance")
-                      if config[key] is not None] + (["refine_epochs"]
-                                                     if config["refine_epochs"] else [])
-    if needs_held_out and config["holdout_fraction"] == 0:
-        raise ValueError(f"{', '.join(needs_held_out)} judge held-out accuracy, but "
-                         "holdout_fraction=0 holds nothing out; set holdout_fraction > 0 or "
-                         f"set {', '.join(needs_held_out)} to None (0 for refine_epochs)")
+    needs_held_out = {key: config[key] for key, used in (
+        ("accuracy_tolerance", config["accuracy_tolerance"] is not None),
+        ("refine_epochs", bool(config["refine_epochs"]))) if used}
+    if needs_held_out and recipe.holdout_fraction == 0:
+        named = " and ".join(f"{key}={value!r}" for key, value in needs_held_out.items())
+        verb = "judges" if len(needs_held_out) == 1 else "judge"
+        raise ValueError(f"{named} {verb} held-out accuracy, but holdout_fraction=0 holds "
+                         "nothing out; set holdout_fraction > 0 (e.g. 0.1) or set "
+                         "accuracy_tolerance=None and refine_epochs=0")

@@ -1,23 +1,20 @@
-"""Task networks (PAPER.md, "Idea": the TN): built, trained by plain backprop, flattened.
+"""Task networks (PAPER.md, "Idea": the TN): built, seeded, flattened and loaded.
 
-A TN is an ordinary network trained on one task with no constraint. Its training lives in
-one small function, :func:`train_task_network`, so that routing it through a shared
-training recipe changes a few lines here and nothing else.
+A TN is an ordinary network trained on one task with no constraint, by the shared training
+loop every baseline uses (:func:`clbench.recipe.train`, with the preset's recipe: see
+``TNEN.task_network``).
 """
 
 from __future__ import annotations
 
 import math
 from itertools import pairwise
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clbench.nets import count_parameters, reference_net
-from clbench.tasks import Task
-from clbench.training import minibatches, predict_batched
+from clbench.training import predict_batched
 
 SEED_STRIDE = 1_000_003  # a prime: (seed, task) pairs map to distinct streams
 
@@ -69,16 +66,6 @@ def load_parameters(net: nn.Module, vector: torch.Tensor) -> nn.Module:
     return net
 
 
-def holdout_split(task: Task, fraction: float, generator: torch.Generator):
-    """(train inputs, train labels, held-out inputs, held-out labels), a seeded random split;
-    ``fraction`` 0 holds nothing out (the paper preset trains on all training data)."""
-    n = len(task.y_train)
-    order = torch.randperm(n, generator=generator).to(task.y_train.device)
-    n_held = min(max(1, round(n * fraction)), n - 1) if n > 1 and fraction > 0 else 0
-    held, kept = order[:n_held], order[n_held:]
-    return task.x_train[kept], task.y_train[kept], task.x_train[held], task.y_train[held]
-
-
 def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              dataset: str) -> float | None:
     """Share of ``images`` that ``net`` labels correctly; None for an empty set."""
@@ -86,38 +73,3 @@ def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         return None
     net.eval()
     return (predict_batched(net, images, dataset) == labels).double().mean().item()
-
-
-class TrainedTaskNetwork(NamedTuple):
-    """What training a TN leaves besides its weights: the data split and the effort."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_held: torch.Tensor
-    y_held: torch.Tensor
-    held_out_accuracy: float | None  # None where nothing was held out
-    epochs: int
-    steps: int
-
-
-def train_task_network(net: nn.Module, task: Task, config: dict,
-                       generator: torch.Generator) -> TrainedTaskNetwork:
-    """Plain backprop (SGD with momentum) on one task for ``max_epochs``, stopping early
-    once held-out accuracy reaches ``threshold`` (None: never, as the authors' 3 epochs)."""
-    x_train, y_train, x_held, y_held = holdout_split(task, config["holdout_fraction"], generator)
-    optimizer = torch.optim.SGD(net.parameters(), lr=config["tn_lr"],
-                                momentum=config["tn_momentum"])
-    threshold = config["threshold"]
-    held_accuracy, epochs, steps = accuracy(net, x_held, y_held, task.dataset), 0, 0
-    while epochs < config["max_epochs"] and (
-            threshold is None or held_accuracy is None or held_accuracy < threshold):
-        net.train()
-        for x, y in minibatches(x_train, y_train, task.dataset, config["tn_batch_size"],
-                                generator):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
-            optimizer.step()
-            steps += 1
-        epochs += 1
-        held_accuracy = accuracy(net, x_held, y_held, task.dataset)
-    return TrainedTaskNetwork(x_train, y_train, x_held, y_held, held_accuracy, epochs, steps)

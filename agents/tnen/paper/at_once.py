@@ -104,7 +104,7 @@ def encode_at_once(agent: TNEN, tasks: list[Task]) -> dict[str, Any]:
         "n_test": [len(task.y_test) for task in tasks],
         "tn": {"epochs": [p.trained.epochs for p in pending],
                "backprop_calls": [p.trained.steps for p in pending], "seconds": tn_seconds,
-               "flops": sum(p.trained.epochs * len(p.trained.y_train)
+               "flops": sum(p.trained.epochs * len(p.trained.train_index)
                             * per_example[p.skill["architecture"], tuple(p.task.input_shape)]
                             for p in pending)},
         "history": history,

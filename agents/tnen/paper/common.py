@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.tnen import PRESETS, TNEN
+from agents.tnen import TNEN
 from agents.tnen.paper.verdicts import pct
 from agents.tnen.task_network import accuracy
 from clbench.data import DatasetNotFoundError, load_dataset
@@ -35,7 +35,7 @@ PRESET_NAMES = ("paper", "default")
 PRESET_COLORS = {"paper": "tab:orange", "default": "tab:blue"}
 # mnist5k has a fifteenth of MNIST's examples: at reduced size the paper preset trains a TN
 # for a fixed 45 epochs instead of 3, about the SGD steps of the authors' 3 epochs.
-PAPER_ON_MNIST5K = {"max_epochs": 45}
+PAPER_ON_MNIST5K = {"epochs": 45}  # a recipe override (clbench.recipe)
 PAPER_ON_MNIST5K_NOTE = ("On mnist5k the paper preset trains every TN for a fixed 45 epochs "
                          "instead of the authors' 3 (still on all training data, no early "
                          "stop): a one-vs-rest task has about 1,000 training examples there "
@@ -51,7 +51,7 @@ PAPER_SMALL_EN_NOTE = ("At `reduced` size the paper preset's CAE is shrunk to "
                        "stored network, and an Adam step of the full CAE takes seconds on the "
                        "shared 2-core CPU these records were made on. ")
 # The tiny size (tests): one epoch per TN, a few EN iterations, a small paper-preset CAE.
-TINY_EN = {"max_epochs": 1, "en_max_steps": 4, "en_check_every": 2}
+TINY_EN = {"epochs": 1, "en_max_steps": 4, "en_check_every": 2}
 TINY_OVERRIDES = {"paper": {**TINY_EN, "chunk_size": 1000, "hidden_sizes": [32]},
                   "default": TINY_EN}
 
@@ -61,16 +61,6 @@ def settings_for(sizes: dict[str, dict[str, Any]], size: str) -> dict[str, Any]:
     if size not in sizes:
         raise ValueError(f"size={size!r}: choose one of {', '.join(sizes)}")
     return dict(sizes[size])
-
-
-def preset_config(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The TN+EN settings of ``preset`` with ``overrides`` applied (as ``TNEN(**kwargs)``)."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r}: choose one of {', '.join(PRESETS)}")
-    unknown = sorted(set(overrides or {}) - set(PRESETS[preset]))
-    if unknown:
-        raise ValueError(f"unknown TNEN setting(s) {', '.join(unknown)} for preset {preset!r}")
-    return {**PRESETS[preset], **(overrides or {})}
 
 
 def dataset_present(name: str, data_root: str | None) -> bool:

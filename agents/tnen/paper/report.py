@@ -12,9 +12,11 @@ import torch
 
 from agents.tnen import ContractiveAutoencoder
 from agents.tnen.paper import EXPERIMENTS, experiment_module
-from agents.tnen.paper.common import PRESET_NAMES, load_records, preset_config, table
+from agents.tnen.paper.common import PRESET_NAMES, load_records, table
 from agents.tnen.paper.verdicts import __doc__ as VERDICT_RULES
+from agents.tnen.presets import resolve
 from clbench.nets import count_parameters
+from clbench.recipe import DEFAULT
 
 INTRO = """\
 # The paper's experiments, reproduced
@@ -45,17 +47,20 @@ not. Accuracies are always on the env's test sets, never on the agent's held-out
 
 def describe_preset(preset: str) -> str:
     """One Markdown bullet with a preset's TN and EN settings, read from ``agents.tnen``."""
-    config = preset_config(preset)
+    config, recipe = resolve(preset, {})
     sizes = [config["chunk_size"], *config["hidden_sizes"], config["latent_size"]]
     widths = sizes + sizes[-2::-1]
     with torch.device("meta"):  # counted, not allocated
         parameters = count_parameters(ContractiveAutoencoder.from_config(config))
     start = "its own random initialisation" if not config["shared_init"] else (
         "one shared seeded initialisation (the EN stores the change, scaled to unit RMS)")
-    stop = (f"for {config['max_epochs']} epochs on all training data" if config["threshold"]
-            is None else f"for at most {config['max_epochs']} epochs, stopping at "
-            f"{config['threshold']:.0%} accuracy on a held-out "
-            f"{config['holdout_fraction']:.0%} of the training data")
+    optimizer = (f"SGD (lr {recipe.lr}, momentum {recipe.momentum}" if recipe.optimizer == "sgd"
+                 else f"Adam (lr {recipe.lr}") + f", batch {recipe.batch_size})"
+    stop = (f"for {recipe.epochs} epochs on all training data" if recipe.holdout_fraction == 0
+            else f"for at most {recipe.epochs} epochs, keeping the best epoch on a held-out "
+            f"{recipe.holdout_fraction:.0%} of the training data (accuracy, then loss) and "
+            f"stopping after {recipe.patience} epochs without improvement")
+    shared = " (the shared recipe every baseline trains with)" if recipe == DEFAULT else ""
     iteration = ("one Adam step per stored skill" if config["adam_step_per_skill"] else
                  f"one Adam step on the new chunks and {config['replay_chunks']} recalled ones")
     rule = [f"every skill has cosine >= {config['min_cosine']}"]
@@ -68,8 +73,8 @@ def describe_preset(preset: str) -> str:
         rule.append(f"the new one {' and '.join(new)}")
     if config["max_recall_drift"] is not None:
         rule.append(f"stored ones drift <= {config['max_recall_drift']}")
-    return (f"- `{preset}`: TNs trained from {start} by SGD (lr {config['tn_lr']}, momentum "
-            f"{config['tn_momentum']}) {stop}; EN {' -> '.join(f'{w:,}' for w in widths)} "
+    return (f"- `{preset}`: TNs trained from {start} by {optimizer} {stop}{shared}; EN "
+            f"{' -> '.join(f'{w:,}' for w in widths)} "
             f"({config['activation']}, {parameters / 1e6:.3g}M parameters stored as "
             f"{config['en_dtype']}, {config['penalty'].replace('_', '-')} contractive term, "
             f"lambda {config['contractive_weight']:g}, Adam lr {config['en_lr']:g}), "

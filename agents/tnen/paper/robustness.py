@@ -6,11 +6,13 @@ gradually and tracks the mean squared error (MSE) to the original weights: a
 reconstruction from the EN must be close, not exact.
 
 Here the same convnet (with a 10-way head: 21,840 parameters) is trained once per preset,
-with that preset's TN optimiser settings, and noise is added in the space the preset
-encodes: the raw weights for ``paper``; for ``default``, the change from the shared seeded
-initialisation scaled to unit RMS, so its noise std is relative to that change. Each noise
-level is drawn several times (mean and spread). A plain int8 copy of the weights (one
-symmetric scale per tensor) is measured beside them: the simple baseline the EN must beat.
+by the shared training loop with that preset's TN recipe (optimiser, lr, momentum, batch;
+the size's fixed number of epochs on all training digits), and noise is added in the space
+the preset encodes: the raw weights for ``paper``; for ``default``, the change from the
+shared seeded initialisation scaled to unit RMS, so its noise std is relative to that
+change. Each noise level is drawn several times (mean and spread). A plain int8 copy of the
+weights (one symmetric scale per tensor) is measured beside them: the simple baseline the
+EN must beat.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from agents.tnen.paper.common import (
     figure,
     log,
     num,
-    preset_config,
     save_figure,
     size_bytes,
     spearman,
@@ -37,9 +38,11 @@ from agents.tnen.paper.common import (
     table,
 )
 from agents.tnen.paper.verdicts import Outcome, outcome, pct, spread, verdict
+from agents.tnen.presets import resolve
 from clbench.data import load_dataset
 from clbench.nets import count_parameters, reference_net
-from clbench.training import minibatches, predict_batched
+from clbench.recipe import train
+from clbench.training import predict_batched
 
 NAME = "robustness"
 TITLE = "1. Robustness: accuracy of a trained network under weight noise"
@@ -99,35 +102,31 @@ def _subset(data, cap: int | None, seed: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _train(preset: str, settings: dict, seed: int, device: str, data_root) -> dict[str, Any]:
-    config = preset_config(preset)
+    """The 10-way net trained by the shared loop with the preset's TN recipe, for the size's
+    fixed number of epochs on all its training digits (nothing held out)."""
+    config, recipe = resolve(preset, {})
+    recipe = recipe.replace(epochs=settings["epochs"], holdout_fraction=0)
     dataset = settings["dataset"]
-    train = load_dataset(dataset, train=True, root=data_root, device=device)
-    test = load_dataset(dataset, train=False, root=data_root, device=device)
-    x_train, y_train = _subset(train, settings["max_train"], seed)
-    x_test, y_test = _subset(test, settings["max_test"], seed)
+    train_data = load_dataset(dataset, train=True, root=data_root, device=device)
+    test_data = load_dataset(dataset, train=False, root=data_root, device=device)
+    x_train, y_train = _subset(train_data, settings["max_train"], seed)
+    x_test, y_test = _subset(test_data, settings["max_test"], seed)
     torch.manual_seed(seed)
     net = reference_net(x_train.shape[1:], n_outputs=10).to(device)
     initial = _flat(net)
-    optimizer = torch.optim.SGD(net.parameters(), lr=config["tn_lr"],
-                                momentum=config["tn_momentum"])
-    generator = torch.Generator().manual_seed(seed)
-    watch, steps = Stopwatch(), 0
+    watch = Stopwatch()
     with watch:
-        for _ in range(settings["epochs"]):
-            net.train()
-            for x, y in minibatches(x_train, y_train, dataset, config["tn_batch_size"],
-                                    generator):
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(net(x), y).backward()
-                optimizer.step()
-                steps += 1
+        net.train()
+        log = train(net, net.parameters(), x_train, y_train, recipe, dataset=dataset,
+                    generator=torch.Generator().manual_seed(seed))
     net.eval()
 
     def accuracy() -> float:
         return (predict_batched(net, x_test, dataset) == y_test).double().mean().item()
 
     return {"net": net, "initial": initial, "accuracy": accuracy, "config": config,
-            "seconds": watch.seconds, "steps": steps, "n_test": len(y_test)}
+            "recipe": recipe, "seconds": watch.seconds, "steps": log.steps,
+            "n_test": len(y_test)}
 
 
 def _noise_curve(preset: str, settings: dict, seed: int, device: str, data_root):
@@ -160,10 +159,9 @@ def _noise_curve(preset: str, settings: dict, seed: int, device: str, data_root)
             "bytes": int8_bytes}
     return {
         "parameters": count_parameters(net), "fp32_bytes": 4 * count_parameters(net),
-        "training": {"lr": trained["config"]["tn_lr"],
-                     "momentum": trained["config"]["tn_momentum"],
-                     "batch_size": trained["config"]["tn_batch_size"],
-                     "epochs": settings["epochs"], "sgd_steps": trained["steps"],
+        "training": {"lr": trained["recipe"].lr, "momentum": trained["recipe"].momentum,
+                     "batch_size": trained["recipe"].batch_size,
+                     "epochs": trained["recipe"].epochs, "sgd_steps": trained["steps"],
                      "seconds": trained["seconds"]},
         "noise_space": "change from the shared init, unit RMS" if
         trained["config"]["shared_init"] else "raw weights",
