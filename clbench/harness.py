@@ -200,13 +200,10 @@ class SealedRunner:
     """The agent calls in fresh workers (:mod:`clbench.sealed`), sandboxed where possible."""
 
     def __init__(self, target: str, kwargs: dict, device: torch.device, seed: int,
-                 input_shapes, data_roots) -> None:
-        usable, reason = sandbox.bwrap_status()
-        hidden = sandbox.dataset_sources(data_roots) if usable else []
-        module = target.rpartition(":")[0]
-        own_folder = [str(Path(module).parent)] if module.endswith(".py") else []
-        self.pool = WorkerPool(usable, hidden, own_folder + worker_import_paths())
-        self.sealed = usable
+                 input_shapes, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.sealed = usable = pool.sandboxed
+        reason = sandbox.bwrap_status()[1]
         self.base = {"agent": target, "kwargs": kwargs, "device": str(device), "seed": seed,
                      "threads": torch.get_num_threads()}
         self.shapes = [list(shape) for shape in input_shapes]
@@ -260,6 +257,18 @@ class SealedRunner:
                                   _number(reply, "flops"))
         except (IndexError, TypeError, ValueError) as error:
             raise WorkerFailure("protocol", "predict", f"malformed reply: {error}") from None
+
+    @staticmethod
+    def start_workers(target: str, data_roots) -> WorkerPool:
+        """Launch the zygote for ``target``'s workers, sandboxed where bubblewrap works,
+        with every place of ``data_roots``' datasets hidden; it gets ready in the background
+        (:class:`WorkerPool`)."""
+        usable, _ = sandbox.bwrap_status()
+        hidden = sandbox.dataset_sources(data_roots) if usable else []
+        module = target.rpartition(":")[0]
+        own_file = [module] if module.endswith(".py") else []
+        own_folder = [str(Path(module).parent) for module in own_file]
+        return WorkerPool(usable, hidden, own_folder + worker_import_paths(), own_file)
 
     def _note_starts(self) -> None:
         self.isolation["worker_start_median_seconds"] = self.pool.median_start_seconds
@@ -451,7 +460,12 @@ def evaluate(
     start = earlier.n_tasks_done if earlier is not None else 0
     wall_start = time.perf_counter()
     elapsed = lambda: earlier_seconds + time.perf_counter() - wall_start  # noqa: E731
-    with _signals_interrupt():
+    with _signals_interrupt(), contextlib.ExitStack() as cleanup:
+        pool = None
+        if seal:  # the zygote imports torch while this process loads the stream's data
+            pool = SealedRunner.start_workers(_worker_target(name),
+                                              {spec_kwargs.get("data_root"), None})
+            cleanup.callback(pool.close)
         env = gymnasium.make(env_id, **{**env_kwargs, "device": str(dev), "backend": "torch"},
                              disable_env_checker=True)
         n_tasks = env.unwrapped.n_tasks
@@ -485,7 +499,7 @@ def evaluate(
         try:
             if seal:
                 runner = SealedRunner(_worker_target(name), agent_kwargs, dev, seed,
-                                      input_shapes, {env.unwrapped.data_root, None})
+                                      input_shapes, pool)
             else:
                 runner = InProcessRunner(agent if isinstance(agent, type) else name,
                                          agent_kwargs, dev, seed, input_shapes)

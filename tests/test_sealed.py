@@ -52,6 +52,23 @@ def test_an_agent_file_imports_its_sibling_module(tmp_path):
     assert result.agent["name"] == f"{tmp_path / 'my_agent.py'}:Ones"
 
 
+def test_an_agent_file_directly_in_tmp_with_tmp_on_the_import_path(monkeypatch):
+    """A script run from /tmp puts /tmp on the import path: the sandbox must not bind the
+    host's /tmp over the workers' private one (it did, read-only, and the zygote could not
+    make its temp folder), and an agent file directly in /tmp must still be importable."""
+    agent_file = Path("/tmp") / f"clbench_test_agent_{uuid.uuid4().hex}.py"
+    agent_file.write_text("from sealed_agents import Quiet\n\n\nclass Nothing(Quiet):\n"
+                          "    pass\n")
+    monkeypatch.syspath_prepend("/tmp")
+    try:
+        result = evaluate(f"{agent_file}:Nothing", SPLIT, device="cpu", env_kwargs=TINY,
+                          flops=False)
+    finally:
+        agent_file.unlink()
+    assert result.status == "complete", result.error
+    assert result.sealed is bwrap_status()[0], result.isolation["reason"]
+
+
 def test_an_agents_folder_in_the_working_directory_shadows_nothing(tmp_path):
     (tmp_path / "agents").mkdir()
     (tmp_path / "agents" / "__init__.py").write_text("raise ImportError('the wrong agents')\n")

@@ -63,17 +63,19 @@ def dataset_sources(data_roots: Iterable[str | os.PathLike | None]) -> list[Path
 
 
 def bwrap_command(hidden: Iterable[Path], visible: Iterable[str] = ()) -> list[str]:
-    """The ``bwrap`` prefix of the zygote's command line, hiding ``hidden``; the folders in
-    ``visible`` and the interpreter's own that the private /tmp would cover (an agent file's
-    folder, import paths, a virtualenv) are bound back read-only."""
+    """The ``bwrap`` prefix of the zygote's command line, hiding ``hidden``; the folders and
+    files in ``visible`` and the interpreter's own that the private /tmp would cover (an
+    agent file and its folder, import paths, a virtualenv) are bound back read-only. /tmp
+    itself never is (a script run from /tmp puts it on the import path): the workers' /tmp
+    stays private and writable, and an agent file directly in it is bound alone."""
     command = [shutil.which("bwrap") or "bwrap", *OPTIONS]
     # the interpreter, its environment and this checkout stay visible too (all may lie
     # under /tmp: a virtualenv, an editable install whose finder points at the checkout)
     interpreter = [sys.prefix, sys.base_prefix, str(Path(sys.executable).parent),
                    str(Path(__file__).resolve().parents[2])]
-    for folder in sorted({Path(p).resolve() for p in [*visible, *interpreter]}):
-        if folder.is_dir() and folder.is_relative_to(PRIVATE_TEMP):
-            command += ["--ro-bind", str(folder), str(folder)]
+    for path in sorted({Path(p).resolve() for p in [*visible, *interpreter]}):
+        if path != PRIVATE_TEMP and path.is_relative_to(PRIVATE_TEMP) and path.exists():
+            command += ["--ro-bind", str(path), str(path)]
     for place in hidden:
         if place.is_dir():
             command += ["--tmpfs", str(place), "--remount-ro", str(place)]

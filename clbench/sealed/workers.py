@@ -44,16 +44,22 @@ class WorkerPool:
     """A zygote and the fresh workers it forks, one per :meth:`call`; use as a context."""
 
     def __init__(self, sandboxed: bool, hidden: Sequence[Path] = (),
-                 extra_paths: Sequence[str] = ()) -> None:
+                 extra_paths: Sequence[str] = (), files: Sequence[str] = ()) -> None:
         """``extra_paths``: import paths the workers need beyond the interpreter's own (the
-        agent file's folder first); inside the sandbox they stay visible, read-only."""
+        agent file's folder first); inside the sandbox they stay visible, read-only, as do
+        ``files`` (the agent's file).
+
+        Returns once the zygote is launched, not once it is ready: it imports torch and warms
+        up (about 2 s of one core) while the caller goes on, e.g. loading the stream's data;
+        the first :meth:`call` waits for it."""
         self.sandboxed = sandboxed
+        self.ready = False
         self.start_seconds: list[float] = []
         self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [sys.executable, "-P", "-m", "clbench.sealed.zygote", str(child.fileno()),
                    "0" if sandboxed else str(os.getpid())]
         if sandboxed:
-            command = bwrap_command(hidden, extra_paths) + command
+            command = bwrap_command(hidden, [*extra_paths, *files]) + command
         try:
             self.process = subprocess.Popen(
                 command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=2,
@@ -62,10 +68,15 @@ class WorkerPool:
             child.close()
         try:
             self._send({"extra_paths": list(extra_paths), "sandboxed": sandboxed})
-            self._receive()
         except BaseException:
             self.close()
             raise
+
+    def wait_ready(self) -> None:
+        """Block until the zygote has imported what workers share and can fork them."""
+        if not self.ready:
+            self._receive()
+            self.ready = True
 
     def _send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
         socket.send_fds(self.control, [json.dumps(message).encode()], list(fds))
@@ -82,6 +93,7 @@ class WorkerPool:
              timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
         """Run one call in a fresh worker; return its successful reply or raise
         :class:`WorkerFailure`."""
+        self.wait_ready()
         mine, theirs = socket.socketpair()
         began = time.perf_counter()
         try:

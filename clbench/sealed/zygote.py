@@ -206,6 +206,8 @@ class Zygote:
         shutil.rmtree(workdir, ignore_errors=True)
         if self.sandboxed:  # the private /tmp: nothing a worker wrote survives its call
             for entry in SANDBOX_TEMP.iterdir():
+                if os.path.ismount(entry):
+                    continue  # bound back read-only by the sandbox (e.g. the agent's file)
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
@@ -320,8 +322,10 @@ def main(argv: list[str]) -> None:
         warm_up()
         zygote.reply({"ready": True})
         zygote.serve_forever()
-    except (OSError, SystemExit):
-        pass
+    except (ConnectionError, SystemExit):
+        pass  # the harness went away, or stopped this zygote by SIGTERM
+    except OSError:
+        traceback.print_exc()  # reaches the harness's stderr; it reports the exit
     finally:
         zygote.shutdown()
 
