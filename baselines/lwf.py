@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from baselines.regularizers import SharedTrunkAgent
-from clbench.data import normalize
 from clbench.nets import MultiHeadNet
 from clbench.recipe import train
 from clbench.tasks import Task
+from clbench.training import fast_layout, normalized
 
 # Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 DISTILL_WEIGHT = 1.0  # lambda_o of Li & Hoiem: leaderboard/tuning/lwf.json
@@ -82,11 +82,12 @@ class LwF(SharedTrunkAgent):
     def _record(self, task: Task, n_heads: int) -> torch.Tensor:
         """Heads ``0 .. n_heads-1``'s outputs on every training input of ``task``."""
         self.net.eval()
+        images = normalized(task.x_train, task.dataset)
         return torch.cat([
             earlier_head_logits(
-                self.net, self.net.trunk(normalize(task.x_train[start : start + RECORD_BATCH],
-                                                   task.dataset)), n_heads)
-            for start in range(0, len(task.x_train), RECORD_BATCH)
+                self.net, self.net.trunk(fast_layout(images[start : start + RECORD_BATCH])),
+                n_heads)
+            for start in range(0, len(images), RECORD_BATCH)
         ])
 
     def learn(self, task: Task) -> None:
@@ -97,9 +98,11 @@ class LwF(SharedTrunkAgent):
         recorded = self._record(task, n_earlier) if n_earlier else None  # before any step
 
         # The recipe's loop runs over example indices, so that each minibatch finds its
-        # recorded outputs.
+        # recorded outputs; the images are normalised once per task, as the recipe does.
+        images = normalized(task.x_train, task.dataset)
+
         def inputs(batch: torch.Tensor) -> torch.Tensor:
-            return normalize(task.x_train.index_select(0, batch), task.dataset)
+            return fast_layout(images.index_select(0, batch))
 
         def loss(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             features = net.trunk(inputs(batch))
