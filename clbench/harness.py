@@ -18,6 +18,14 @@ the serialised state of the previous task and nothing else. Per task:
    filled, such as TN+EN's decoded weights, is counted);
 4. ``env.step`` scores the labels: there is one evaluation path.
 
+With ``eval_every`` N > 1 (long streams: the full accuracy matrix is O(T^2) predictions),
+step 3 asks only for the queries of the task just learned (and, with ``query_future``, of
+the next one), except after every N-th task and the last, which ask for all: the diagonal,
+R[t][t+1] and the final row stay exact, the other entries are null. The env is unchanged:
+the harness steps it with the agent's labels where it asked and placeholder zeros
+elsewhere, and keeps only the accuracies of the tasks it asked about (one task's accuracy
+depends on that task's labels alone).
+
 ``seal=False`` runs the same calls in this process, for debugging (results say unsealed).
 
 With ``out``, a checkpoint beside the result (:mod:`clbench.checkpoint`) keeps the state
@@ -398,6 +406,7 @@ def evaluate(
     learn_timeout: float | None = None,
     retain_threshold: float = 0.95,
     resume: bool | str = False,
+    eval_every: int = 1,
 ) -> Result:
     """Run ``agent`` through the stream ``env_id`` and return its :class:`Result`.
 
@@ -424,6 +433,15 @@ def evaluate(
     tasks' rows, costs, agent metrics, reproducibility and FWT baseline from the file; its
     ``wall_seconds`` adds up the sessions (each counted to its last finished task, the last
     to its end) and ``isolation["resumed_after_tasks"]`` lists where each session began.
+
+    ``eval_every`` N > 1 evaluates every task seen only after every N-th task and the last;
+    after the others, only the task just learned (and the next one with ``query_future``),
+    so the agent predicts far fewer queries on a long stream. The diagonal, the final row
+    and R[t][t+1] are exact (so ACC, BWT, learning accuracy, retained and FWT are), the
+    skipped entries are null, forgetting sees the evaluated rows only; the result records
+    ``eval_every`` and a note saying so (:func:`clbench.metrics.schedule_note`). It is part
+    of the run's identity for ``resume``. Refused under ``scenario="domain"``, where asking
+    for one task's queries would tell the agent their task.
     """
     if os.environ.get(WORKER_FLAG):
         raise RuntimeError(
@@ -433,6 +451,12 @@ def evaluate(
     agent_kwargs = jsonable(dict(agent_kwargs or {}), "agent_kwargs")
     env_kwargs = jsonable(dict(env_kwargs or {}), "env_kwargs")
     scenario = env_scenario(env_id, env_kwargs)
+    eval_every = metrics.check_eval_every(eval_every)
+    if eval_every > 1 and scenario == "domain":
+        raise ValueError(
+            f"eval_every={eval_every} with scenario='domain': between full evaluations the "
+            "agent would be asked for the newest task's queries alone, which tells a "
+            "domain-incremental agent their task; use eval_every=1 (or the task scenario)")
     if learn_timeout is not None and not learn_timeout > 0:
         raise ValueError(f"learn_timeout={learn_timeout}: give a positive number of seconds")
     if resume not in (False, True, "auto"):
@@ -446,7 +470,8 @@ def evaluate(
     identity = jsonable({"env": {"id": env_id, "kwargs": spec_kwargs},
                          "agent": {"name": name, "kwargs": agent_kwargs}, "seed": int(seed),
                          "device": str(dev), "flops": bool(flops), "seal": bool(seal),
-                         "versions": versions()}, "the run's identity")
+                         "eval_every": eval_every, "versions": versions()},
+                        "the run's identity")
     earlier, checkpoint, blob, earlier_seconds = None, None, None, 0.0
     if resume:
         try:
@@ -475,7 +500,8 @@ def evaluate(
             env={"id": env_id, "kwargs": spec_kwargs, "task_names": list(info["task_names"])},
             agent={"name": name, "kwargs": agent_kwargs},
             seed=int(seed), device=str(dev), versions=identity["versions"],
-            git_commit=git_commit(), started_at=_now(),
+            git_commit=git_commit(), started_at=_now(), eval_every=eval_every,
+            eval_note=metrics.schedule_note(eval_every),
         )
         if result.env["task_names"] != list(info["task_names"]):
             raise ResumeRefused(f"{out} holds the tasks {result.env['task_names']}, this run's "
@@ -593,7 +619,8 @@ def prior_run(out: str | os.PathLike, identity: dict[str, Any], optional: bool
                             "--resume to start")
     result = load_result(out)
     recorded = {"env": {"id": result.env["id"], "kwargs": result.env["kwargs"]},
-                "agent": result.agent, "seed": result.seed, "device": result.device}
+                "agent": result.agent, "seed": result.seed, "device": result.device,
+                "eval_every": result.eval_every}
     if result.status == "complete":
         recorded.update(seal=result.isolation.get("mode") == "workers",
                         flops=any(value is not None for value in result.reproducible))
@@ -612,11 +639,13 @@ def prior_run(out: str | os.PathLike, identity: dict[str, Any], optional: bool
             f"cannot resume {out} ({result.status}, {result.n_tasks_done} of "
             f"{len(result.env['task_names'])} tasks finished): it has no checkpoint "
             f"{folder_for(out)} (written by a clbench without resume, or removed); {afresh}")
-    found = first_difference(checkpoint.identity, identity)
+    # a checkpoint written before eval_every existed evaluated every task
+    stored = {"eval_every": 1, **checkpoint.identity}
+    found = first_difference(stored, identity)
     if found:
         raise ResumeRefused(f"cannot resume {out}: this run differs from the checkpoint's in "
                             f"{found}; rerun with the checkpoint's value, or {afresh}")
-    found = first_difference({key: checkpoint.identity.get(key) for key in recorded}, recorded)
+    found = first_difference({key: stored.get(key) for key in recorded}, recorded)
     if found:
         raise ResumeRefused(f"cannot resume {out}: the result and its checkpoint are not of "
                             f"one run ({found.replace('(this run)', '(result)')}); {afresh}")
@@ -632,7 +661,8 @@ def _run_stream(runner, env, obs, info, result: Result, task_done: Callable[[byt
                 flops: bool, learn_timeout: float | None, progress_bars: bool,
                 threshold: float, start: int = 0, blob: bytes | None = None) -> None:
     """Every task from ``start`` (whose previous state is ``blob``): learn (timed), replay
-    (FLOPs + reproducibility), predict, step; ``task_done`` keeps each task's state."""
+    (FLOPs + reproducibility), predict the queries the schedule asks for (all of them with
+    ``result.eval_every`` 1), step; ``task_done`` keeps each task's state."""
     input_shapes = info["input_shapes"]
     reference_bytes = _reference_bytes(input_shapes)
     n_tasks = len(input_shapes)
@@ -659,14 +689,21 @@ def _run_stream(runner, env, obs, info, result: Result, task_done: Callable[[byt
                         "deterministic under the harness's seeds", task_id=task_id)
                 reproducible = True
             blob = learned.state
-            answer = runner.predict(blob, obs["query_inputs"], obs["query_task_ids"], task_id,
-                                    False)
+            asked = _tasks_asked(task_id, n_tasks, result.eval_every,
+                                 env.unwrapped.query_future)
+            queries = (slice(None) if asked is None else
+                       torch.isin(obs["query_task_ids"], torch.tensor(asked, device=dev)))
+            inputs, ids = obs["query_inputs"][queries], obs["query_task_ids"][queries]
+            answer = runner.predict(blob, inputs, ids, task_id, False)
             predict_flops = None
             if flops:
-                predict_flops = runner.predict(blob, obs["query_inputs"],
-                                               obs["query_task_ids"], task_id, True).flops
-            obs, _, _, _, info = env.step(answer.labels)
-            _record(result, info["accuracies"], len(blob), reference_bytes[task_id],
+                predict_flops = runner.predict(blob, inputs, ids, task_id, True).flops
+            labels = torch.zeros_like(obs["query_task_ids"])  # placeholders where not asked
+            labels[queries] = answer.labels
+            obs, _, _, _, info = env.step(labels)
+            row = [float(a) if asked is None or j in asked else None
+                   for j, a in enumerate(info["accuracies"])]
+            _record(result, row, len(blob), reference_bytes[task_id],
                     {"learn_seconds": learned.seconds,
                      "learn_flops": replay.flops if flops else None,
                      "learn_peak_memory_bytes": learned.peak_memory_bytes,
@@ -675,7 +712,18 @@ def _run_stream(runner, env, obs, info, result: Result, task_done: Callable[[byt
             result.reproducible.append(reproducible)
             task_done(blob)
             bar.update(1)
-            bar.set_postfix(acc=f"{result.metrics['acc']:.3f}")
+            if result.metrics["acc"] is not None:  # None after a row the schedule skipped
+                bar.set_postfix(acc=f"{result.metrics['acc']:.3f}")
+
+
+def _tasks_asked(task_id: int, n_tasks: int, eval_every: int, query_future: bool
+                 ) -> list[int] | None:
+    """The tasks whose queries the agent is asked after ``task_id``: None for every task
+    the env asks about (a full row of R), else the task just learned and, with future
+    queries, the next one (FWT's R[t][t+1])."""
+    if metrics.full_row(task_id, n_tasks, eval_every):
+        return None
+    return [task_id, task_id + 1] if query_future and task_id + 1 < n_tasks else [task_id]
 
 
 def check_writable(out: str | os.PathLike) -> None:
@@ -728,10 +776,11 @@ def _finish(result: Result, save: Callable[[], Any], wall_seconds: float, status
     save()
 
 
-def _record(result: Result, accuracies, state_bytes: int, reference_bytes: int,
+def _record(result: Result, row: list[float | None], state_bytes: int, reference_bytes: int,
             task_costs: dict[str, Any], agent_figures: dict, threshold: float) -> None:
-    """Append one task's row; ``task_costs`` holds every one of ``results.COST_KEYS``."""
-    result.accuracy.append([float(a) for a in accuracies])
+    """Append one task's row (None where not evaluated); ``task_costs`` holds every one of
+    ``results.COST_KEYS``."""
+    result.accuracy.append(row)
     result.metrics = metrics.summarize(result.accuracy, threshold, result.fwt_baseline)
     result.storage["bytes"].append(state_bytes)
     result.storage["reference_fp32_bytes"].append(reference_bytes)

@@ -10,7 +10,11 @@ did not complete, what went wrong (``failure``: kind, stage, task, the agent's t
 :func:`load_result` validates a file and names the first malformed field.
 
 Schema 2 (the sealed harness) replaced schema 1's ``verification`` (the fresh-process check
-of the final state) with ``sealed``, ``isolation``, ``reproducible`` and ``failure``.
+of the final state) with ``sealed``, ``isolation``, ``reproducible`` and ``failure``. It
+later gained ``eval_every`` (the evaluation schedule, :func:`clbench.metrics.full_row`) and
+``eval_note`` (what a sparse schedule means for the metrics, null for 1); files written
+before them lack both and read as ``eval_every`` 1. Null entries in ``accuracy`` (tasks not
+evaluated) are valid only with ``eval_every`` > 1, and only in rows off the schedule.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from clbench.metrics import full_row
 
 SCHEMA = "clbench.result/2"
 STATUSES = ("running", "complete", "failed", "interrupted")
@@ -60,6 +66,8 @@ class Result:
     failure: dict[str, Any] | None = None
     finished_at: str | None = None
     wall_seconds: float | None = None
+    eval_every: int = 1
+    eval_note: str | None = None
     schema: str = SCHEMA
 
     @property
@@ -136,6 +144,8 @@ REQUIRED_METRICS = ("acc", "bwt", "forgetting", "learning_accuracy", "retained")
 STORAGE_KEYS = ("bytes", "reference_fp32_bytes", "compression")
 # costs per task (lists), plus the scalars the harness adds at the end of a run
 COST_SCALARS = ("process_peak_memory_bytes",)
+# fields a file may lack (written before they existed): read as their defaults
+OPTIONAL_FIELDS = ("eval_every", "eval_note")
 
 
 def _fail(path: str, message: str) -> None:
@@ -226,7 +236,7 @@ def _check_plain(data: Any) -> None:
             _fail(path, f"a {type(value).__name__} is not a JSON value")
 
 
-def _check_accuracy(rows: Any, n_tasks: int, status: str) -> None:
+def _check_accuracy(rows: Any, n_tasks: int, status: str, eval_every: int) -> None:
     _expect(rows, list, "accuracy")
     if len(rows) > n_tasks:
         _fail("accuracy", f"{len(rows)} rows for a stream of {n_tasks} tasks")
@@ -234,10 +244,15 @@ def _check_accuracy(rows: Any, n_tasks: int, status: str) -> None:
         _expect(row, list, f"accuracy[{i}]")
         if len(row) > n_tasks:
             _fail(f"accuracy[{i}]", f"{len(row)} entries for a stream of {n_tasks} tasks")
-        for j, value in enumerate(row):
-            _expect_number(value, f"accuracy[{i}][{j}]", nullable=True, low=0.0, high=1.0)
         if len(row) <= i or row[i] is None:
             _fail(f"accuracy[{i}]", f"row {i} lacks the accuracy on task {i}")
+        full = full_row(i, n_tasks, eval_every)
+        for j, value in enumerate(row):
+            if value is None and full:
+                _fail(f"accuracy[{i}][{j}]", "null in a row that evaluates every task (" + (
+                    "eval_every is 1" if eval_every == 1 else
+                    f"every row i with (i + 1) % {eval_every} == 0, and the last") + ")")
+            _expect_number(value, f"accuracy[{i}][{j}]", nullable=True, low=0.0, high=1.0)
     if status == "complete" and len(rows) != n_tasks:
         _fail("accuracy", f"a complete run has {n_tasks} rows, got {len(rows)}")
 
@@ -256,7 +271,8 @@ def validate_result(data: Any) -> dict[str, Any]:
     _expect(data, dict, "<root>")
     if data.get("schema") != SCHEMA:
         _fail("schema", f"expected {SCHEMA!r}, got {str(data.get('schema'))[:40]!r}")
-    _expect_keys(data, "<root>", tuple(f.name for f in fields(Result)))
+    _expect_keys(data, "<root>", tuple(f.name for f in fields(Result)
+                                       if f.name not in OPTIONAL_FIELDS), OPTIONAL_FIELDS)
     _expect_keys(data["env"], "env", ("id", "kwargs", "task_names"))
     _expect_line(data["env"]["id"], "env.id")
     _expect(data["env"]["kwargs"], dict, "env.kwargs")
@@ -283,8 +299,13 @@ def validate_result(data: Any) -> dict[str, Any]:
     if data["status"] in ("failed", "interrupted") and not data["error"]:
         _fail("error", f"a {data['status']} run must say why")
 
+    eval_every = data.get("eval_every", 1)
+    _expect_number(eval_every, "eval_every", integer=True, low=1)
+    if eval_every == 1 and data.get("eval_note") is not None:
+        _fail("eval_note", "a run with eval_every 1 (the full matrix) has no note: null")
+    _expect_line(data.get("eval_note"), "eval_note", nullable=eval_every == 1)
     rows = data["accuracy"]
-    _check_accuracy(rows, len(task_names), data["status"])
+    _check_accuracy(rows, len(task_names), data["status"], eval_every)
     _expect_keys(data["metrics"], "metrics", REQUIRED_METRICS if rows else (),
                  METRIC_KEYS if not rows else tuple(k for k in METRIC_KEYS
                                                     if k not in REQUIRED_METRICS))

@@ -150,3 +150,45 @@ def test_local_classes_are_refused_with_the_remedy():
 def test_compression_against_reference_nets():
     assert metrics.compression([100, 200], [400, 800]) == [4.0, 4.0]
     assert 4 * sum(p.numel() for p in reference_net(MNIST_SHAPE).parameters()) == 85_728
+
+
+# ----------------------------------------------------------------------------- eval_every
+SPARSE = {"n_tasks": 4, "max_train_per_task": 80, "max_test_per_task": 20}
+LEARNS = {"epochs": 1, "lr": 0.05}
+
+
+@pytest.mark.parametrize("query_future", [False, True], ids=["ragged", "query_future"])
+def test_eval_every_keeps_diagonal_final_row_and_fwt_exact_and_asks_fewer_queries(
+        tmp_path, query_future):
+    common = {"device": "cpu", "agent_kwargs": LEARNS, "seal": False,
+              "env_kwargs": {**SPARSE, "query_future": query_future}}
+    full = evaluate("naive", SPLIT, **common)
+    sparse = evaluate("naive", SPLIT, eval_every=3, out=tmp_path / "sparse.json", **common)
+    assert load_result(tmp_path / "sparse.json").accuracy == sparse.accuracy  # validates
+    assert (sparse.eval_every, full.eval_every, full.eval_note) == (3, 1, None)
+    assert "forgetting" in sparse.eval_note and "R every 3" in sparse.eval_note
+    for i, (got, want) in enumerate(zip(sparse.accuracy, full.accuracy, strict=True)):
+        asked = range(len(want)) if i in (2, 3) else \
+            [i, i + 1] if query_future else [i]  # row 2 (3rd) and the last are full
+        assert got == [want[j] if j in asked else None for j in range(len(want))], i
+        # FLOPs are exact and linear in the queries (20 per task): only those asked were sent
+        assert sparse.costs["predict_flops"][i] == full.costs["predict_flops"][i] * len(
+            asked) // len(want)
+    assert sparse.accuracy[1][0] is None and len(set(full.accuracy[-1])) > 1
+    for key in ("acc", "bwt", "learning_accuracy", "retained", "fwt"):
+        assert sparse.metrics[key] == full.metrics[key], key
+    assert (full.metrics["fwt"] is None) == (not query_future)
+    assert sparse.metrics["forgetting"] == metrics.forgetting(sparse.accuracy) \
+        <= full.metrics["forgetting"]
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "2", None])
+def test_a_bad_eval_every_is_refused_before_any_work(tmp_path, value):
+    with pytest.raises(ValueError, match=rf"eval_every={value!r}: give a whole number"):
+        evaluate("naive", SPLIT, eval_every=value, out=tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_every_is_refused_where_a_subset_would_tell_the_task():
+    with pytest.raises(ValueError, match="eval_every=2 with scenario='domain'.*eval_every=1"):
+        evaluate("naive", "clbench/DomainSplitMNIST5k-v0", eval_every=2)

@@ -104,3 +104,53 @@ def test_unchanged_old_tasks_mean_zero_transfer(matrix):
         assert metrics.backward_transfer(frozen) == pytest.approx(0.0, abs=1e-12)
         assert metrics.forgetting(frozen) == pytest.approx(0.0, abs=1e-12)
     assert metrics.final_accuracy(frozen) == pytest.approx(metrics.learning_accuracy(frozen))
+
+
+# A full matrix whose task 0 peaks in row 1 (0.99), and the same matrix as eval_every=3 keeps
+# it: rows 0 and 1 hold the task just learned only, row 2 (the 3rd) and the last are full.
+FULL = [
+    [0.90],
+    [0.99, 0.95],
+    [0.85, 0.90, 0.99],
+    [0.60, 0.80, 0.90, 0.97],
+]
+SPARSE = [
+    [0.90],
+    [None, 0.95],
+    [0.85, 0.90, 0.99],
+    [0.60, 0.80, 0.90, 0.97],
+]
+
+
+def test_a_sparse_matrix_keeps_every_figure_but_forgetting_exact():
+    for name in ("final_accuracy", "backward_transfer", "learning_accuracy", "tasks_retained"):
+        figure = getattr(metrics, name)
+        assert figure(SPARSE) == figure(FULL), name
+    # best over the evaluated rows: task 0 max(0.90, 0.85) - 0.60 (the full matrix: 0.99 -
+    # 0.60), task 1 max(0.95, 0.90) - 0.80, task 2 0.99 - 0.90
+    assert metrics.forgetting(SPARSE) == pytest.approx((0.30 + 0.15 + 0.09) / 3)
+    assert metrics.forgetting(FULL) == pytest.approx((0.39 + 0.15 + 0.09) / 3)
+    assert [metrics.full_row(i, 4, 3) for i in range(4)] == [False, False, True, True]
+    assert all(metrics.full_row(i, 4, 1) for i in range(4))
+
+
+def test_sparse_rows_hold_fwt_when_they_hold_the_next_task():
+    square = [[0.9, 0.6, None], [None, 0.9, 0.7], [0.7, 0.9, 0.9]]  # eval_every=3, future
+    assert metrics.forward_transfer(square, [0.4, 0.6, 0.55]) == pytest.approx(0.075)
+    assert metrics.forward_transfer([[0.9, None], [0.8, 0.9]], [0.5, 0.5]) is None
+
+
+def test_between_full_rows_the_final_row_figures_wait():
+    summary = metrics.summarize(SPARSE[:2])
+    assert [summary[k] for k in ("acc", "bwt", "forgetting", "retained")] == [None] * 4
+    assert summary["learning_accuracy"] == pytest.approx((0.90 + 0.95) / 2)
+    assert metrics.summarize(SPARSE)["acc"] == metrics.final_accuracy(FULL)
+    with pytest.raises(ValueError, match=r"R\[1\]\[1\]"):  # the diagonal is never skipped
+        metrics.forgetting([[0.9], [0.8, None], [0.7, 0.8, 0.9]])
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.0, True, "3", None])
+def test_a_bad_eval_every_names_the_value_and_the_remedy(value):
+    with pytest.raises(ValueError, match=rf"eval_every={value!r}: give a whole number"):
+        metrics.check_eval_every(value)
+    assert metrics.check_eval_every(3) == 3

@@ -101,3 +101,41 @@ def test_nan_cannot_be_written(tmp_path):
     with pytest.raises(ValueError):
         Result(**data).save(tmp_path / "nan.json")
     assert not list(tmp_path.iterdir())
+
+
+def sparse_result(**changes) -> dict:
+    """Three tasks with eval_every=3: rows 0 and 1 hold the task just learned only."""
+    data = make_result()
+    n = 3
+    data["env"]["task_names"] = ["a:0|1", "a:2|3", "a:4|5"]
+    data.update(accuracy=[[0.9], [None, 0.95], [0.8, 0.9, 0.99]], eval_every=3,
+                eval_note="R every 3: ...", agent_metrics=[{}] * n, reproducible=[True] * n,
+                storage={key: [1] * n for key in data["storage"]},
+                costs={key: [1] * n for key in data["costs"]})
+    return {**data, **changes}
+
+
+def test_a_sparse_matrix_validates_with_its_schedule_only():
+    validate_result(sparse_result())
+    for changes, field in [
+        ({"eval_every": 1, "eval_note": None}, "accuracy[1][0]"),  # the full matrix: no null
+        ({"eval_every": 2}, "accuracy[1][0]"),  # row 1 is the 2nd: a full row
+        ({"accuracy": [[0.9], [None, 0.95], [None, 0.9, 0.99]]}, "accuracy[2][0]"),  # last
+        ({"accuracy": [[0.9], [0.8, None], [0.8, 0.9, 0.99]]}, "accuracy[1]"),  # diagonal
+        ({"eval_note": None}, "eval_note"),
+        ({"eval_every": 0}, "eval_every"),
+        ({"eval_every": "3"}, "eval_every"),
+    ]:
+        with pytest.raises(ResultFormatError, match=rf"field '{re.escape(field)}'"):
+            validate_result(sparse_result(**changes))
+    with pytest.raises(ResultFormatError, match="field 'eval_note'.*eval_every 1"):
+        validate_result({**make_result(), "eval_note": "R every 1"})
+
+
+def test_a_file_written_before_eval_every_reads_as_the_full_matrix(tmp_path):
+    data = make_result()
+    del data["eval_every"], data["eval_note"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    loaded = load_result(path)
+    assert (loaded.eval_every, loaded.eval_note) == (1, None)

@@ -1,5 +1,8 @@
-"""Group result files into rows (one per stream x agent x non-default arguments), aggregate
-their seeds (mean, sample std, 95% t-interval) and format the rows as Markdown, CSV or LaTeX.
+"""Group result files into rows (one per stream x agent x non-default arguments x evaluation
+schedule), aggregate their seeds (mean, sample std, 95% t-interval) and format the rows as
+Markdown, CSV or LaTeX. Runs of a sparse schedule (``eval_every`` N > 1, whose forgetting
+sees only the evaluated rows) never share a row with full-matrix runs; their arguments cell
+says ``R every N``.
 
 Shared by ``clbench table`` and ``clbench leaderboard build``, so both print the same figures.
 A row only ever holds complete runs; files left out are listed with the reason, never shown
@@ -25,6 +28,7 @@ from clbench.agent import (
     load_agent_class,
     non_default_arguments,
 )
+from clbench.metrics import schedule_label
 from clbench.results import Result
 
 # env kwargs that say where or on what a stream ran, not which stream it is
@@ -114,8 +118,10 @@ def major_version(result: Result) -> str:
     return str(result.versions.get("clbench") or "?").split(".")[0]
 
 
-def arguments_text(arguments: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(v)}" for k, v in arguments.items()) or "defaults"
+def arguments_text(arguments: dict[str, Any], eval_every: int = 1) -> str:
+    """The non-default arguments, and ``R every N`` for a sparse evaluation schedule."""
+    shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in arguments.items()) or "defaults"
+    return "; ".join(filter(None, (shown, schedule_label(eval_every))))
 
 
 @dataclass
@@ -126,6 +132,7 @@ class Row:
     agent: str
     arguments: dict[str, Any]
     runs: list[Run]
+    eval_every: int = 1
     figures: dict[str, Summary | None] = field(default_factory=dict)
     flops_counted: bool = True
     pareto: bool = False
@@ -158,14 +165,16 @@ FIGURES: dict[str, Callable[[Result], float | None]] = {
 
 
 def group(runs: Sequence[Run], section: Callable[[Run], str]) -> tuple[list[Row], list[str]]:
-    """Rows of ``runs`` (by section, agent, arguments); a group mixing streams or clbench
-    major versions is refused: it becomes a message naming its files, not a row."""
+    """Rows of ``runs`` (by section, agent, arguments, evaluation schedule); a group mixing
+    streams or clbench major versions is refused: it becomes a message naming its files, not
+    a row."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        key = (section(run), run.agent, json.dumps(run.arguments, sort_keys=True))
+        key = (section(run), run.agent, json.dumps(run.arguments, sort_keys=True),
+               run.result.eval_every)
         groups.setdefault(key, []).append(run)
     rows, refused = [], []
-    for (name, agent, arguments), members in sorted(groups.items()):
+    for (name, agent, arguments, eval_every), members in sorted(groups.items()):
         members.sort(key=lambda run: (run.result.seed, run.path))
         for what, key_of in (("environment specs", stream_key),
                              ("clbench major versions", major_version),
@@ -184,13 +193,13 @@ def group(runs: Sequence[Run], section: Callable[[Run], str]) -> tuple[list[Row]
                 refused.append(f"{name} / {agent}: the same seed twice: "
                                f"{', '.join(run.path for run in members)}")
                 continue
-            rows.append(_row(name, agent, json.loads(arguments), members))
+            rows.append(_row(name, agent, json.loads(arguments), members, eval_every))
     _mark_pareto(rows)
     return rows, refused
 
 
-def _row(section: str, agent: str, arguments: dict, runs: list[Run]) -> Row:
-    row = Row(section, agent, arguments, runs)
+def _row(section: str, agent: str, arguments: dict, runs: list[Run], eval_every: int) -> Row:
+    row = Row(section, agent, arguments, runs, eval_every)
     row.figures = {key: Summary.of([get(run.result) for run in runs])
                    for key, get in FIGURES.items()}
     flops, seconds = row.figures["gflop_per_task"], row.figures["seconds_per_task"]
@@ -247,7 +256,8 @@ def row_cells(row: Row) -> list[str]:
     interval = "n/a (1 seed)" if acc.low is None else f"[{acc.low:.3f}, {acc.high:.3f}]"
     flops = _mean_std(f["gflop_per_task"], 3) if row.flops_counted else "not counted"
     ratio = f["compression"]
-    return [row.agent, arguments_text(row.arguments), _mean_std(acc, 3), interval,
+    return [row.agent, arguments_text(row.arguments, row.eval_every), _mean_std(acc, 3),
+            interval,
             _mean_std(f["bwt"], 3), _mean_std(f["forgetting"], 3),
             _mean_std(f["fwt"], 3, "not measured"), _mean_std(f["bytes"], 0),
             "n/a" if ratio is None else f"{ratio.mean:.2f}x", flops,
@@ -283,15 +293,17 @@ def latex(rows: Sequence[Row]) -> str:
 def csv_text(rows: Sequence[Row]) -> str:
     """Machine-readable: one column per statistic (mean, std, CI bounds) of every figure."""
     names = list(FIGURES)
-    header = ["stream", "agent", "arguments", "device", "seeds", "flops_counted", "pareto"]
+    header = ["stream", "agent", "arguments", "eval_every", "device", "seeds", "flops_counted",
+              "pareto"]
     for name in names:
         header += [f"{name}_mean", f"{name}_std", f"{name}_ci95_low", f"{name}_ci95_high"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
-        line = [row.section, row.agent, json.dumps(row.arguments, sort_keys=True), row.devices,
-                " ".join(str(s) for s in row.seeds), row.flops_counted, row.pareto]
+        line = [row.section, row.agent, json.dumps(row.arguments, sort_keys=True),
+                row.eval_every, row.devices, " ".join(str(s) for s in row.seeds),
+                row.flops_counted, row.pareto]
         for name in names:
             s = row.figures[name]
             line += ["" if s is None or v is None else repr(v)

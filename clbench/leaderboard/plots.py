@@ -49,7 +49,7 @@ def _colours(rows: Sequence[Row]) -> dict[str, tuple]:
 
 
 def _label(row: Row) -> str:
-    return row.agent if not row.arguments else f"{row.agent}*"
+    return row.agent if not row.arguments and row.eval_every == 1 else f"{row.agent}*"
 
 
 def _grid(n: int) -> tuple[plt.Figure, list]:
@@ -78,6 +78,14 @@ def heatmaps(rows: Sequence[Row]) -> plt.Figure:
     return figure
 
 
+def _evaluated_line(axis, xs, ys, **style) -> None:
+    """A line through the points evaluated: a sparse schedule's skipped rows (NaN) are
+    stepped over, not drawn as gaps."""
+    xs, ys = np.asarray(xs), np.asarray(ys, dtype=float)
+    kept = ~np.isnan(ys)
+    axis.plot(xs[kept], ys[kept], **style)
+
+
 def curves(rows: Sequence[Row]) -> plt.Figure:
     figure, axes = _grid(len(rows))
     for axis, row in zip(axes, rows, strict=True):
@@ -85,11 +93,11 @@ def curves(rows: Sequence[Row]) -> plt.Figure:
         n_tasks = len(matrix)
         colours = plt.get_cmap("viridis")(np.linspace(0, 1, n_tasks))
         for j in range(n_tasks):
-            axis.plot(range(j + 1, n_tasks + 1), matrix[j:, j], color=colours[j],
-                      linewidth=0.8)
-        seen = [np.nanmean(matrix[i, : i + 1]) for i in range(n_tasks)]
-        axis.plot(range(1, n_tasks + 1), seen, color="black", linewidth=2,
-                  label="mean over tasks seen")
+            _evaluated_line(axis, range(j + 1, n_tasks + 1), matrix[j:, j], color=colours[j],
+                            linewidth=0.8)
+        seen = [np.mean(matrix[i, : i + 1]) for i in range(n_tasks)]  # NaN: a sparse row
+        _evaluated_line(axis, range(1, n_tasks + 1), seen, color="black", linewidth=2,
+                        label="mean over tasks seen")
         axis.set_ylim(min(0.4, np.nanmin(matrix) - 0.02), 1.02)
         axis.set_title(_label(row))
         axis.set_xlabel("tasks learned")
