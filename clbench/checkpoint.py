@@ -3,10 +3,10 @@
 For a result file ``run.json`` the checkpoint is the folder ``run.json.ckpt/``:
 
 - ``checkpoint.json`` (schema ``clbench.checkpoint/1``): the run's identity (env id and
-  make() kwargs, agent canonical name and kwargs, seed, device, FLOPs and seal flags, the
-  versions of python, torch, torchvision, gymnasium, numpy and clbench) and, for the last
-  finished-task counts, the state file, its SHA-256 and size, and the run's wall seconds up
-  to that task;
+  make() kwargs, agent canonical name and kwargs, seed, device, FLOPs and seal flags,
+  ``eval_every`` (read as 1 where a checkpoint written before it lacks it), the versions of
+  python, torch, torchvision, gymnasium, numpy and clbench) and, for the last finished-task
+  counts, the state file, its SHA-256 and size, and the run's wall seconds up to that task;
 - ``state-<n>.pt``: the serialised agent state after ``n`` finished tasks, exactly the bytes
   the next worker loads (``torch.load(..., weights_only=True)`` reads it).
 

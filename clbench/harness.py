@@ -424,10 +424,10 @@ def evaluate(
     (removed when the run completes). ``resume=True`` continues the run of ``out`` from its
     last finished task; it raises :class:`ResumeRefused` (naming the field and both values)
     when the env, its kwargs, the agent, its kwargs, the seed, the device, ``flops``,
-    ``seal`` or the versions (clbench, torch, ...) differ from the checkpoint's, and when
-    there is no result or checkpoint to resume. ``resume="auto"`` (what a sweep wants)
-    resumes where ``out`` and its checkpoint pass those checks and starts afresh where they
-    do not (missing, malformed, or another run's). A complete
+    ``seal``, ``eval_every`` or the versions (clbench, torch, ...) differ from the
+    checkpoint's, and when there is no result or checkpoint to resume. ``resume="auto"``
+    (what a sweep wants) resumes where ``out`` and its checkpoint pass those checks and
+    starts afresh where they do not (missing, malformed, or another run's). A complete
     ``out`` of the same run is returned as it is, without work. ``resume=False`` (default)
     starts afresh, replacing ``out`` and its checkpoint. A resumed result keeps the finished
     tasks' rows, costs, agent metrics, reproducibility and FWT baseline from the file; its

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from clbench.cli import main, parse_assignments
 from clbench.results import load_result
 
@@ -58,3 +60,25 @@ def test_list_shows_envs_and_agents():
                           text=True, check=True)
     assert "clbench/TupleMNIST5k-v0" in done.stdout
     assert "naive" in done.stdout and "baselines.naive:Naive" in done.stdout
+
+
+def test_eval_every_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "sparse.json"
+    assert main(["run", "--env", "clbench/SplitMNIST5k-v0", "--agent", "naive", "--agent-arg",
+                 "epochs=1", "--env-arg", "n_tasks=3", "--env-arg", "max_train_per_task=40",
+                 "--env-arg", "max_test_per_task=10", "--device", "cpu", "--quiet",
+                 "--no-seal", "--no-flops", "--eval-every", "3", "--out", str(out)]) == 0
+    result = load_result(out)
+    assert result.eval_every == 3 and result.accuracy[1][0] is None
+    assert "| complete, R every 3 |" in capsys.readouterr().out
+    assert main(["table", "--runs", str(out)]) == 0
+    assert "| complete, R every 3 |" in capsys.readouterr().out
+    for bad in ("0", "two", "1.5"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["run", "--env", "clbench/SplitMNIST5k-v0", "--agent", "naive",
+                  "--eval-every", bad])
+        assert stopped.value.code == 2
+        assert f"--eval-every: {bad!r} is not a whole number >= 1" in capsys.readouterr().err
+    assert main(["run", "--env", "clbench/DomainSplitMNIST5k-v0", "--agent", "naive",
+                 "--eval-every", "2", "--quiet", "--out", str(tmp_path / "d.json")]) == 2
+    assert "eval_every=2 with scenario='domain'" in capsys.readouterr().err

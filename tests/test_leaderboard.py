@@ -350,6 +350,24 @@ def test_table_groups_seeds_and_shows_arguments(swept, tmp_path, capsys):
     assert r"\begin{tabular}" in capsys.readouterr().out
 
 
+def test_sparse_runs_get_their_own_marked_row_in_table_and_build(swept, tmp_path, capsys):
+    results = copy_results(swept, tmp_path)
+    sparse = folder(results, "naive") / "seed1.json"
+    sparse.write_text(json.dumps({**json.loads(sparse.read_text()), "eval_every": 2,
+                                  "eval_note": "R every 2: ..."}))
+    assert main(["table", str(results)]) == 0
+    printed = capsys.readouterr().out
+    assert "| naive | defaults |" in printed and "| naive | defaults; R every 2 |" in printed
+    assert main(["table", "--format", "csv", str(results)]) == 0
+    naive = [line for line in capsys.readouterr().out.splitlines() if ",naive," in line]
+    assert sorted(line.split(",")[3] for line in naive) == ["1", "2"]  # eval_every column
+    report = build(results, tmp_path / "board", allow_unsealed=not SEALED)
+    assert [(row.agent, row.eval_every, row.seeds) for row in report.rows
+            if row.agent == "naive"] == [("naive", 1, [0]), ("naive", 2, [1])]
+    readme = (tmp_path / "board" / "README.md").read_text()
+    assert "defaults; R every 2" in readme and "R every N (in arguments)" in readme
+
+
 def test_leaderboard_run_reports_an_unknown_suite(capsys):
     assert main(["leaderboard", "run", "--suite", "nope"]) == 2
     assert "unknown suite 'nope'" in capsys.readouterr().err

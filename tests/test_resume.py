@@ -199,7 +199,7 @@ def failed_run(tmp_path, monkeypatch):
     return _fail_in_task_1(tmp_path / "run.json", monkeypatch)
 
 
-def _fail_in_task_1(out: Path, monkeypatch) -> Path:
+def _fail_in_task_1(out: Path, monkeypatch, **options) -> Path:
     """A run that failed in task 1's learn (its checkpoint kept), unsealed for speed."""
     from baselines.naive import Naive
 
@@ -213,7 +213,7 @@ def _fail_in_task_1(out: Path, monkeypatch) -> Path:
     with monkeypatch.context() as patch:
         patch.setattr(Naive, "learn", fails_on_task_1)
         with pytest.raises(AgentError):
-            evaluate("naive", SPLIT, out=out, **FAST)
+            evaluate("naive", SPLIT, out=out, **FAST, **options)
     assert load_result(out).status == "failed" and folder_for(out).is_dir()
     return out
 
@@ -233,7 +233,8 @@ def _cli(out: Path, *changes: str) -> list[str]:
     (["--seed", "1"], "seed: 0 (checkpoint) vs 1 (this run)"),
     ([], "flops: False (checkpoint) vs True (this run)"),
     ([], "seal: False (checkpoint) vs True (this run)"),
-], ids=["env", "env-kwarg", "agent", "agent-arg", "seed", "flops", "seal"])
+    (["--eval-every", "2"], "eval_every: 1 (checkpoint) vs 2 (this run)"),
+], ids=["env", "env-kwarg", "agent", "agent-arg", "seed", "flops", "seal", "eval-every"])
 def test_resume_refuses_a_different_run_naming_the_field(failed_run, capsys, changes, field):
     before = failed_run.read_bytes()
     argv = _cli(failed_run, *changes)
@@ -261,6 +262,26 @@ def test_a_failed_run_resumes_from_its_last_finished_task(failed_run):
     assert resumed.storage == uninterrupted.storage
     assert resumed.isolation["resumed_after_tasks"] == [1]
     assert resumed.wall_seconds > 0
+
+
+def test_a_sparse_run_resumes_with_its_own_schedule_only(tmp_path, monkeypatch, capsys):
+    out = _fail_in_task_1(tmp_path / "sparse.json", monkeypatch, eval_every=2)
+    assert main(_cli(out)) == 2
+    assert "eval_every: 2 (checkpoint) vs 1 (this run)" in capsys.readouterr().err
+    resumed = evaluate("naive", SPLIT, out=out, resume=True, eval_every=2, **FAST)
+    uninterrupted = evaluate("naive", SPLIT, eval_every=2, **FAST)
+    assert resumed.accuracy == uninterrupted.accuracy and resumed.eval_every == 2
+    assert resumed.eval_note == uninterrupted.eval_note is not None
+
+
+def test_a_checkpoint_from_before_eval_every_resumes_as_the_full_matrix(failed_run):
+    index = folder_for(failed_run) / "checkpoint.json"
+    for path, key in ((index, "identity"), (failed_run, None)):
+        data = json.loads(path.read_text())
+        (data[key] if key else data).pop("eval_every")
+        path.write_text(json.dumps(data))
+    resumed = evaluate("naive", SPLIT, out=failed_run, resume=True, **FAST)
+    assert resumed.status == "complete" and resumed.eval_every == 1
 
 
 def test_an_altered_state_file_is_refused(failed_run, capsys):
