@@ -698,8 +698,10 @@ def _run_stream(runner, env, obs, info, result: Result, task_done: Callable[[byt
             predict_flops = None
             if flops:
                 predict_flops = runner.predict(blob, inputs, ids, task_id, True).flops
-            labels = torch.zeros_like(obs["query_task_ids"])  # placeholders where not asked
-            labels[queries] = answer.labels
+            labels = answer.labels
+            if asked is not None:  # placeholder zeros for the queries not asked
+                labels = torch.zeros_like(obs["query_task_ids"])
+                labels[queries] = answer.labels
             obs, _, _, _, info = env.step(labels)
             row = [float(a) if asked is None or j in asked else None
                    for j, a in enumerate(info["accuracies"])]
