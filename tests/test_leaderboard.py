@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -168,12 +169,28 @@ if __name__ == "__main__":
 """
 
 
+def _marked_processes(marker: str) -> list[int]:
+    """Pids of the processes whose environment holds ``marker`` (inherited by children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("stop", ["SIGINT to the group", "SIGTERM to the driver"])
 def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one(
-        swept, tmp_path):
+        swept, tmp_path, stop):
+    """Ctrl-C reaches the driver and its pool; ``kill`` reaches the driver alone, and its
+    pool's processes must not run on (they once took the next queued runs, driverless)."""
     results = tmp_path / "results"
     script = tmp_path / "sweep_script.py"
     script.write_text(SWEEP_SCRIPT)
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    marker = f"CLBENCH_TEST_MARKER_{uuid.uuid4().hex}"
+    environment = {**os.environ, marker: "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen([sys.executable, str(script), str(results)], env=environment,
                                start_new_session=True, stderr=subprocess.DEVNULL)
@@ -184,8 +201,15 @@ def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one
     deadline = time.monotonic() + 240
     while not finished() and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the driver and its workers
+    if stop == "SIGINT to the group":
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the driver and its workers
+    else:
+        process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while _marked_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _marked_processes(marker) == []
     done = finished()
     assert 1 <= len(done) < 3, "the sweep was not interrupted mid-way"
     again = sweep.plan(SUITE, [TINY], ["random"], [0, 1, 2], results)

@@ -15,9 +15,12 @@ match bitwise).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
-from collections.abc import Iterable, Sequence
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from clbench.agent import (
 )
 from clbench.leaderboard.suites import Entry
 from clbench.results import ResultFormatError, load_result, write_json_atomic
+from clbench.sealed.zygote import PR_SET_PDEATHSIG, prctl
 
 DEFAULT_RESULTS = Path("leaderboard") / "results"
 BACKENDS = ("local", "ray")
@@ -116,12 +120,26 @@ def default_agents() -> list[str]:
     return sorted(registered_agents())
 
 
+# True in a local pool's process: an interrupted run ends the process, not only the run
+_IN_LOCAL_POOL = False
+
+
+def _start_pool_process() -> None:
+    """Initialiser of a local pool's processes: each dies with the sweep. The kernel sends
+    it SIGTERM when the driver ends, however it ends (Linux), which ends its run as
+    interrupted; :func:`run_job` then exits instead of taking the next queued run."""
+    global _IN_LOCAL_POOL
+    _IN_LOCAL_POOL = True
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def run_job(request: dict[str, Any]) -> dict[str, Any]:
     """Run one job and return ``{"result": dict | None, "error": str | None}``.
 
     A run that fails in the agent returns its result (status failed, finished tasks kept)
     and the error; one that cannot start (e.g. the stream's data is missing) returns no
-    result. Runs in a worker process (local pool) or a Ray task.
+    result. Runs in a worker process (local pool) or a Ray task. An interrupted run (SIGINT,
+    SIGTERM) has written its file as interrupted; a local pool's process then exits.
     """
     import torch
 
@@ -135,6 +153,10 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
                                   out=request["out"], resume="auto" if request["out"] else False)
     except AgentError as error:
         return {"result": error.result.to_dict() if error.result else None, "error": str(error)}
+    except KeyboardInterrupt:
+        if _IN_LOCAL_POOL:
+            os._exit(128 + signal.SIGINT)
+        raise
     except Exception as error:  # the job is reported and the sweep goes on with the others
         return {"result": None, "error": f"{type(error).__name__}: {error}"}
     return {"result": result.to_dict(),
@@ -172,7 +194,9 @@ def sweep(jobs: Sequence[Job], device: str = "auto", backend: str = "local", wor
 def _run_local(requests: list[dict], workers: int) -> Iterable[tuple[int, dict]]:
     """Yield (index, outcome) as runs finish in a pool of fresh (spawned) processes."""
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                initializer=_start_pool_process) as pool, \
+            _terminate_as_interrupt():
         futures = {pool.submit(run_job, request): index for index, request in enumerate(requests)}
         try:
             for future in concurrent.futures.as_completed(futures):
@@ -184,6 +208,24 @@ def _run_local(requests: list[dict], workers: int) -> Iterable[tuple[int, dict]]
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.terminate()
             raise
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM to the driver acts as Ctrl-C (in the main thread): the pool's processes are
+    stopped and their runs end as interrupted, instead of running on without a driver."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_number, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_ray(requests: list[dict], device: str, threads: int,
