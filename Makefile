@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-# make run: every agent on one offline stream, seed 0, RUN_TRAIN training images per task
+# make run: every default agent (leaderboard list) on one offline stream, seed 0, RUN_TRAIN training images per task
 RUN_TRAIN ?= 400
 
 .PHONY: run test lint leaderboard

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import gymnasium
 
@@ -52,6 +54,17 @@ def parse_assignments(pairs: Sequence[str], option: str) -> dict:
         except (json.JSONDecodeError, RecursionError):
             parsed[key] = text
     return parsed
+
+
+def assignment_text(key: str, value: Any) -> str:
+    """``key=value`` as :func:`parse_assignments` reads it back: a plain word (``int4``)
+    bare, any other value as JSON (``true``, ``0.01``, ``"a,b"``, ``"true"``)."""
+    if isinstance(value, str) and re.fullmatch(r"[\w.+\-/:]+", value):
+        try:
+            json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            return f"{key}={value}"
+    return f"{key}={json.dumps(value)}"
 
 
 def seed_value(text: str) -> int:

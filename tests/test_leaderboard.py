@@ -22,11 +22,19 @@ from clbench.agent import (
     canonical_agent_name,
     load_agent_class,
     non_default_arguments,
+    registered_agents,
 )
-from clbench.cli import main
+from clbench.cli import assignment_text, main, parse_assignments
 from clbench.leaderboard import aggregate, sweep
 from clbench.leaderboard.build import build
-from clbench.leaderboard.suites import SUITES, Entry
+from clbench.leaderboard.suites import STORAGE_COMPARATORS, SUITES, Entry, default_agents
+from clbench.leaderboard.variants import (
+    parse_spec,
+    resolve_spec,
+    resolve_specs,
+    spec_label,
+    split_specs,
+)
 from clbench.results import load_result
 from clbench.sealed.sandbox import bwrap_status
 
@@ -104,6 +112,8 @@ def test_list_shows_agent_arguments_and_suites(capsys):
     printed = capsys.readouterr().out
     for suite, entries in SUITES.items():
         assert f"{suite}:" in printed and all(entry.folder in printed for entry in entries)
+    assert "  independent[dtype=int4,delta=true]" in printed
+    assert "-> independent__delta-true__dtype-int4" in printed and "-> naive\n" in printed
 
 
 # ----------------------------------------------------------------------------- suites
@@ -126,9 +136,124 @@ def test_plan_skips_scenarios_an_agent_does_not_support(tmp_path, monkeypatch):
     monkeypatch.setattr(Entry, "unsupported_kwargs", lambda self: [])
     planned = sweep.plan("offline", [domain], ["independent", "test_leaderboard:DomainAgent"],
                          [0], tmp_path)
-    assert [job.agent for job in planned.jobs] == ["test_leaderboard:DomainAgent"]
+    assert [job.agent.label for job in planned.jobs] == ["test_leaderboard:DomainAgent"]
     assert planned.skipped == [f"{domain.label}: skipped for independent: it supports the "
                                "scenario(s) task, not domain"]
+
+
+# ----------------------------------------------------------------------------- variants
+VARIANT = "independent[dtype=int4,delta=true]"
+VARIANT_FOLDER = "independent__delta-true__dtype-int4"
+
+
+def test_agent_specs_split_outside_brackets_and_parse_like_agent_arg():
+    listed = 'naive, independent[dtype=int4,delta=true],x[a=[1,2],b={"c": 3},d="e,]f"],'
+    assert split_specs(listed) == ["naive", "independent[dtype=int4,delta=true]",
+                                   'x[a=[1,2],b={"c": 3},d="e,]f"]']
+    assert parse_spec(VARIANT) == ("independent", {"dtype": "int4", "delta": True})
+    assert parse_spec('x[a=[1,2],b={"c": 3},d="e,]f",g=0.5]')[1] == \
+        {"a": [1, 2], "b": {"c": 3}, "d": "e,]f", "g": 0.5}
+    pairs = ["lr=0.05", "epochs=2", "optimizer=sgd", "delta=true", "name=\"true\""]
+    assert parse_spec(f"naive[{','.join(pairs)}]")[1] == parse_assignments(pairs, "--agent-arg")
+
+
+def test_a_variant_is_named_by_its_canonical_agent_and_non_default_arguments():
+    spec = resolve_spec(VARIANT)
+    assert (spec.name, spec.kwargs) == ("independent", {"delta": True, "dtype": "int4"})
+    assert spec.folder == VARIANT_FOLDER and spec.label == "independent[delta=true,dtype=int4]"
+    assert resolve_spec(spec.label) == spec  # the label is a spec of the same variant
+    for same in ("independent[delta=true,dtype=int4]", "independent[dtype=int4,delta=true,"
+                 "epochs=20]", "baselines.independent:Independent[delta=true,dtype=int4]"):
+        assert resolve_spec(same).folder == VARIANT_FOLDER, same
+    for name in ("naive", "independent", "random"):  # registered agents keep their folders
+        assert resolve_spec(name).folder == name
+    assert resolve_spec("independent[dtype=float32,delta=false]").folder == "independent"
+    assert resolve_spec("naive[lr=0.05]").folder == "naive__lr-0.05"
+    for value, text in (("int4", "k=int4"), ("7", 'k="7"'), ("a,b", 'k="a,b"'), (True, "k=true"),
+                        (0.5, "k=0.5"), ([1, 2], "k=[1, 2]")):  # read back as it was written
+        assert assignment_text("k", value) == text
+        assert parse_assignments([text], "--agent-arg") == {"k": value}
+    assert resolve_spec("tests/agents_for_tests.py:ConstantZero").folder == \
+        "agents_for_tests__ConstantZero"
+
+
+def test_the_default_agents_are_every_registered_one_and_the_storage_comparators():
+    specs = resolve_specs(default_agents())  # every default is valid; no two share a folder
+    assert [spec.label for spec in specs if not spec.kwargs] == sorted(registered_agents())
+    assert [spec.label for spec in specs if spec.kwargs] == [
+        "independent[dtype=int8]", "independent[dtype=int4]", "independent[delta=true,dtype=int4]"]
+    assert len(STORAGE_COMPARATORS) == 3
+
+
+@pytest.mark.parametrize(("agents", "says"), [
+    ("naive,nope", "--agents 'nope': unknown agent 'nope'; registered agents: agem,"),
+    ("independent[dtyp=int4]", "independent has no argument dtyp; its arguments and their "
+                               "defaults: dtype=float32, int8_scale=channel, delta=false"),
+    ("independent[dtype=int3]", "independent refuses these arguments: dtype='int3': choose"),
+    ('random[seed="7"]', "random refuses these arguments: manual_seed expected a long"),
+    ("independent[dtype]", "'dtype' is not of the form key=value; give name or name[key="),
+    ("naive,independent[dtype=int4", "unclosed ']'"),
+    ("independent[dtype=int4]]", "unbalanced ']'"),
+    ("independent[dtype=int4]x", "'independent[dtype=int4]x' is not an agent spec"),
+    ("independent[]", "'independent[]' has empty brackets"),
+    ("independent[dtype=int4,dtype=int8]", "sets dtype more than once"),
+    ("independent,independent[delta=false]", "both are independent (an argument equal to"),
+    ("", "--agents is empty"),
+])
+def test_bad_agent_specs_are_refused_before_any_run(agents, says, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["leaderboard", "run", "--suite", "offline", "--agents", agents, "--seeds", "0",
+                 "--results", str(results), "--quiet"]) == 2
+    printed = capsys.readouterr().err
+    assert says in printed, printed
+    assert not results.exists()
+
+
+@pytest.fixture(scope="module")
+def with_variant(swept, tmp_path_factory) -> Path:
+    """The swept results and one run of VARIANT (seed 0) beside them."""
+    results = copy_results(swept, tmp_path_factory.mktemp("variant"))
+    planned = sweep.plan(SUITE, [TINY], ["naive", VARIANT], [0], results)
+    assert [(job.agent.label, job.seed) for job in planned.jobs] == \
+        [("independent[delta=true,dtype=int4]", 0)]
+    assert sweep.sweep(planned.jobs, device="cpu", progress=False) == []
+    return results
+
+
+def test_a_variant_runs_into_its_own_folder_with_its_arguments(with_variant):
+    result = load_result(folder(with_variant, VARIANT_FOLDER) / "seed0.json")
+    assert result.status == "complete"
+    assert result.agent == {"name": "independent", "kwargs": {"delta": True, "dtype": "int4"}}
+    assert result.storage["compression"][-1] > 5  # int4 took effect (fp32: ~1x, int8: ~4x)
+    again = sweep.plan(SUITE, [TINY], [VARIANT, "independent"], [0], with_variant)
+    assert [job.agent.label for job in again.jobs] == ["independent"]  # not done by the variant
+    assert again.done == [folder(with_variant, VARIANT_FOLDER) / "seed0.json"]
+
+
+def test_a_variant_never_passes_for_another_and_variants_never_share_a_row(with_variant,
+                                                                            tmp_path):
+    results = copy_results(with_variant, tmp_path)
+    variant = folder(results, VARIANT_FOLDER) / "seed0.json"
+    (folder(results, "independent")).mkdir()
+    shutil.copy(variant, folder(results, "independent") / "seed0.json")  # in the plain folder
+    int4 = json.loads(variant.read_text())
+    int4["agent"]["kwargs"] = {"dtype": "int4"}  # another variant, in its own folder
+    (folder(results, "independent__dtype-int4")).mkdir()
+    (folder(results, "independent__dtype-int4") / "seed0.json").write_text(json.dumps(int4))
+    planned = sweep.plan(SUITE, [TINY], ["independent", "independent[dtype=int4]"], [0], results)
+    assert [job.agent.label for job in planned.jobs] == ["independent"]
+    report = build(results, tmp_path / "board", allow_unsealed=not SEALED)
+    assert [line for line in report.left_out if "/independent/" in line] == [
+        f"{SUITE}/{TINY.folder}/independent/seed0.json: holds a run of agent "
+        "independent[delta=true,dtype=int4], not of the folder's agent variant"]
+    rows = [row for row in report.rows if row.agent == "independent"]
+    assert [(row.arguments, row.label) for row in rows] == [
+        ({"delta": True, "dtype": "int4"}, "independent (delta=true, dtype=int4)"),
+        ({"dtype": "int4"}, "independent (dtype=int4)")]
+    readme = (tmp_path / "board" / "README.md").read_text()
+    assert "| independent | delta=true, dtype=int4 |" in readme
+    assert "| independent | dtype=int4 |" in readme
+    assert spec_label("independent", rows[0].arguments) == resolve_spec(VARIANT).label
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -138,7 +263,7 @@ def test_a_sweep_writes_one_file_per_run_and_never_redoes_a_complete_one(swept):
         [f"{SUITE}/{TINY.folder}/random/seed{s}.json" for s in (0, 1, 2)]
     assert all(load_result(swept / f).status == "complete" for f in files)
     again = sweep.plan(SUITE, [TINY], ["random", "naive"], [0, 1, 2], swept)
-    assert [(job.agent, job.seed) for job in again.jobs] == [("naive", 2)]
+    assert [(job.agent.label, job.seed) for job in again.jobs] == [("naive", 2)]
     assert len(again.done) == 5
 
 
@@ -224,7 +349,8 @@ def test_ray_backend_gives_the_files_of_the_local_pool(swept, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'clbench[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        assert run_plan(tmp_path, ["random", "naive"], [0], backend="ray") == []
+        assert run_plan(tmp_path, ["random", "naive", "random[seed=1]"], [0],
+                        backend="ray") == []
     finally:
         ray.shutdown()
     for agent in ("random", "naive"):
@@ -232,11 +358,13 @@ def test_ray_backend_gives_the_files_of_the_local_pool(swept, tmp_path):
         local = load_result(folder(swept, agent) / "seed0.json")
         assert ours.accuracy == local.accuracy  # bitwise, on CPU
         assert ours.storage["bytes"] == local.storage["bytes"]
+    variant = load_result(folder(tmp_path, "random__seed-1") / "seed0.json")  # kwargs passed
+    assert variant.agent == {"name": "random", "kwargs": {"seed": 1}}
 
 
 def test_a_job_that_cannot_start_is_reported_and_the_sweep_goes_on(tmp_path):
     broken = Entry("clbench/OneVsRestMNIST5k-v0", {**TINY.kwargs, "positive_fraction": 7})
-    jobs = [sweep.Job(broken, "random", 0, tmp_path / "a.json")]
+    jobs = [sweep.Job(broken, resolve_spec("random"), 0, tmp_path / "a.json")]
     problems = sweep.sweep(jobs, device="cpu", progress=False)
     assert len(problems) == 1 and "positive_fraction" in problems[0]
     assert not (tmp_path / "a.json").exists()

@@ -28,6 +28,7 @@ from clbench.agent import (
     load_agent_class,
     non_default_arguments,
 )
+from clbench.cli import assignment_text
 from clbench.metrics import schedule_label
 from clbench.results import Result
 
@@ -119,8 +120,9 @@ def major_version(result: Result) -> str:
 
 
 def arguments_text(arguments: dict[str, Any], eval_every: int = 1) -> str:
-    """The non-default arguments, and ``R every N`` for a sparse evaluation schedule."""
-    shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in arguments.items()) or "defaults"
+    """The non-default arguments as ``--agent-arg`` takes them (``dtype=int4, delta=true``),
+    and ``R every N`` for a sparse evaluation schedule."""
+    shown = ", ".join(assignment_text(k, v) for k, v in arguments.items()) or "defaults"
     return "; ".join(filter(None, (shown, schedule_label(eval_every))))
 
 
@@ -136,6 +138,14 @@ class Row:
     figures: dict[str, Summary | None] = field(default_factory=dict)
     flops_counted: bool = True
     pareto: bool = False
+
+    @property
+    def label(self) -> str:
+        """How a plot names the row: ``independent``, ``independent (delta=true, dtype=int4)``
+        (distinct for distinct rows of one stream)."""
+        if not self.arguments and self.eval_every == 1:
+            return self.agent
+        return f"{self.agent} ({arguments_text(self.arguments, self.eval_every)})"
 
     @property
     def seeds(self) -> list[int]:

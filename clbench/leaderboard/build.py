@@ -2,7 +2,7 @@
 
 Reads ``<results>/<suite>/<entry>/<agent>/seed<k>.json`` through
 :func:`clbench.results.load_result`, keeps the files that are valid, complete, sealed and
-where they claim to be (their stream, agent and seed match their folder), and writes into
+where they claim to be (their stream, agent variant and seed match their folders), and writes into
 ``<out>``: ``README.md`` (one table per suite entry), ``index.html`` (one self-contained
 page) and ``plots/<suite>/<entry>/*.png``. Every other file is listed with its reason and
 left out; the build goes on with the rest. Nothing written depends on the time, the machine
@@ -16,12 +16,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clbench.agent import canonical_agent_name
 from clbench.leaderboard import aggregate, page
 from clbench.leaderboard.aggregate import Row, Run
 from clbench.leaderboard.plots import write_plots
 from clbench.leaderboard.suites import SUITES
-from clbench.leaderboard.sweep import DEFAULT_RESULTS, agent_folder
+from clbench.leaderboard.sweep import DEFAULT_RESULTS
+from clbench.leaderboard.variants import agent_folder, spec_label
 from clbench.results import ResultFormatError, load_result
 
 DEFAULT_OUT = Path("leaderboard")
@@ -79,10 +79,11 @@ def check_file(path: Path, relative: str, allow_unsealed: bool) -> tuple[Run | N
     if entry is not None and (result.env["id"] != entry.env_id or any(
             result.env["kwargs"].get(k) != v for k, v in entry.kwargs.items())):
         return None, f"holds a run of {result.env['id']}, not of the entry {entry.label}"
-    if folder_of_agent != agent_folder(result.agent["name"]):
-        return None, (f"holds a run of agent {canonical_agent_name(result.agent['name'])}, "
-                      "not of the folder's agent")
-    return Run(relative, result, sealed=sealed), ""
+    run = Run(relative, result, sealed=sealed)
+    if folder_of_agent != agent_folder(run.agent, run.arguments):
+        return None, (f"holds a run of agent {spec_label(run.agent, run.arguments)}, not of "
+                      "the folder's agent variant")
+    return run, ""
 
 
 def collect(results: Path, allow_unsealed: bool = False) -> tuple[list[Run], list[str]]:

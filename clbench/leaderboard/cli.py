@@ -15,7 +15,8 @@ def _split(text: str | None, kind=str) -> list:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from clbench.leaderboard.suites import DESCRIPTIONS, SUITES
+    from clbench.leaderboard.suites import DESCRIPTIONS, SUITES, default_agents
+    from clbench.leaderboard.variants import resolve_spec
 
     for name, entries in SUITES.items():
         print(f"{name}: {DESCRIPTIONS[name]}")
@@ -23,12 +24,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             problem = entry.unsupported_kwargs()
             note = f"  (not in this clbench: no {', '.join(problem)})" if problem else ""
             print(f"  {entry.label:45s} scenario {entry.scenario:6s} -> {entry.folder}{note}")
+    print("default agents (a sweep without --agents; results folder after the arrow):")
+    for text in default_agents():
+        try:
+            print(f"  {text:45s} -> {resolve_spec(text).folder}")
+        except ValueError as error:
+            print(f"  {text:45s} (cannot be run here: {error})")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from clbench.leaderboard import sweep
-    from clbench.leaderboard.suites import get_suite
+    from clbench.leaderboard.suites import default_agents, get_suite
+    from clbench.leaderboard.variants import split_specs
 
     try:
         entries = get_suite(args.suite)
@@ -43,7 +51,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             overrides = parse_assignments(args.env_arg, "--env-arg")
             entries = tuple(entry.with_kwargs(overrides) for entry in entries)
         seeds = _split(args.seeds, int)
-        agents = _split(args.agents) or sweep.default_agents()
+        agents = split_specs(args.agents) if args.agents is not None else default_agents()
+        if not agents:
+            raise ValueError("--agents is empty; give agent specs or leave it out for the "
+                             "default agents (see `clbench leaderboard list`)")
         plan = sweep.plan(args.suite, entries, agents, seeds, Path(args.results))
     except ValueError as error:
         print(f"clbench: {error}", file=sys.stderr)
@@ -106,7 +117,12 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="change a make() kwarg of every entry, e.g. max_train_per_task=500 "
                           "(results go to distinct folders; repeatable)")
-    run.add_argument("--agents", help="comma-separated agent names (default: every registered)")
+    run.add_argument("--agents", metavar="SPECS",
+                     help="comma-separated agent specs: a name, or a name with constructor "
+                          "arguments in brackets, e.g. 'naive,independent[dtype=int4,"
+                          "delta=true]' (quote it in a shell); each variant gets its own "
+                          "results folder (default: every registered agent and the storage "
+                          "comparators; see `clbench leaderboard list`)")
     run.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     run.add_argument("--backend", default="local", choices=BACKENDS,

@@ -44,12 +44,9 @@ def mean_matrix(row: Row) -> np.ndarray:
 
 
 def _colours(rows: Sequence[Row]) -> dict[str, tuple]:
+    """One colour per row (variants of one agent are rows of their own), by its label."""
     palette = plt.get_cmap("tab20").colors
-    return {row.agent: palette[i % len(palette)] for i, row in enumerate(rows)}
-
-
-def _label(row: Row) -> str:
-    return row.agent if not row.arguments and row.eval_every == 1 else f"{row.agent}*"
+    return {row.label: palette[i % len(palette)] for i, row in enumerate(rows)}
 
 
 def _grid(n: int) -> tuple[plt.Figure, list]:
@@ -68,7 +65,7 @@ def heatmaps(rows: Sequence[Row]) -> plt.Figure:
     for axis, row in zip(axes, rows, strict=True):
         image = axis.imshow(mean_matrix(row), vmin=0.4, vmax=1.0, cmap="viridis",
                             interpolation="nearest")
-        axis.set_title(_label(row))
+        axis.set_title(row.label)
         axis.set_xlabel("task j")
         axis.set_ylabel("after learning task i")
         axis.grid(False)
@@ -99,7 +96,7 @@ def curves(rows: Sequence[Row]) -> plt.Figure:
         _evaluated_line(axis, range(1, n_tasks + 1), seen, color="black", linewidth=2,
                         label="mean over tasks seen")
         axis.set_ylim(min(0.4, np.nanmin(matrix) - 0.02), 1.02)
-        axis.set_title(_label(row))
+        axis.set_title(row.label)
         axis.set_xlabel("tasks learned")
         axis.set_ylabel("accuracy")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -113,7 +110,7 @@ def bytes_plot(rows: Sequence[Row]) -> plt.Figure:
     for row in rows:
         per_task = np.mean([run.result.storage["bytes"] for run in row.runs], axis=0)
         axis.plot(range(1, len(per_task) + 1), np.maximum(per_task, 1), marker=".",
-                  color=colours[row.agent], label=_label(row))
+                  color=colours[row.label], label=row.label)
     reference = rows[0].runs[0].result.storage["reference_fp32_bytes"]
     axis.plot(range(1, len(reference) + 1), reference, color="grey", linestyle="--",
               label="one fp32 network per task")
@@ -131,9 +128,9 @@ def pareto_plot(rows: Sequence[Row]) -> plt.Figure:
     for row in rows:
         acc, size = row.figures["acc"], row.figures["bytes"]
         axis.errorbar(max(size.mean, 1), acc.mean, yerr=acc.std or 0, fmt="o",
-                      color=colours[row.agent], markersize=8 if row.pareto else 5,
-                      markeredgecolor="black" if row.pareto else colours[row.agent],
-                      label=_label(row) + (" (Pareto)" if row.pareto else ""))
+                      color=colours[row.label], markersize=8 if row.pareto else 5,
+                      markeredgecolor="black" if row.pareto else colours[row.label],
+                      label=row.label + (" (Pareto)" if row.pareto else ""))
     front = sorted((max(r.figures["bytes"].mean, 1), r.figures["acc"].mean)
                    for r in rows if r.pareto)
     if front:

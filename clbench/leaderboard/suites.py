@@ -18,8 +18,19 @@ import gymnasium
 from gymnasium.envs.registration import load_env_creator
 
 import clbench  # noqa: F401  (registers the environments)
+from clbench.agent import registered_agents
 
 DEFAULT_SCENARIO = "task"
+
+
+def folder_name(name: str, kwargs: dict[str, Any]) -> str:
+    """``name`` and ``kwargs`` as one readable, filesystem-safe folder name, the same for the
+    same kwargs in any order: ``name__key-value__key-value`` (keys sorted; every run of
+    characters other than letters, digits and ``.`` in a value becomes ``_``)."""
+    for key, value in sorted(kwargs.items()):
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        name += f"__{key}-{re.sub(r'[^A-Za-z0-9.]+', '_', text).strip('_')}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -37,11 +48,7 @@ class Entry:
     def folder(self) -> str:
         """A readable folder name, distinct for distinct kwargs: ``SplitMNIST5k-v0`` or
         ``SplitMNIST5k-v0__scenario-domain``."""
-        name = self.env_id.split("/")[-1]
-        for key, value in sorted(self.kwargs.items()):
-            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-            name += f"__{key}-{re.sub(r'[^A-Za-z0-9.]+', '_', text).strip('_')}"
-        return name
+        return folder_name(self.env_id.split("/")[-1], self.kwargs)
 
     @property
     def label(self) -> str:
@@ -106,6 +113,26 @@ DESCRIPTIONS = {
     "standard": "the literature's Split MNIST / CIFAR-10 / CIFAR-100 (full datasets)",
     "paper": "the streams of the TN+EN paper (full MNIST and CIFAR-10)",
 }
+
+
+# What a sweep runs when no --agents is given: every registered agent (by name) and then
+# these variants, the storage comparators TN+EN needs: one independent network per task
+# stored in int8, in int4, and as the int4 change from one shared seeded initialisation
+# (TN+EN's two storage tricks without its autoencoder, so the rows say what the autoencoder
+# adds). int8 + delta is left out: it stores exactly int8's bytes (see the storage formulas
+# in baselines/independent.py), so it cannot move a row along the bytes axis, and every
+# variant costs one run per entry and seed. Spec syntax: clbench.leaderboard.variants.
+STORAGE_COMPARATORS = (
+    "independent[dtype=int8]",
+    "independent[dtype=int4]",
+    "independent[dtype=int4,delta=true]",
+)
+
+
+def default_agents() -> list[str]:
+    """The agent specs of a sweep without ``--agents``: every agent registered in the
+    ``clbench.agents`` group, by name, then :data:`STORAGE_COMPARATORS`."""
+    return sorted(registered_agents()) + list(STORAGE_COMPARATORS)
 
 
 def get_suite(name: str) -> tuple[Entry, ...]:

@@ -1,6 +1,11 @@
-"""Sweeps: every (suite entry, agent, seed) run, on a local process pool or a Ray cluster.
+"""Sweeps: every (suite entry, agent variant, seed) run, on a local process pool or a Ray
+cluster.
 
-Each run writes ``<results>/<suite>/<entry folder>/<agent>/seed<k>.json``. A file that is
+Agents are given as specs (:mod:`clbench.leaderboard.variants`): a name, or a name with
+constructor arguments such as ``independent[dtype=int4,delta=true]``; without a list, a
+sweep runs :func:`clbench.leaderboard.suites.default_agents`. Each run writes
+``<results>/<suite>/<entry folder>/<agent folder>/seed<k>.json``, the agent folder naming the
+variant (``independent``, ``independent__delta-true__dtype-int4``). A file that is
 complete and valid is never redone; a missing, running, failed, interrupted or malformed
 one is rerun, so a sweep that was killed mid-way loses only its unfinished runs and the
 next invocation of the same command picks up the rest.
@@ -27,13 +32,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from clbench.agent import (
-    canonical_agent_name,
-    load_agent_class,
-    registered_agents,
-    supported_scenarios,
-)
+from clbench.agent import canonical_agent_name, load_agent_class, supported_scenarios
 from clbench.leaderboard.suites import Entry
+from clbench.leaderboard.variants import AgentSpec, resolve_specs
 from clbench.results import ResultFormatError, load_result, write_json_atomic
 from clbench.sealed.zygote import PR_SET_PDEATHSIG, prctl
 
@@ -43,10 +44,10 @@ BACKENDS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Job:
-    """One run: ``agent`` on ``entry`` with ``seed``, written to ``path``."""
+    """One run: the variant ``agent`` on ``entry`` with ``seed``, written to ``path``."""
 
     entry: Entry
-    agent: str
+    agent: AgentSpec
     seed: int
     path: Path
 
@@ -54,7 +55,8 @@ class Job:
         """The job as plain values (what a worker process or a Ray task receives). A
         ``resumable`` job writes its own file and checkpoint as it goes (local backend: the
         same disk), so an interrupted run continues from its last finished task."""
-        return {"agent": self.agent, "env_id": self.entry.env_id,
+        return {"agent": self.agent.agent, "agent_kwargs": dict(self.agent.kwargs),
+                "env_id": self.entry.env_id,
                 "env_kwargs": dict(self.entry.kwargs), "seed": self.seed, "device": device,
                 "threads": threads, "out": str(self.path) if resumable else None}
 
@@ -69,13 +71,8 @@ class Plan:
     unavailable: list[str]  # one line per entry this clbench's environment cannot make
 
 
-def agent_folder(agent: str) -> str:
-    """The folder of an agent's results: its canonical name, ``:`` written ``__``."""
-    return canonical_agent_name(agent).replace(":", "__").replace("/", "_")
-
-
-def result_path(root: Path, suite: str, entry: Entry, agent: str, seed: int) -> Path:
-    return Path(root) / suite / entry.folder / agent_folder(agent) / f"seed{seed}.json"
+def result_path(root: Path, suite: str, entry: Entry, agent: AgentSpec, seed: int) -> Path:
+    return Path(root) / suite / entry.folder / agent.folder / f"seed{seed}.json"
 
 
 def is_complete(path: Path, job: Job) -> bool:
@@ -87,37 +84,35 @@ def is_complete(path: Path, job: Job) -> bool:
     return (result.status == "complete" and result.seed == job.seed
             and result.env["id"] == job.entry.env_id
             and all(result.env["kwargs"].get(k) == v for k, v in job.entry.kwargs.items())
-            and canonical_agent_name(result.agent["name"]) == canonical_agent_name(job.agent)
-            and not result.agent["kwargs"])
+            and canonical_agent_name(result.agent["name"]) == job.agent.name
+            and result.agent["kwargs"] == job.agent.kwargs)
 
 
 def plan(suite: str, entries: Sequence[Entry], agents: Sequence[str], seeds: Sequence[int],
          root: Path) -> Plan:
-    """The jobs of a sweep, leaving out finished runs, entries this clbench's environment
-    cannot make and entries whose scenario an agent does not support."""
+    """The jobs of a sweep of the agent specs ``agents``, leaving out finished runs, entries
+    this clbench's environment cannot make and entries whose scenario an agent does not
+    support. A bad spec raises ValueError before anything is planned."""
     jobs, done, skipped, unavailable = [], [], [], []
-    classes = {agent: load_agent_class(agent) for agent in agents}
+    specs = resolve_specs(agents)
+    scenarios_of = {spec.agent: supported_scenarios(load_agent_class(spec.agent))
+                    for spec in specs}
     for entry in entries:
         unsupported = entry.unsupported_kwargs()
         if unsupported:
             unavailable.append(f"{entry.label}: not run: this clbench's environment does "
                                f"not accept {', '.join(unsupported)}")
             continue
-        for agent in agents:
-            scenarios = supported_scenarios(classes[agent])
+        for agent in specs:
+            scenarios = scenarios_of[agent.agent]
             if entry.scenario not in scenarios:
-                skipped.append(f"{entry.label}: skipped for {agent}: it supports the "
+                skipped.append(f"{entry.label}: skipped for {agent.label}: it supports the "
                                f"scenario(s) {', '.join(scenarios)}, not {entry.scenario}")
                 continue
             for seed in seeds:
                 job = Job(entry, agent, seed, result_path(root, suite, entry, agent, seed))
                 (done.append(job.path) if is_complete(job.path, job) else jobs.append(job))
     return Plan(jobs, done, skipped, unavailable)
-
-
-def default_agents() -> list[str]:
-    """Every agent registered in the ``clbench.agents`` group, by name."""
-    return sorted(registered_agents())
 
 
 # True in a local pool's process: an interrupted run ends the process, not only the run
@@ -150,6 +145,7 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
     try:
         result = clbench.evaluate(request["agent"], request["env_id"], seed=request["seed"],
                                   device=request["device"], env_kwargs=request["env_kwargs"],
+                                  agent_kwargs=request["agent_kwargs"],
                                   out=request["out"], resume="auto" if request["out"] else False)
     except AgentError as error:
         return {"result": error.result.to_dict() if error.result else None, "error": str(error)}
@@ -185,7 +181,7 @@ def sweep(jobs: Sequence[Job], device: str = "auto", backend: str = "local", wor
             if outcome["result"] is not None:
                 write_json_atomic(job.path, outcome["result"])
             if outcome["error"]:
-                problems.append(f"{job.entry.label} {job.agent} seed {job.seed}: "
+                problems.append(f"{job.entry.label} {job.agent.label} seed {job.seed}: "
                                 f"{outcome['error']}")
             bar.update(1)
     return problems
