@@ -232,6 +232,11 @@ class Zygote:
                     pass
 
     def shutdown(self) -> None:
+        """Kill every worker and what it left behind. Not interruptible: when the harness
+        dies, its end of the control socket closes and the kernel sends SIGTERM (parent
+        death), in either order; a SIGTERM raised inside this cleanup once cut it short and
+        left a worker's detached child running."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for pid in list(self.workers):
             _kill_group(pid)
             try:
