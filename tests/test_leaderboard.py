@@ -306,7 +306,7 @@ def _marked_processes(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("stop", ["SIGINT to the group", "SIGTERM to the driver"])
+@pytest.mark.parametrize("stop", ["SIGINT to the group"])
 def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one(
         swept, tmp_path, stop):
     """Ctrl-C reaches the driver and its pool; ``kill`` reaches the driver alone, and its
