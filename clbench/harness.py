@@ -200,23 +200,19 @@ class InProcessRunner:
             return predict_call(self.cls, self.kwargs, self.device, state, inputs, task_ids,
                                 self.shapes, self.seed, seed_task, count_flops, purpose)
 
-    def close(self) -> None:
-        pass
-
-
 class SealedRunner:
     """The agent calls in fresh workers (:mod:`clbench.sealed`), sandboxed where possible."""
 
     def __init__(self, target: str, kwargs: dict, device: torch.device, seed: int,
                  input_shapes, pool: WorkerPool) -> None:
-        self.pool = pool
-        self.sealed = usable = pool.sandboxed
-        reason = sandbox.bwrap_status()[1]
+        self.pool = pool  # owned by evaluate, which closes it
+        self.sealed = pool.sandboxed
         self.base = {"agent": target, "kwargs": kwargs, "device": str(device), "seed": seed,
                      "threads": torch.get_num_threads()}
         self.shapes = [list(shape) for shape in input_shapes]
-        self.isolation = {"mode": "workers", "sandbox": "bwrap" if usable else None,
-                          "reason": reason, "worker_start_median_seconds": None}
+        self.isolation = {"mode": "workers", "sandbox": "bwrap" if self.sealed else None,
+                          "reason": sandbox.bwrap_status()[1],
+                          "worker_start_median_seconds": None}
 
     def learn(self, previous: bytes | None, task, count_flops: bool,
               timeout: float | None) -> LearnOutcome:
@@ -280,9 +276,6 @@ class SealedRunner:
 
     def _note_starts(self) -> None:
         self.isolation["worker_start_median_seconds"] = self.pool.median_start_seconds
-
-    def close(self) -> None:
-        self.pool.close()
 
 
 def _number(reply: dict, key: str) -> int | float | None:
@@ -521,7 +514,7 @@ def evaluate(
         if not result.isolation:  # a valid file even if the run ends before its runner starts
             result.isolation = {"mode": "workers" if seal else "in-process", "sandbox": None,
                                 "reason": "the run ended before the agent's first call"}
-        runner: SealedRunner | InProcessRunner | None = None
+        runner: SealedRunner | InProcessRunner
         try:
             if seal:
                 runner = SealedRunner(_worker_target(name), agent_kwargs, dev, seed,
@@ -583,9 +576,6 @@ def evaluate(
                     {"kind": "interrupted", "stage": None, "task_id": result.n_tasks_done,
                      "traceback": None})
             raise
-        finally:
-            if runner is not None:
-                runner.close()
     result.status = "complete"
     result.finished_at = _now()
     result.wall_seconds = elapsed()
