@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from agents.random_agent import RandomAgent
 from baselines.naive import Naive
 
 
@@ -165,3 +166,12 @@ class Centroids(ConstantZero):
 
     def load_state_dict(self, state):
         self.means = dict(state["means"])
+
+
+class SlowRandom(RandomAgent):
+    """The random agent, 0.3 s slower in every learn: a sweep of it is still
+    running when a test stops it just after its first run finished."""
+
+    def learn(self, task) -> None:
+        time.sleep(0.3)
+        super().learn(task)

@@ -55,9 +55,9 @@ class DomainAgent(ConstantZero):
     scenarios = ("task", "domain")
 
 
-def same_content(a: Path, b: Path) -> bool:
+def same_content(a: Path, b: Path, keys: tuple[str, ...] = SAME) -> bool:
     one, two = json.loads(a.read_text()), json.loads(b.read_text())
-    return all(one[key] == two[key] for key in SAME) and \
+    return all(one[key] == two[key] for key in keys) and \
         one["costs"]["learn_flops"] == two["costs"]["learn_flops"]
 
 
@@ -267,6 +267,20 @@ def test_a_sweep_writes_one_file_per_run_and_never_redoes_a_complete_one(swept):
     assert len(again.done) == 5
 
 
+def test_a_failed_runs_file_names_no_folder_of_this_machine(tmp_path):
+    """The agent's traceback in a failed run's file names its files relative to
+    placeholders (the file is committed; a rebuild elsewhere must give the same bytes)."""
+    problems = run_plan(tmp_path, ["agents_for_tests:RaisesOnSecondTask"], [0])
+    assert len(problems) == 1 and "out of ideas" in problems[0]
+    written = next(tmp_path.rglob("seed0.json"))
+    data = json.loads(written.read_text())
+    assert data["status"] == "failed" and "out of ideas" in data["failure"]["traceback"]
+    assert '"<clbench-root>/tests/agents_for_tests.py"' in data["failure"]["traceback"]
+    text = written.read_text()
+    for folder in (ROOT, Path.home(), Path(sys.prefix)):
+        assert f"{folder}/" not in text, folder
+
+
 def test_running_failed_or_malformed_files_are_rerun(swept, tmp_path):
     results = copy_results(swept, tmp_path)
     random = folder(results, "random")
@@ -287,11 +301,13 @@ SWEEP_SCRIPT = """
 import sys
 from pathlib import Path
 from clbench.leaderboard import sweep
-from test_leaderboard import SUITE, TINY
+from test_leaderboard import SLOW, SUITE, TINY
 if __name__ == "__main__":
-    planned = sweep.plan(SUITE, [TINY], ["random"], [0, 1, 2], Path(sys.argv[1]))
+    planned = sweep.plan(SUITE, [TINY], [SLOW], [0, 1, 2], Path(sys.argv[1]))
     sweep.sweep(planned.jobs, device="cpu", progress=False)
 """
+# random, slower: a sweep of it is surely mid-way when it is stopped after its first run
+SLOW = "agents_for_tests:SlowRandom"
 
 
 def _marked_processes(marker: str) -> list[int]:
@@ -306,7 +322,7 @@ def _marked_processes(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("stop", ["SIGINT to the group"])
+@pytest.mark.parametrize("stop", ["SIGINT to the group", "SIGTERM to the driver"])
 def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one(
         swept, tmp_path, stop):
     """Ctrl-C reaches the driver and its pool; ``kill`` reaches the driver alone, and its
@@ -337,12 +353,14 @@ def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one
     assert _marked_processes(marker) == []
     done = finished()
     assert 1 <= len(done) < 3, "the sweep was not interrupted mid-way"
-    again = sweep.plan(SUITE, [TINY], ["random"], [0, 1, 2], results)
+    again = sweep.plan(SUITE, [TINY], [SLOW], [0, 1, 2], results)
     assert len(again.done) == len(done) and len(again.jobs) == 3 - len(done)
     assert sweep.sweep(again.jobs, device="cpu", progress=False) == []
-    for seed in (0, 1, 2):
-        assert same_content(folder(results, "random") / f"seed{seed}.json",
-                            folder(swept, "random") / f"seed{seed}.json")
+    slow = next(results.rglob("seed0.json")).parent
+    for seed in (0, 1, 2):  # random's files but for the agent's name
+        assert same_content(slow / f"seed{seed}.json",
+                            folder(swept, "random") / f"seed{seed}.json",
+                            tuple(key for key in SAME if key != "agent"))
 
 
 def test_ray_backend_gives_the_files_of_the_local_pool(swept, tmp_path):

@@ -24,6 +24,8 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
+import sysconfig
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -179,12 +181,45 @@ def sweep(jobs: Sequence[Job], device: str = "auto", backend: str = "local", wor
         for index, outcome in outcomes:
             job = jobs[index]
             if outcome["result"] is not None:
-                write_json_atomic(job.path, outcome["result"])
+                write_json_atomic(job.path, without_machine_paths(outcome["result"]))
             if outcome["error"]:
                 problems.append(f"{job.entry.label} {job.agent.label} seed {job.seed}: "
                                 f"{outcome['error']}")
             bar.update(1)
     return problems
+
+
+def machine_places() -> list[tuple[str, str]]:
+    """(folder, placeholder) for the folders of this machine that an agent's traceback
+    names, the longest first: the folder clbench is imported from (a checkout, or
+    site-packages), site-packages, the virtual environment, the Python install, home."""
+    import clbench
+
+    places = {str(Path(clbench.__file__).resolve().parents[1]): "<clbench-root>",
+              str(Path.home()): "~", sys.base_prefix: "<python>", sys.prefix: "<venv>"}
+    for key in ("purelib", "platlib"):
+        places[sysconfig.get_paths()[key]] = "<site-packages>"
+    return sorted(((folder.rstrip("/") + "/", name + "/") for folder, name in places.items()
+                   if len(folder) > 1), key=lambda pair: -len(pair[0]))
+
+
+def without_machine_paths(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with this machine's folders in ``error`` and ``failure`` (a failed run's
+    message and the agent's traceback) written as placeholders (:func:`machine_places`):
+    a sweep's files are committed and rebuilt elsewhere, and must not carry one machine's
+    paths."""
+    places = machine_places()
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            for folder, name in places:
+                value = value.replace(folder, name)
+            return value
+        if isinstance(value, dict):
+            return {key: scrub(item) for key, item in value.items()}
+        return value
+
+    return {**result, "error": scrub(result.get("error")), "failure": scrub(result.get("failure"))}
 
 
 def _run_local(requests: list[dict], workers: int) -> Iterable[tuple[int, dict]]:
