@@ -1,7 +1,51 @@
-"""``python -m clbench`` is the ``clbench`` command."""
+"""``python -m clbench`` and the ``clbench`` command (:func:`main`).
 
+A sealed ``clbench run`` first launches the zygote of its workers (which imports torch, about
+two seconds of one core), then imports the command line and with it torch: both imports run
+at once instead of one after the other. ``import clbench`` imports no torch, so nothing
+heavy comes before the launch. Anything unusual (an abbreviated option, a ``data_root``,
+``--no-seal``, another command) skips the early launch and the run starts its workers as
+usual; the early zygote is used only where the run asks for exactly the same one.
+"""
+
+import argparse
 import sys
+from collections.abc import Sequence
 
-from clbench.cli import main
 
-sys.exit(main())
+def start_workers_early(argv: Sequence[str]) -> None:
+    """Launch the zygote for ``clbench run --agent NAME`` (sealed, default data root)."""
+    if not argv or argv[0] != "run":
+        return
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--agent")
+    parser.add_argument("--no-seal", action="store_true")
+    parser.add_argument("--env-arg", action="append", default=[])
+    known, _ = parser.parse_known_args(argv[1:])
+    if known.agent is None or known.no_seal or any(
+            arg.startswith("data_root=") for arg in known.env_arg):
+        return
+    from clbench.agent import agent_reference, worker_target
+    from clbench.sealed.workers import start_early
+
+    try:
+        target = worker_target(agent_reference(known.agent))
+    except ValueError:
+        return  # an unknown agent: the command line says so, in its own words
+    start_early(target, {None})
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    start_workers_early(argv)
+    from clbench.cli import main as command_line
+    from clbench.sealed.workers import discard_early
+
+    try:
+        return command_line(argv)
+    finally:
+        discard_early()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,11 +41,12 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from clbench.tasks import SCENARIOS, Task
+
+if TYPE_CHECKING:
+    import torch
 
 ENTRY_POINT_GROUP = "clbench.agents"
 DEFAULT_SCENARIOS = ("task",)
@@ -137,6 +138,51 @@ def require_scenario(supported: Sequence[str], name: str, scenario: str) -> None
             f"scenario={scenario!r} asked for by the environment; choose a task-incremental "
             "env (without 'Domain' in its id) or an agent that declares "
             f"scenarios = (..., {scenario!r}, ...)")
+
+
+def agent_reference(agent: str | type) -> str:
+    """The canonical name of an agent: a registered name, ``module:Class`` or
+    ``/abs/path/file.py:Class``. Nothing is imported: the agent's module is imported in
+    the workers only."""
+    if isinstance(agent, str):
+        if ":" not in agent:
+            known = registered_agents()
+            if agent not in known:
+                raise ValueError(
+                    f"unknown agent {agent!r}; registered agents: "
+                    f"{', '.join(sorted(known)) or 'none'}; or give a 'module:Class' or "
+                    "'file.py:Class' path")
+            return agent
+        module, _, qualname = agent.rpartition(":")
+        if module.endswith(".py"):
+            path = Path(module).expanduser().resolve()
+            if not path.is_file():
+                raise ValueError(f"agent {agent!r}: no Python file at {path}")
+            return f"{path}:{qualname}"
+        return agent
+    if isinstance(agent, type):
+        if "<locals>" in agent.__qualname__:
+            raise ValueError(
+                f"agent class {agent.__qualname__} is defined inside a function; define it at "
+                "module level so that a worker process can import it")
+        module = agent.__module__
+        if module == "__main__":
+            module = getattr(sys.modules["__main__"], "__file__", None)
+            if module is None:
+                raise ValueError(
+                    f"agent class {agent.__qualname__} lives in an interactive session; put it "
+                    "in a module or file so that a worker process can import it")
+            module = str(Path(module).resolve())
+        return f"{module}:{agent.__qualname__}"
+    raise TypeError(
+        f"agent must be a registered name, a 'module:Class' path or a class, not "
+        f"{type(agent).__name__}: the harness builds fresh agents from constructor arguments")
+
+
+def worker_target(name: str) -> str:
+    """``module:Class`` for a worker, from a name :func:`agent_reference` gave (registered
+    names resolved here, once)."""
+    return name if ":" in name else registered_agents()[name]
 
 
 def canonical_agent_name(agent: str | type) -> str:

@@ -42,7 +42,6 @@ import os
 import platform
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -58,10 +57,11 @@ import clbench
 from clbench import costs, metrics, progress
 from clbench.agent import (
     ScenarioRefused,
+    agent_reference,
     load_agent_class,
-    registered_agents,
     require_scenario,
     supported_scenarios,
+    worker_target,
 )
 from clbench.checkpoint import Checkpoint, ResumeRefused, first_difference, folder_for
 from clbench.devices import resolve_device
@@ -115,57 +115,6 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 # ----------------------------------------------------------------------------- agents
-def agent_reference(agent: str | type) -> str:
-    """The canonical name of an agent: a registered name, ``module:Class`` or
-    ``/abs/path/file.py:Class``. Nothing is imported: the agent's module is imported in
-    the workers only."""
-    if isinstance(agent, str):
-        if ":" not in agent:
-            known = registered_agents()
-            if agent not in known:
-                raise ValueError(
-                    f"unknown agent {agent!r}; registered agents: "
-                    f"{', '.join(sorted(known)) or 'none'}; or give a 'module:Class' or "
-                    "'file.py:Class' path")
-            return agent
-        module, _, qualname = agent.rpartition(":")
-        if module.endswith(".py"):
-            path = Path(module).expanduser().resolve()
-            if not path.is_file():
-                raise ValueError(f"agent {agent!r}: no Python file at {path}")
-            return f"{path}:{qualname}"
-        return agent
-    if isinstance(agent, type):
-        if "<locals>" in agent.__qualname__:
-            raise ValueError(
-                f"agent class {agent.__qualname__} is defined inside a function; define it at "
-                "module level so that a worker process can import it")
-        module = agent.__module__
-        if module == "__main__":
-            module = getattr(sys.modules["__main__"], "__file__", None)
-            if module is None:
-                raise ValueError(
-                    f"agent class {agent.__qualname__} lives in an interactive session; put it "
-                    "in a module or file so that a worker process can import it")
-            module = str(Path(module).resolve())
-        return f"{module}:{agent.__qualname__}"
-    raise TypeError(
-        f"agent must be a registered name, a 'module:Class' path or a class, not "
-        f"{type(agent).__name__}: the harness builds fresh agents from constructor arguments")
-
-
-def _worker_target(name: str) -> str:
-    """``module:Class`` for a worker (registered names resolved here, once)."""
-    return name if ":" in name else registered_agents()[name]
-
-
-def worker_import_paths() -> list[str]:
-    """This process's import path, less the current directory (a worker must not import
-    from it: an ``agents/`` folder there would shadow the installed agents)."""
-    here = os.getcwd()
-    return [p for p in sys.path if p and os.path.abspath(p) != here]
-
-
 # ----------------------------------------------------------------------------- runners
 class InProcessRunner:
     """The agent calls in this process (debugging; nothing is enforced)."""
@@ -261,18 +210,6 @@ class SealedRunner:
                                   _number(reply, "flops"))
         except (IndexError, TypeError, ValueError) as error:
             raise WorkerFailure("protocol", "predict", f"malformed reply: {error}") from None
-
-    @staticmethod
-    def start_workers(target: str, data_roots) -> WorkerPool:
-        """Launch the zygote for ``target``'s workers, sandboxed where bubblewrap works,
-        with every place of ``data_roots``' datasets hidden; it gets ready in the background
-        (:class:`WorkerPool`)."""
-        usable, _ = sandbox.bwrap_status()
-        hidden = sandbox.dataset_sources(data_roots) if usable else []
-        module = target.rpartition(":")[0]
-        own_file = [module] if module.endswith(".py") else []
-        own_folder = [str(Path(module).parent) for module in own_file]
-        return WorkerPool(usable, hidden, own_folder + worker_import_paths(), own_file)
 
     def _note_starts(self) -> None:
         self.isolation["worker_start_median_seconds"] = self.pool.median_start_seconds
@@ -481,7 +418,7 @@ def evaluate(
     with _signals_interrupt(), contextlib.ExitStack() as cleanup:
         pool = None
         if seal:  # the zygote imports torch while this process loads the stream's data
-            pool = SealedRunner.start_workers(_worker_target(name),
+            pool = WorkerPool.for_agent(worker_target(name),
                                               {spec_kwargs.get("data_root"), None})
             cleanup.callback(pool.close)
         env = gymnasium.make(env_id, **{**env_kwargs, "device": str(dev), "backend": "torch"},
@@ -517,7 +454,7 @@ def evaluate(
         runner: SealedRunner | InProcessRunner
         try:
             if seal:
-                runner = SealedRunner(_worker_target(name), agent_kwargs, dev, seed,
+                runner = SealedRunner(worker_target(name), agent_kwargs, dev, seed,
                                       input_shapes, pool)
             else:
                 runner = InProcessRunner(agent if isinstance(agent, type) else name,

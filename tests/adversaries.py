@@ -281,9 +281,9 @@ class ReachesTheNetwork(Naive):
 
 # (i) ------------------------------------------------------------------------------------------
 def _mnist5k_file() -> Path:
-    from clbench.data import mnist5k
+    from clbench.data.info import mnist5k_file
 
-    return Path(str(mnist5k._csv_path()))
+    return Path(str(mnist5k_file()))
 
 
 def _other_processes() -> list[int]:

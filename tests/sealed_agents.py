@@ -55,11 +55,11 @@ class SandboxProbe(Quiet):
 
     def learn(self, task):
         from clbench.data import resolve_root
-        from clbench.data.mnist5k import _csv_path
+        from clbench.data.info import mnist5k_file
 
         tmp = Path("/tmp")
         figures = {
-            "mnist5k_readable": _readable(str(_csv_path())),
+            "mnist5k_readable": _readable(str(mnist5k_file())),
             "debian_datasets_listed": _listing("/usr/share/datasets"),
             "data_root_listed": _listing(resolve_root()),
             "leftover_seen": (tmp / LEFTOVER_FILE).exists()

@@ -102,7 +102,7 @@ def test_validation_never_loads_the_test_split(tmp_path, fresh_data_cache, monke
         asked.append(train)
         return load_dataset(name, train=train, **kwargs)
 
-    for module in ("clbench.env.task_stream", "clbench.tasks.materialize"):
+    for module in ("clbench.env.task_stream", "clbench.tasks.materialization"):
         monkeypatch.setattr(importlib.import_module(module), "load_dataset", recording_load)
     env = gymnasium.make("clbench/SplitMNIST-v0", data_root=tmp_path, evaluation="validation",
                          n_tasks=2)

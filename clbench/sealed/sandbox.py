@@ -53,12 +53,11 @@ def bwrap_status() -> tuple[bool, str]:
 def dataset_sources(data_roots: Iterable[str | os.PathLike | None]) -> list[Path]:
     """Every existing place a dataset could be read from: data roots, Debian's folder, and
     the folder of the installed mnist5k file."""
-    from clbench.data import resolve_root
-    from clbench.data.mnist5k import _csv_path
+    from clbench.data.info import mnist5k_file, resolve_root
 
     places = {resolve_root(root).resolve() for root in data_roots}
     places.add(DEBIAN_DATASETS)
-    places.add(Path(str(_csv_path())).resolve().parent)
+    places.add(Path(str(mnist5k_file())).resolve().parent)
     return sorted(place for place in places if place.exists())
 
 

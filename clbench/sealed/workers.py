@@ -4,11 +4,13 @@
 that works), asks it for one forked worker per call, sends the request over a socket of its
 own, reads the reply (header + raw blobs; nothing is unpickled) and has the zygote reap the
 worker and kill anything it left running. :class:`WorkerFailure` says how a call went wrong
-in a machine-readable ``kind``.
+in a machine-readable ``kind``. This module imports no torch: the command line launches a
+run's zygote (:func:`start_early`) before it imports torch itself.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -17,12 +19,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from clbench.sealed import sandbox
 from clbench.sealed.channel import ChannelClosed, MalformedMessage, receive_message, send_message
-from clbench.sealed.sandbox import bwrap_command
 
 # Seconds a worker gets to exit by itself after it answered, before it is killed.
 EXIT_GRACE_SECONDS = 5.0
@@ -53,13 +55,14 @@ class WorkerPool:
         up (about 2 s of one core) while the caller goes on, e.g. loading the stream's data;
         the first :meth:`call` waits for it."""
         self.sandboxed = sandboxed
+        self.arguments = _arguments(sandboxed, hidden, extra_paths, files)
         self.ready = False
         self.start_seconds: list[float] = []
         self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [sys.executable, "-P", "-m", "clbench.sealed.zygote", str(child.fileno()),
                    "0" if sandboxed else str(os.getpid())]
         if sandboxed:
-            command = bwrap_command(hidden, [*extra_paths, *files]) + command
+            command = sandbox.bwrap_command(hidden, [*extra_paths, *files]) + command
         try:
             self.process = subprocess.Popen(
                 command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=2,
@@ -71,6 +74,21 @@ class WorkerPool:
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def for_agent(cls, target: str, data_roots: Iterable[str | os.PathLike | None]
+                  ) -> WorkerPool:
+        """The pool for ``target``'s workers (``module:Class`` or ``file.py:Class``),
+        sandboxed where bubblewrap works, with every place of ``data_roots``' datasets hidden:
+        the one :func:`start_early` launched for the same arguments, else a new one."""
+        global _early
+        arguments = pool_arguments(target, data_roots)
+        early, _early = _early, None
+        if early is not None:
+            if early.arguments == _arguments(*arguments):
+                return early
+            early.close()
+        return cls(*arguments)
 
     def wait_ready(self) -> None:
         """Block until the zygote has imported what workers share and can fork them."""
@@ -154,6 +172,55 @@ class WorkerPool:
 
     def __exit__(self, *_) -> None:
         self.close()
+
+
+def worker_import_paths() -> list[str]:
+    """This process's import path, less the current directory (a worker must not import
+    from it: an ``agents/`` folder there would shadow the installed agents)."""
+    here = os.getcwd()
+    return [p for p in sys.path if p and os.path.abspath(p) != here]
+
+
+def pool_arguments(target: str, data_roots: Iterable[str | os.PathLike | None]
+                   ) -> tuple[bool, list[Path], list[str], list[str]]:
+    """:class:`WorkerPool`'s arguments for ``target``: whether bubblewrap works, the dataset
+    places to hide, the import paths (the agent file's folder first) and the agent's file."""
+    usable, _ = sandbox.bwrap_status()
+    hidden = sandbox.dataset_sources(data_roots) if usable else []
+    module = target.rpartition(":")[0]
+    own_file = [module] if module.endswith(".py") else []
+    own_folder = [str(Path(module).parent) for module in own_file]
+    return usable, hidden, own_folder + worker_import_paths(), own_file
+
+
+def _arguments(sandboxed: bool, hidden: Sequence[Path], extra_paths: Sequence[str],
+               files: Sequence[str]) -> tuple:
+    return bool(sandboxed), tuple(map(str, hidden)), tuple(extra_paths), tuple(files)
+
+
+# The pool start_early launched, until WorkerPool.for_agent takes it (or closes it).
+_early: WorkerPool | None = None
+
+
+def start_early(target: str, data_roots: Iterable[str | os.PathLike | None]) -> None:
+    """Launch the zygote for ``target`` now, before this process imports torch, so that both
+    import at once (about a second less of waiting at the start of a sealed ``clbench
+    run``); :meth:`WorkerPool.for_agent` hands it out for the same arguments. One left
+    unused is closed by :func:`discard_early` (and at exit)."""
+    global _early
+    discard_early()
+    _early = WorkerPool(*pool_arguments(target, data_roots))
+
+
+def discard_early() -> None:
+    """Close the pool :func:`start_early` launched, if nothing took it."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        early.close()
+
+
+atexit.register(discard_early)
 
 
 def _describe_exit(status: dict[str, Any]) -> str:

@@ -1,15 +1,23 @@
-"""Binary task specs, stream builders and their materialisation into data."""
+"""Binary task specs, stream builders and their materialisation into data.
 
-from clbench.tasks.materialize import (
-    DEFAULT_VALIDATION_FRACTION,
-    EVALUATIONS,
-    SCENARIOS,
-    balanced_indices,
-    materialize,
-    stratified_holdout,
-)
-from clbench.tasks.spec import Task, TaskSpec, require_one_labelling
+Specs and streams are imported at once (they import no torch); what materialises data is
+imported on first use, so that ``import clbench`` stays light.
+"""
+
+from importlib import import_module
+
+from clbench.tasks.spec import EVALUATIONS, SCENARIOS, Task, TaskSpec, require_one_labelling
 from clbench.tasks.streams import STREAMS, check_stream, mixed, one_vs_rest, split, tuples
+
+_MATERIALIZE = ("DEFAULT_VALIDATION_FRACTION", "balanced_indices", "materialize",
+                "stratified_holdout")
+
+
+def __getattr__(name: str):
+    if name in _MATERIALIZE:
+        return getattr(import_module("clbench.tasks.materialization"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_VALIDATION_FRACTION",

@@ -1,12 +1,21 @@
-"""Binary task specs and materialised tasks."""
+"""Binary task specs and materialised tasks.
+
+Imports no torch (a :class:`Task` holds tensors but its methods import what they use), so
+that registering the environments, which names tasks by their specs, stays light.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+from clbench.data import dataset_info
 
-from clbench.data import dataset_info, normalize
+if TYPE_CHECKING:
+    import torch
+
+EVALUATIONS = ("test", "validation")
+SCENARIOS = ("task", "domain")
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,8 @@ class Task:
         """Tasks are equal when their id, spec and every data tensor are equal."""
         if not isinstance(other, Task):
             return NotImplemented
+        import torch
+
         tensors = ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
         facts = (self.id, self.spec, self.scenario)
         return facts == (other.id, other.spec, other.scenario) and all(
@@ -117,6 +128,8 @@ class Task:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 inputs of this task -> standardised float32 (per batch, on the fly)."""
+        from clbench.data import normalize
+
         return normalize(images, self.spec.dataset)
 
     def for_agent(self) -> Task:

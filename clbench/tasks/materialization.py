@@ -9,10 +9,8 @@ import numpy as np
 import torch
 
 from clbench.data import load_dataset
-from clbench.tasks.spec import Task, TaskSpec
+from clbench.tasks.spec import EVALUATIONS, Task, TaskSpec
 
-EVALUATIONS = ("test", "validation")
-SCENARIOS = ("task", "domain")
 DEFAULT_VALIDATION_FRACTION = 0.2
 
 
