@@ -29,10 +29,9 @@ def start_workers_early(argv: Sequence[str]) -> None:
     from clbench.sealed.workers import start_early
 
     try:
-        target = worker_target(agent_reference(known.agent))
-    except ValueError:
-        return  # an unknown agent: the command line says so, in its own words
-    start_early(target, {None})
+        start_early(worker_target(agent_reference(known.agent)), {None})
+    except (ValueError, OSError):
+        return  # an unknown agent, a zygote that cannot start: the run says so in its words
 
 
 def main() -> int:
