@@ -51,6 +51,7 @@ DATASETS: dict[str, DatasetInfo] = {
     )
 }
 
+
 def dataset_info(name: str) -> DatasetInfo:
     """Facts about dataset ``name``; a clear error lists the known names otherwise."""
     try:

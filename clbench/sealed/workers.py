@@ -189,7 +189,7 @@ def pool_arguments(target: str, data_roots: Iterable[str | os.PathLike | None]
     hidden = sandbox.dataset_sources(data_roots) if usable else []
     module = target.rpartition(":")[0]
     own_file = [module] if module.endswith(".py") else []
-    own_folder = [str(Path(module).parent) for module in own_file]
+    own_folder = [str(Path(file).parent) for file in own_file]
     return usable, hidden, own_folder + worker_import_paths(), own_file
 
 
