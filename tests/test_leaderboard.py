@@ -185,6 +185,19 @@ def test_the_default_agents_are_every_registered_one_and_the_storage_comparators
     assert len(STORAGE_COMPARATORS) == 3
 
 
+def test_a_suite_with_its_own_agents_sweeps_those_by_default(tmp_path, capsys):
+    assert default_agents("storage") == ["tnen", "independent", *STORAGE_COMPARATORS, "lwf",
+                                         "linear"]
+    assert default_agents("offline") == default_agents()
+    resolve_specs(default_agents("storage"))
+    entry = SUITES["storage"][1]
+    assert (entry.env_id, entry.kwargs, entry.folder) == (
+        "clbench/TupleMNIST5k-v0", {"n_tasks": 100}, "TupleMNIST5k-v0__n_tasks-100")
+    planned = sweep.plan("storage", [entry], default_agents("storage"), [0], tmp_path)
+    assert sorted({job.path.parent.name for job in planned.jobs}) == sorted(
+        spec.folder for spec in resolve_specs(default_agents("storage")))
+
+
 @pytest.mark.parametrize(("agents", "says"), [
     ("naive,nope", "--agents 'nope': unknown agent 'nope'; registered agents: agem,"),
     ("independent[dtyp=int4]", "independent has no argument dtyp; its arguments and their "
@@ -480,6 +493,21 @@ def test_committed_leaderboard_is_what_build_writes(tmp_path, monkeypatch):
     copy.write_text(readme.read_text())
     build(Path("leaderboard/results"), tmp_path / "again", readme=copy)
     assert copy.read_text() == readme.read_text(), "README.md's table is stale: make leaderboard"
+
+
+def test_build_fills_every_suite_a_readme_marks_and_needs_the_offline_one(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- leaderboard:storage -->\nold\n<!-- /leaderboard:storage -->\n"
+                      "middle\n<!-- leaderboard:offline -->\nold\n<!-- /leaderboard:offline -->\n"
+                      "end\n")
+    build(tmp_path / "no-results", tmp_path / "out", readme=readme)
+    filled = readme.read_text()
+    assert "old" not in filled and filled.startswith("intro\n") and filled.endswith("end\n")
+    for suite in ("storage", "offline"):
+        assert f"No results of the `{suite}` suite yet" in filled
+    readme.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="lacks the markers <!-- leaderboard:offline -->"):
+        build(tmp_path / "no-results", tmp_path / "out", readme=readme)
 
 
 # ----------------------------------------------------------------------------- aggregation

@@ -25,7 +25,7 @@ from clbench.leaderboard.variants import agent_folder, spec_label
 from clbench.results import ResultFormatError, load_result
 
 DEFAULT_OUT = Path("leaderboard")
-README_SUITE = "offline"
+README_SUITE = "offline"  # the suite whose tables a README must have a place for
 LAYOUT = "<suite>/<entry>/<agent>/seed<k>.json"
 PROVENANCE_VERSIONS = ("python", "torch", "clbench")
 
@@ -99,7 +99,8 @@ def collect(results: Path, allow_unsealed: bool = False) -> tuple[list[Run], lis
 def build(results: Path = DEFAULT_RESULTS, out: Path = DEFAULT_OUT, readme: Path | None = None,
           allow_unsealed: bool = False) -> Build:
     """Validate ``results`` and write the leaderboard into ``out`` (see the module doc);
-    with ``readme``, also put the ``offline`` suite's tables between its markers."""
+    with ``readme``, also put the ``offline`` suite's tables, and those of every other suite
+    the readme has markers for, between their markers."""
     results, out = Path(results), Path(out)
     runs, left_out = collect(results, allow_unsealed) if results.is_dir() else ([], [])
     rows, refused = aggregate.group(runs, lambda run: section_of(run.path))
@@ -121,7 +122,7 @@ def build(results: Path = DEFAULT_RESULTS, out: Path = DEFAULT_OUT, readme: Path
     (out / "index.html").write_text(page.html_page(rows, report.left_out, plots))
     report.written += [out / "README.md", out / "index.html"]
     if readme is not None:
-        insert_suite_table(Path(readme), README_SUITE, rows)
+        insert_suite_tables(Path(readme), rows)
         report.written.append(Path(readme))
     return report
 
@@ -134,16 +135,21 @@ def results_label(results: Path) -> str:
         return results.name
 
 
-def insert_suite_table(readme: Path, suite: str, rows: list[Row]) -> None:
+def insert_suite_tables(readme: Path, rows: list[Row]) -> None:
     """Replace the text between ``<!-- leaderboard:SUITE -->`` and
-    ``<!-- /leaderboard:SUITE -->`` in ``readme`` by that suite's generated tables."""
-    start, end = f"<!-- leaderboard:{suite} -->", f"<!-- /leaderboard:{suite} -->"
+    ``<!-- /leaderboard:SUITE -->`` in ``readme`` by that suite's generated tables, for
+    :data:`README_SUITE` (whose markers must be there) and every other suite marked."""
     text = readme.read_text()
-    if start not in text or end not in text:
-        raise ValueError(f"{readme} lacks the markers {start} and {end} around the place "
-                         "for the generated table")
-    tables = page.suite_markdown([row for row in rows if row.section.startswith(f"{suite} · ")],
-                                 suite, heading="####")
-    head, rest = text.split(start, 1)
-    readme.write_text(f"{head}{start}\n{tables}\n{end}{rest.split(end, 1)[1]}")
-
+    for suite in dict.fromkeys([README_SUITE, *SUITES]):
+        start, end = f"<!-- leaderboard:{suite} -->", f"<!-- /leaderboard:{suite} -->"
+        if start not in text or end not in text:
+            if suite != README_SUITE:
+                continue
+            raise ValueError(f"{readme} lacks the markers {start} and {end} around the place "
+                             "for the generated table")
+        tables = page.suite_markdown(
+            [row for row in rows if row.section.startswith(f"{suite} · ")], suite,
+            heading="####")
+        head, rest = text.split(start, 1)
+        text = f"{head}{start}\n{tables}\n{end}{rest.split(end, 1)[1]}"
+    readme.write_text(text)

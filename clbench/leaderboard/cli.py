@@ -15,7 +15,12 @@ def _split(text: str | None, kind=str) -> list:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from clbench.leaderboard.suites import DESCRIPTIONS, SUITES, default_agents
+    from clbench.leaderboard.suites import (
+        DESCRIPTIONS,
+        SUITE_AGENTS,
+        SUITES,
+        default_agents,
+    )
     from clbench.leaderboard.variants import resolve_spec
 
     for name, entries in SUITES.items():
@@ -30,6 +35,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {text:45s} -> {resolve_spec(text).folder}")
         except ValueError as error:
             print(f"  {text:45s} (cannot be run here: {error})")
+    for suite, agents in SUITE_AGENTS.items():
+        print(f"the {suite} suite's default agents: {','.join(agents)}")
     return 0
 
 
@@ -51,7 +58,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             overrides = parse_assignments(args.env_arg, "--env-arg")
             entries = tuple(entry.with_kwargs(overrides) for entry in entries)
         seeds = _split(args.seeds, int)
-        agents = split_specs(args.agents) if args.agents is not None else default_agents()
+        agents = split_specs(args.agents) if args.agents is not None else default_agents(
+            args.suite)
         if not agents:
             raise ValueError("--agents is empty; give agent specs or leave it out for the "
                              "default agents (see `clbench leaderboard list`)")
@@ -121,8 +129,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                      help="comma-separated agent specs: a name, or a name with constructor "
                           "arguments in brackets, e.g. 'naive,independent[dtype=int4,"
                           "delta=true]' (quote it in a shell); each variant gets its own "
-                          "results folder (default: every registered agent and the storage "
-                          "comparators; see `clbench leaderboard list`)")
+                          "results folder (default: the suite's own list where it has one, else "
+                          "every registered agent and the storage comparators; see "
+                          "`clbench leaderboard list`)")
     run.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     run.add_argument("--backend", default="local", choices=BACKENDS,

@@ -94,6 +94,10 @@ SUITES: dict[str, tuple[Entry, ...]] = {
         "clbench/OneVsRestFashionMNIST-v0",
         ("clbench/OneVsRestFashionMNIST-v0", DOMAIN),
     ),
+    "storage": _entries(
+        ("clbench/TupleMNIST5k-v0", {"n_tasks": 10}),
+        ("clbench/TupleMNIST5k-v0", {"n_tasks": 100}),
+    ),
     "standard": _entries(
         "clbench/SplitMNIST-v0",
         "clbench/SplitCIFAR10-v0",
@@ -110,6 +114,8 @@ SUITES: dict[str, tuple[Entry, ...]] = {
 DESCRIPTIONS = {
     "offline": "built-in mnist5k streams; run anywhere, no download",
     "fashion": "Fashion-MNIST; offline wherever Debian's dataset-fashion-mnist is installed",
+    "storage": "TN+EN against the storage comparators as skills accumulate: 10 and 100 "
+               "TupleMNIST5k tasks (built-in data)",
     "standard": "the literature's Split MNIST / CIFAR-10 / CIFAR-100 (full datasets)",
     "paper": "the streams of the TN+EN paper (full MNIST and CIFAR-10)",
 }
@@ -129,9 +135,21 @@ STORAGE_COMPARATORS = (
 )
 
 
-def default_agents() -> list[str]:
-    """The agent specs of a sweep without ``--agents``: every agent registered in the
+# Suites that compare a few agents rather than all of them: ``storage`` asks what TN+EN's
+# autoencoder adds over its storage comparators (and over the two smallest states of the
+# offline tables, LwF's and linear's) on long streams, where every other agent's run would
+# cost hours (joint relearns every task seen; A-GEM and replay grow with the stream).
+SUITE_AGENTS: dict[str, tuple[str, ...]] = {
+    "storage": ("tnen", "independent", *STORAGE_COMPARATORS, "lwf", "linear"),
+}
+
+
+def default_agents(suite: str | None = None) -> list[str]:
+    """The agent specs of a sweep of ``suite`` without ``--agents``: the suite's own list
+    (:data:`SUITE_AGENTS`) where it has one, else every agent registered in the
     ``clbench.agents`` group, by name, then :data:`STORAGE_COMPARATORS`."""
+    if suite in SUITE_AGENTS:
+        return list(SUITE_AGENTS[suite])
     return sorted(registered_agents()) + list(STORAGE_COMPARATORS)
 
 

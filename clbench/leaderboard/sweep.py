@@ -3,7 +3,7 @@ cluster.
 
 Agents are given as specs (:mod:`clbench.leaderboard.variants`): a name, or a name with
 constructor arguments such as ``independent[dtype=int4,delta=true]``; without a list, a
-sweep runs :func:`clbench.leaderboard.suites.default_agents`. Each run writes
+sweep runs :func:`clbench.leaderboard.suites.default_agents` of the suite. Each run writes
 ``<results>/<suite>/<entry folder>/<agent folder>/seed<k>.json``, the agent folder naming the
 variant (``independent``, ``independent__delta-true__dtype-int4``). A file that is
 complete and valid is never redone; a missing, running, failed, interrupted or malformed
