@@ -115,8 +115,10 @@ def _whole(value: Any) -> bool:
 FIELDS = tuple(field.name for field in dataclasses.fields(Recipe))
 
 # The shared default. lr and momentum: chosen on validation data, leaderboard/tuning/recipe.json
-# (lr 0.01 and 0.05 with momentum 0.9 and 0.5, agent independent). Not tuned: the rest,
-# TN+EN's own TN settings (SGD, batch 64, at most 20 epochs) and a 10% hold-out, patience 3.
+# (lr 0.01 and 0.05 with momentum 0.9 and 0.5, agent independent). patience: its record,
+# leaderboard/tuning/patience.json, chooses 10; 3 stays until every committed result is run
+# again with 10 (leaderboard/tuning/README.md). Not tuned: the rest, TN+EN's own TN settings
+# (SGD, batch 64, at most 20 epochs) and a 10% hold-out.
 DEFAULT = Recipe(
     optimizer="sgd",
     lr=0.01,
