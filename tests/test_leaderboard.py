@@ -469,6 +469,30 @@ def test_build_refuses_to_mix_stream_specs_in_a_row_and_names_the_files(swept, t
         and "random/seed0.json" in refusal[0]
 
 
+def test_seeds_may_draw_other_tasks_but_one_seed_gives_every_agent_the_same(swept, tmp_path):
+    """A tuple stream draws its tasks from the seed: a row averages over those streams. A run
+    given other tasks than the other agents' runs of its seed is left out by name."""
+    results = copy_results(swept, tmp_path)
+
+    def rename_tasks(path: Path, prefix: str) -> None:
+        payload = json.loads(path.read_text())
+        payload["env"]["task_names"] = [f"{prefix}{name}" for name in payload["env"]["task_names"]]
+        path.write_text(json.dumps(payload))
+
+    for agent in ("random", "naive"):  # seed 1 drew other tasks, for every agent alike
+        rename_tasks(folder(results, agent) / "seed1.json", "drawn-by-seed-1:")
+    report = build(results, tmp_path / "board", allow_unsealed=not SEALED)
+    assert sorted(row.agent for row in report.rows) == ["naive", "random"]
+    assert [row.seeds for row in report.rows if row.agent == "random"] == [[0, 1, 2]]
+    rename_tasks(folder(results, "random") / "seed0.json", "only-random-saw:")
+    report = build(results, tmp_path / "board", allow_unsealed=not SEALED)
+    seeds = {row.agent: row.seeds for row in report.rows}
+    assert seeds == {"random": [1, 2], "naive": [1]}  # seed 0: no stream most runs saw
+    refusal = sorted(line for line in report.left_out if "saw other tasks" in line)
+    assert len(refusal) == 2 and "naive/seed0.json" in refusal[0] \
+        and "random/seed0.json" in refusal[1] and "other runs of seed 0" in refusal[1]
+
+
 def test_rebuild_is_byte_identical_wherever_it_runs(swept, tmp_path):
     outputs = []
     for name in ("one", "two"):

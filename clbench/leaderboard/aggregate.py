@@ -16,6 +16,7 @@ import io
 import json
 import math
 import statistics
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,21 +175,51 @@ FIGURES: dict[str, Callable[[Result], float | None]] = {
 }
 
 
+def stream_of(result: Result) -> str:
+    return json.dumps(result.env["task_names"])
+
+
+def one_stream_per_seed(runs: Sequence[Run], section: Callable[[Run], str]
+                        ) -> tuple[list[Run], list[str]]:
+    """The runs whose tasks are those the other agents of their section saw with the same
+    seed (the stream more than half of that seed's runs saw), and a message for each other
+    run (all of a seed's runs when no stream has that majority). Seeds may draw different
+    tasks (a tuple stream draws its tuples from the seed), so rows average over different
+    streams; what a comparison needs is that, seed by seed, every agent got the same tasks."""
+    streams: dict[tuple[str, int], Counter] = {}
+    for run in runs:
+        streams.setdefault((section(run), run.result.seed), Counter())[stream_of(run.result)] += 1
+    kept, refused = [], []
+    for run in runs:
+        counts = streams[(section(run), run.result.seed)]
+        stream, seen = counts.most_common(1)[0]
+        if stream_of(run.result) == stream and 2 * seen > sum(counts.values()):
+            kept.append(run)
+            continue
+        refused.append(f"{section(run)} / {run.agent}: {run.path} saw other tasks than the "
+                       f"other runs of seed {run.result.seed} ({stream_of(run.result)[:80]}; "
+                       f"{len(counts)} different task lists among that seed's "
+                       f"{sum(counts.values())} runs)")
+    return kept, refused
+
+
 def group(runs: Sequence[Run], section: Callable[[Run], str]) -> tuple[list[Row], list[str]]:
     """Rows of ``runs`` (by section, agent, arguments, evaluation schedule); a group mixing
-    streams or clbench major versions is refused: it becomes a message naming its files, not
-    a row."""
+    environment specs, stream lengths or clbench major versions is refused, and so is a run
+    given other tasks than the other agents of its seed (:func:`one_stream_per_seed`): each
+    becomes a message naming its files, not a row."""
+    runs, refused = one_stream_per_seed(runs, section)
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         key = (section(run), run.agent, json.dumps(run.arguments, sort_keys=True),
                run.result.eval_every)
         groups.setdefault(key, []).append(run)
-    rows, refused = [], []
+    rows = []
     for (name, agent, arguments, eval_every), members in sorted(groups.items()):
         members.sort(key=lambda run: (run.result.seed, run.path))
         for what, key_of in (("environment specs", stream_key),
                              ("clbench major versions", major_version),
-                             ("task streams", lambda r: json.dumps(r.env["task_names"]))):
+                             ("stream lengths", lambda r: str(len(r.env["task_names"])))):
             kinds: dict[str, list[str]] = {}
             for run in members:
                 kinds.setdefault(key_of(run.result), []).append(run.path)
