@@ -25,12 +25,13 @@ class MaxPool2x2(nn.MaxPool2d):
     gradient is recorded on a CPU tensor, takes the elementwise maximum of the four strided
     2x2 corners instead of calling the pooling kernel: the same values (a maximum is exact, a
     NaN wins in both; only the sign of a zero maximum can differ, and the reference nets'
-    logits are bitwise the same, see ``tests/test_training.py``), about 5x faster for the
-    first pool of the MNIST net (300 images, one thread: 0.39 against 2.22 ms; NCHW inputs
-    gain more), which makes every prediction and every no-grad check, such as TN+EN's
-    held-out accuracy, faster. Training (gradients recorded) keeps the pooling kernel: an
-    exact autograd path built the same way took 12 ms per forward and backward of a batch of
-    64 against the kernel's 0.7 ms."""
+    logits are bitwise the same, see ``tests/test_training.py``). Every prediction and every
+    no-grad check, such as TN+EN's held-out accuracy, gets faster: labelling 300 MNIST images
+    with the reference net took 4.64 ms against 6.25 ms with the kernel (medians of 40
+    interleaved rounds, one thread, idle 2-core CPU: ``python benchmarks/predict_speed.py``).
+    Training (gradients recorded) keeps the pooling kernel: an exact autograd path built the
+    same way took 12 ms per forward and backward of a batch of 64 against the kernel's
+    0.7 ms (a one-off measurement on the loaded machine)."""
 
     def __init__(self) -> None:
         super().__init__(kernel_size=2)
