@@ -319,6 +319,15 @@ if __name__ == "__main__":
     planned = sweep.plan(SUITE, [TINY], [SLOW], [0, 1, 2], Path(sys.argv[1]))
     sweep.sweep(planned.jobs, device="cpu", progress=False)
 """
+# The same sweep, whose driver is stopped (SIGTERM to itself) just after it wrote its first
+# result: the window between two waits on the pool, where a stop once let the pool run on
+STOPPED_WHILE_WRITING = SWEEP_SCRIPT.replace("if __name__", """import os, signal
+write = sweep.write_json_atomic
+def write_then_stop(path, payload):
+    write(path, payload)
+    os.kill(os.getpid(), signal.SIGTERM)
+sweep.write_json_atomic = write_then_stop
+if __name__""")
 # random, slower: a sweep of it is surely mid-way when it is stopped after its first run
 SLOW = "agents_for_tests:SlowRandom"
 
@@ -335,14 +344,17 @@ def _marked_processes(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("stop", ["SIGINT to the group", "SIGTERM to the driver"])
+@pytest.mark.parametrize("stop", ["SIGINT to the group", "SIGTERM to the driver",
+                                  "SIGTERM while the driver writes"])
 def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one(
         swept, tmp_path, stop):
     """Ctrl-C reaches the driver and its pool; ``kill`` reaches the driver alone, and its
-    pool's processes must not run on (they once took the next queued runs, driverless)."""
+    pool's processes must not run on (they once took the next queued runs, driverless),
+    wherever the driver is when the signal comes."""
     results = tmp_path / "results"
     script = tmp_path / "sweep_script.py"
-    script.write_text(SWEEP_SCRIPT)
+    script.write_text(STOPPED_WHILE_WRITING if stop == "SIGTERM while the driver writes"
+                      else SWEEP_SCRIPT)
     marker = f"CLBENCH_TEST_MARKER_{uuid.uuid4().hex}"
     environment = {**os.environ, marker: "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
@@ -357,7 +369,7 @@ def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one
         time.sleep(0.05)
     if stop == "SIGINT to the group":
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the driver and its workers
-    else:
+    elif stop == "SIGTERM to the driver":
         process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
     deadline = time.monotonic() + 30

@@ -176,8 +176,11 @@ def sweep(jobs: Sequence[Job], device: str = "auto", backend: str = "local", wor
     outcomes = (_run_ray(requests, device, threads, address) if backend == "ray"
                 else _run_local(requests, workers))
     problems = []
-    with tqdm(total=len(jobs), desc="sweep", unit="run", disable=None if progress else True) \
-            as bar:
+    # closing: an interruption that lands here, while a finished run's file is written rather
+    # than inside the generator, must still stop the pool at once; left to the garbage
+    # collector, the pool's exit handler first let it run the running and queued runs
+    with contextlib.closing(outcomes), tqdm(total=len(jobs), desc="sweep", unit="run",
+                                            disable=None if progress else True) as bar:
         for index, outcome in outcomes:
             job = jobs[index]
             if outcome["result"] is not None:
