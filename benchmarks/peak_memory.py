@@ -22,21 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from clbench.sealed.zygote import process_parents
+
 PROC = Path("/proc")
 
 
 def children_map() -> dict[int, list[int]]:
-    """Every live process's children, from ``/proc/PID/stat`` (field 4 is the parent)."""
+    """Every live process's children."""
     children: dict[int, list[int]] = {}
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
+    for pid, parent in process_parents().items():
+        children.setdefault(parent, []).append(pid)
     return children
 
 

@@ -321,3 +321,17 @@ def test_the_command_line_runs_on_the_zygote_it_launched_first(tmp_path, monkeyp
         start_workers_early(argv)
         assert workers._early is None, argv
     assert len(launched) == 3
+
+
+def test_process_parents_reads_the_process_table():
+    """The /proc scan the zygote falls back on to find a worker's children."""
+    from clbench.sealed.zygote import _children, process_parents
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        parents = process_parents()
+        assert parents[os.getpid()] == os.getppid() and parents[child.pid] == os.getpid()
+        assert child.pid in _children(os.getpid())
+    finally:
+        child.kill()
+        child.wait()

@@ -264,7 +264,13 @@ def _children(parent: int) -> list[int]:
         return [int(pid) for pid in listed.split()]
     except OSError:
         pass
-    children = []
+    return [pid for pid, its_parent in process_parents().items() if its_parent == parent]
+
+
+def process_parents() -> dict[int, int]:
+    """Every live process's parent pid, from ``/proc/PID/stat`` (Linux; a process that ends
+    while it is read is left out)."""
+    parents = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -272,10 +278,8 @@ def _children(parent: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == parent:
-            children.append(int(entry.name))
-    return children
+        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    return parents
 
 
 def warm_up() -> None:
