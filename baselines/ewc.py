@@ -59,7 +59,7 @@ from clbench.tasks import Task
 
 # Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 EWC_LAMBDA = 100.0  # penalty strength (lambda of Kirkpatrick et al.): leaderboard/tuning/ewc.json
-ONLINE_EWC_LAMBDA = 10.0  # the same for online EWC: leaderboard/tuning/online_ewc.json
+ONLINE_EWC_LAMBDA = 100.0  # the same for online EWC: leaderboard/tuning/online_ewc.json
 GAMMA = 1.0  # online EWC: decay of the running Fisher (not tuned)
 FISHER = "true"  # label of the log-likelihood: "true" | "predicted" | "expected"
 FISHER_SAMPLES = 256  # training examples the Fisher is estimated on

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agents.tnen import presets
-from baselines import ewc, lwf, si
+from baselines import agem, ewc, lwf, replay, si
 from clbench import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +27,8 @@ CITED = [
     ("leaderboard/tuning/si.json", si, {"si_c": si.SI_C}),
     ("leaderboard/tuning/si_full.json", si, {"si_c": si.SI_C}),
     ("leaderboard/tuning/lwf.json", lwf, {"distill_weight": lwf.DISTILL_WEIGHT}),
+    ("leaderboard/tuning/replay.json", replay, {"replay_batch_size": replay.REPLAY_BATCH_SIZE}),
+    ("leaderboard/tuning/agem.json", agem, {"memory_batch_size": agem.MEMORY_BATCH_SIZE}),
 ]
 
 
