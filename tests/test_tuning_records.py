@@ -32,27 +32,14 @@ CITED = [
 ]
 
 
-# Choices recorded but not adopted yet, by name (leaderboard/tuning/README.md says why: every
-# committed result would have to be run again). Adopting one: change the default, rerun,
-# and remove it here.
-NOT_ADOPTED = {
-    "leaderboard/tuning/tnen.json": {"en_lr": 0.001},
-}
-
-
 @pytest.mark.parametrize(("path", "module", "defaults"), CITED, ids=[c[0] for c in CITED])
 def test_default_is_its_records_choice(path, module, defaults):
     record = json.loads((ROOT / path).read_text())
     assert record["schema"] == "clbench.tuning/1" and record["status"] == "complete"
     assert record["env"]["kwargs"]["evaluation"] == "validation"
     chosen = {key: record["chosen"]["setting"][key] for key in defaults}
-    if path in NOT_ADOPTED:
-        assert chosen == NOT_ADOPTED[path] and chosen != defaults, (
-            f"{path} chooses {chosen}, the code has {defaults}: update NOT_ADOPTED (remove "
-            "the entry once the default is adopted)")
-    else:
-        assert chosen == defaults, (f"a default differs from the choice of {path}: rerun its "
-                                    f"command ({record['command']}) or change the default")
+    assert chosen == defaults, (f"a default differs from the choice of {path}: rerun its "
+                                f"command ({record['command']}) or change the default")
     assert path in inspect.getsource(module), f"{module.__name__} does not cite {path}"
 
 
