@@ -24,7 +24,6 @@ CITED = [
     ("leaderboard/tuning/tnen.json", presets, {"en_lr": presets.PRESETS["default"]["en_lr"]}),
     ("leaderboard/tuning/ewc.json", ewc, {"ewc_lambda": ewc.EWC_LAMBDA}),
     ("leaderboard/tuning/online_ewc.json", ewc, {"ewc_lambda": ewc.ONLINE_EWC_LAMBDA}),
-    ("leaderboard/tuning/si.json", si, {"si_c": si.SI_C}),
     ("leaderboard/tuning/si_full.json", si, {"si_c": si.SI_C}),
     ("leaderboard/tuning/lwf.json", lwf, {"distill_weight": lwf.DISTILL_WEIGHT}),
     ("leaderboard/tuning/replay.json", replay, {"replay_batch_size": replay.REPLAY_BATCH_SIZE}),
