@@ -16,12 +16,20 @@ from baselines import agem, ewc, lwf, replay, si
 from clbench import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
+TNEN = presets.PRESETS["default"]
 # (record, the module that defines and cites the defaults, {grid key: the default in the code})
 CITED = [
     ("leaderboard/tuning/recipe.json", recipe,
      {"lr": recipe.DEFAULT.lr, "momentum": recipe.DEFAULT.momentum,
       "patience": recipe.DEFAULT.patience}),
-    ("leaderboard/tuning/tnen.json", presets, {"en_lr": presets.PRESETS["default"]["en_lr"]}),
+    ("leaderboard/tuning/recipe_full.json", recipe,
+     {"lr": recipe.DEFAULT.lr, "momentum": recipe.DEFAULT.momentum,
+      "patience": recipe.DEFAULT.patience}),
+    ("leaderboard/tuning/tnen.json", presets, {"en_lr": TNEN["en_lr"]}),
+    ("leaderboard/tuning/tnen_rounding.json", presets,
+     {"refine_epochs": TNEN["refine_epochs"], "latent_noise": TNEN["latent_noise"]}),
+    ("leaderboard/tuning/tnen_keep_codes.json", presets, {"keep_codes": TNEN["keep_codes"]}),
+    ("leaderboard/tuning/tnen_shared_init.json", presets, {"shared_init": TNEN["shared_init"]}),
     ("leaderboard/tuning/ewc.json", ewc, {"ewc_lambda": ewc.EWC_LAMBDA}),
     ("leaderboard/tuning/online_ewc.json", ewc, {"ewc_lambda": ewc.ONLINE_EWC_LAMBDA}),
     ("leaderboard/tuning/si_full.json", si, {"si_c": si.SI_C}),
