@@ -157,19 +157,22 @@ class Zygote:
         self.workers: dict[int, Path] = {}
         self.count = 0
         self.pid = os.getpid()
-        self.stopping = False
+        self.serving = self.stopping = False
 
     def stop(self, *_: Any) -> None:
-        """The SIGTERM handler (the harness died, or asks this zygote to stop): shut the
-        control socket, so that :meth:`serve_forever` returns and :meth:`shutdown` runs.
+        """The SIGTERM handler (the harness died, or asks this zygote to stop). Once serving,
+        it only shuts the control socket, so that :meth:`serve_forever` returns and
+        :meth:`shutdown` runs; before, while the imports run and no worker exists, it exits.
 
-        It must not raise. A handler raising ``SystemExit`` could land after the loop had
-        ended and before the cleanup began, and skip it: the zygote exited with its workers
-        alive, they died of their parent-death signal, and a child one had detached was
-        reparented to init and outlived the run (the unsandboxed SIGKILL case of
-        ``tests/test_sealed.py``, about 1 run in 4 on a loaded machine)."""
+        Once workers may exist it must not raise. A handler raising ``SystemExit`` could
+        land after the loop had ended and before the cleanup began, and skip it: the zygote
+        exited with its workers alive, they died of their parent-death signal, and a child
+        one had detached was reparented to init and outlived the run (the unsandboxed
+        SIGKILL case of ``tests/test_sealed.py``, about 1 run in 4 on a loaded machine)."""
         if os.getpid() != self.pid:
             return  # a worker just forked, before it reset its handlers: not ours to stop
+        if not self.serving:
+            raise SystemExit(0)  # still importing: no worker exists, so stop at once
         self.stopping = True
         with contextlib.suppress(OSError):
             self.control.shutdown(socket.SHUT_RDWR)
@@ -182,6 +185,7 @@ class Zygote:
                 raise
 
     def serve_forever(self) -> None:
+        self.serving = True
         while not self.stopping:
             data, fds, _, _ = socket.recv_fds(self.control, 65536, 1)
             if not data:
@@ -356,8 +360,8 @@ def main(argv: list[str]) -> None:
         warm_up()
         zygote.reply({"ready": True})
         zygote.serve_forever()
-    except ConnectionError:
-        pass  # the harness went away
+    except (ConnectionError, SystemExit):
+        pass  # the harness went away, or stopped this zygote while it was importing
     except OSError:
         traceback.print_exc()  # reaches the harness's stderr; it reports the exit
     finally:
