@@ -20,7 +20,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check clbench agents baselines tests benchmarks
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check clbench agents baselines tests benchmarks

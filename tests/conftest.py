@@ -3,16 +3,26 @@ a data root of small generated MNIST and CIFAR-10 files."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from pathlib import Path
 
 import pytest
+import torch
 from fake_datasets import trust_checksums, trust_idx_files, write_cifar10, write_mnist_idx
 from tiny_runs import shadowing_folder
 from torchvision import datasets
 
 from clbench.data import registry, sources
+
+# Under pytest-xdist (``make test`` runs ``pytest -n 2``) each test process, the sealed workers
+# it starts (the harness passes on its thread count) and the commands it runs get one torch
+# thread: two processes of two threads each on 2 cores made the in-process training tests
+# several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -644,3 +644,27 @@ def test_page_renders_sorts_and_shows_every_plot_in_headless_chromium(swept, tmp
         finally:
             browser.close()
     assert (tmp_path / "leaderboard.png").stat().st_size > 10_000
+
+
+def test_the_accuracy_bytes_plot_draws_its_own_front_and_stars_the_tables():
+    """The plot's line is the front of its two axes; the legend's ★ is the table's
+    three-axis mark, so a cheap-to-learn agent beaten on ACC and bytes keeps its ★ off the
+    line (as the int4 copies did at 100 tuple tasks)."""
+    from clbench.leaderboard import plots
+
+    def row(agent, acc, size, gflop):
+        made = aggregate.Row("s", agent, {}, [])
+        made.figures = {"acc": aggregate.Summary.of([acc]), "bytes": aggregate.Summary.of([size]),
+                        "gflop_per_task": aggregate.Summary.of([gflop])}
+        return made
+
+    rows = [row("big", 0.99, 1000.0, 5.0), row("small", 0.90, 10.0, 5.0),
+            row("beaten", 0.95, 2000.0, 1.0), row("worse", 0.85, 500.0, 9.0)]
+    aggregate._mark_pareto(rows)
+    assert [r.pareto for r in rows] == [True, True, True, False]
+    figure = plots.pareto_plot(rows)
+    line = figure.axes[0].lines[-1]
+    assert list(line.get_xdata()) == [10.0, 1000.0] and list(line.get_ydata()) == [0.90, 0.99]
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["big ★", "small ★", "beaten ★", "worse"]
+    plots.plt.close(figure)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -254,6 +256,29 @@ def test_signals_end_the_run_and_leave_nothing_behind(tmp_path, number, sandboxe
         time.sleep(0.2)
     assert _marked_processes(marker) == []
     assert list(temp.iterdir()) == []
+
+
+def test_a_sigterm_ends_the_zygotes_loop_without_raising_so_its_cleanup_runs(tmp_path):
+    """The zygote's SIGTERM handler (the harness's death) only shuts the control socket: the
+    serving loop returns and the cleanup that kills the workers follows. A handler that raised
+    could land between the two and skip the cleanup (a worker's detached child then outlived
+    the run: the SIGKILL-unsandboxed case above, about 1 run in 4 on a loaded machine)."""
+    from clbench.sealed.zygote import Zygote
+
+    ours, harness_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    zygote = Zygote(ours, tmp_path, sandboxed=False)
+    previous = signal.signal(signal.SIGTERM, zygote.stop)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        zygote.serve_forever()  # blocked in recv until the signal; returns, raises nothing
+        zygote.reply({"pid": 1})  # nobody listens any more: not an error
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+        harness_end.close()
+        ours.close()
+    assert zygote.stopping
 
 
 def test_an_interrupt_while_the_workers_start_leaves_a_valid_interrupted_file(tmp_path,

@@ -249,6 +249,17 @@ def _row(section: str, agent: str, arguments: dict, runs: list[Run], eval_every:
     return row
 
 
+def dominates(a: tuple[float, float, float | None], b: tuple[float, float, float | None]
+              ) -> bool:
+    """Whether point ``a`` = (accuracy, bytes, learn FLOPs or None) beats ``b``: no worse on
+    every axis (higher accuracy, fewer bytes, fewer FLOPs) and better on one. Where either
+    point's FLOPs are None, the two are compared on accuracy and bytes alone."""
+    axes = [(-a[0], -b[0]), (a[1], b[1])]
+    if a[2] is not None and b[2] is not None:
+        axes.append((a[2], b[2]))
+    return all(x <= y for x, y in axes) and any(x < y for x, y in axes)
+
+
 def _mark_pareto(rows: list[Row]) -> None:
     """Mark, within each section, the rows no other row beats on accuracy (higher), bytes
     and learn FLOPs (lower). Where either row's FLOPs are unknown or not counted, the two
@@ -257,12 +268,6 @@ def _mark_pareto(rows: list[Row]) -> None:
         flops = row.figures["gflop_per_task"]
         return (row.figures["acc"].mean, row.figures["bytes"].mean,
                 flops.mean if flops is not None and row.flops_counted else None)
-
-    def dominates(a, b) -> bool:
-        axes = [(-a[0], -b[0]), (a[1], b[1])]
-        if a[2] is not None and b[2] is not None:
-            axes.append((a[2], b[2]))
-        return all(x <= y for x, y in axes) and any(x < y for x, y in axes)
 
     for row in rows:
         row.pareto = not any(dominates(point(other), point(row))

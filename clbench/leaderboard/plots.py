@@ -18,14 +18,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from clbench.leaderboard.aggregate import Row  # noqa: E402
+from clbench.leaderboard.aggregate import Row, dominates  # noqa: E402
 
 STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "figure.dpi": 100, "savefig.dpi": 100,
          "axes.grid": True, "grid.alpha": 0.3, "path.simplify": False}
 PLOTS = {"heatmaps": "accuracy matrix R[i][j] per agent (mean over seeds)",
          "curves": "accuracy on each task as tasks arrive",
          "bytes": "state bytes after each task",
-         "pareto": "final accuracy vs final bytes, Pareto front marked"}
+         "pareto": "final accuracy vs final bytes: the line is the front of these two axes; "
+                   "★ marks the table's front, which also counts learn FLOPs"}
 
 
 def mean_matrix(row: Row) -> np.ndarray:
@@ -123,18 +124,26 @@ def bytes_plot(rows: Sequence[Row]) -> plt.Figure:
 
 
 def pareto_plot(rows: Sequence[Row]) -> plt.Figure:
+    """Final ACC against final bytes. The line and the large black-edged markers are this
+    plane's own front (no other agent has higher ACC and fewer bytes); the legend's ★ is
+    the table's mark, which also counts learn FLOPs, so an agent can carry ★ off this
+    line (cheaper to learn than every agent that beats it here)."""
     figure, axis = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     colours = _colours(rows)
+    points = {row.label: (row.figures["acc"].mean, row.figures["bytes"].mean, None)
+              for row in rows}
+    front = {label for label, point in points.items()
+             if not any(dominates(other, point) for other in points.values())}
     for row in rows:
         acc, size = row.figures["acc"], row.figures["bytes"]
+        on_front = row.label in front
         axis.errorbar(max(size.mean, 1), acc.mean, yerr=acc.std or 0, fmt="o",
-                      color=colours[row.label], markersize=8 if row.pareto else 5,
-                      markeredgecolor="black" if row.pareto else colours[row.label],
-                      label=row.label + (" (Pareto)" if row.pareto else ""))
-    front = sorted((max(r.figures["bytes"].mean, 1), r.figures["acc"].mean)
-                   for r in rows if r.pareto)
-    if front:
-        xs, ys = zip(*front, strict=True)
+                      color=colours[row.label], markersize=8 if on_front else 5,
+                      markeredgecolor="black" if on_front else colours[row.label],
+                      label=row.label + (" ★" if row.pareto else ""))
+    line = sorted((max(points[label][1], 1), points[label][0]) for label in front)
+    if line:
+        xs, ys = zip(*line, strict=True)
         axis.step(xs, np.maximum.accumulate(ys), where="post", color="black", linewidth=0.8)
     axis.set_xscale("log")
     axis.set_xlabel("final state bytes")
