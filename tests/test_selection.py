@@ -1,0 +1,144 @@
+"""``clbench select``: the shared value is chosen over every agent and stream by its printed
+rule, and records that cannot be combined are refused by name."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clbench.selection import SelectionError, select
+from clbench.tuning import SCHEMA as TUNING_SCHEMA
+from clbench.tuning import settings_of
+
+RESOLUTION = 0.001
+
+
+def record(agent: str, stream: str, grid: dict, accs: dict, seeds=(0, 1, 2)) -> dict:
+    """A finished tuning record; ``accs`` maps a setting's grid values (a tuple, in grid
+    order) to its per-seed ACCs, ``None`` for a seed that failed."""
+    settings = []
+    for setting in settings_of(grid):
+        per_seed = accs[tuple(setting.values())]
+        done = [acc for acc in per_seed if acc is not None]
+        failed = [seed for seed, acc in zip(seeds, per_seed, strict=True) if acc is None]
+        settings.append({
+            "setting": setting,
+            "runs": [{"seed": seed, "status": "failed" if acc is None else "complete",
+                      "acc": acc, "final_state_bytes": 1000}
+                     for seed, acc in zip(seeds, per_seed, strict=True)],
+            "failed_seeds": failed,
+            "summary": {"mean": sum(done) / len(done)} if done else None,
+            "mean_state_bytes": 1000.0 if done else None,
+        })
+    return {"schema": TUNING_SCHEMA, "agent": agent, "command": f"clbench tune --agent {agent}",
+            "env": {"id": stream, "kwargs": {"evaluation": "validation"}},
+            "fixed_agent_kwargs": {}, "grid": grid, "seeds": list(seeds),
+            "status": "complete", "resolution": RESOLUTION, "settings": settings}
+
+
+def write(tmp_path, *records) -> list[str]:
+    paths = []
+    for index, item in enumerate(records):
+        path = tmp_path / f"r{index}.json"
+        path.write_text(json.dumps(item))
+        paths.append(str(path))
+    return paths
+
+
+def flat(acc):
+    return [acc, acc, acc]
+
+
+# Two agents on two streams. The stiff one (a penalty) only trains at the small lr on the
+# split stream; the free one does a little better at the large lr everywhere.
+STIFF_GRID = {"lr": [0.01, 0.05], "strength": [1, 10]}
+FREE_GRID = {"lr": [0.01, 0.05]}
+
+
+def stiff(stream_a_fails: bool = True):
+    a = record("stiff", "A", STIFF_GRID, {
+        (0.01, 1): flat(0.90), (0.01, 10): flat(0.95),
+        (0.05, 1): flat(0.93), (0.05, 10): [0.96, None, 0.96] if stream_a_fails else flat(0.97)})
+    b = record("stiff", "B", STIFF_GRID, {
+        (0.01, 1): flat(0.92), (0.01, 10): flat(0.94),
+        (0.05, 1): flat(0.80), (0.05, 10): flat(0.99)})
+    return a, b
+
+
+def free():
+    return (record("free", "A", FREE_GRID, {(0.01,): flat(0.96), (0.05,): flat(0.97)}),
+            record("free", "B", FREE_GRID, {(0.01,): flat(0.95), (0.05,): flat(0.96)}))
+
+
+def test_the_value_is_chosen_over_agents_and_streams(tmp_path):
+    selection = select(write(tmp_path, *stiff(), *free()), "lr")
+    stiff_entry = selection["agents"]["stiff"]
+    # strength 10 at lr 0.05 failed a seed on stream A: not eligible even though stream B
+    # scores it best, so stiff's best at 0.05 is strength 1 (mean of 0.93 and 0.80)
+    at_05 = stiff_entry["settings"][stiff_entry["best"]["0.05"]]
+    assert at_05["setting"] == {"lr": 0.05, "strength": 1}
+    assert at_05["score"] == pytest.approx(0.865)
+    assert not stiff_entry["settings"][3]["eligible"]
+    scores = {item["value"]: item["score"] for item in selection["scores"]}
+    assert scores[0.01] == pytest.approx((0.945 + 0.955) / 2)
+    assert scores[0.05] == pytest.approx((0.865 + 0.965) / 2)
+    assert selection["chosen"] == {"value": 0.01, "settings": {
+        "free": {"lr": 0.01}, "stiff": {"lr": 0.01, "strength": 10}}}
+    regret = selection["scores"][0]["regret"]
+    assert regret["free"] == pytest.approx(0.01) and regret["stiff"] == pytest.approx(0.0)
+
+
+def test_a_value_that_leaves_an_agent_untrainable_is_out(tmp_path):
+    a, b = free()
+    b["settings"][1] = {**b["settings"][1], "failed_seeds": [0, 1, 2], "summary": None}
+    selection = select(write(tmp_path, a, b), "lr")
+    assert selection["scores"][1]["score"] is None
+    assert selection["scores"][1]["without_eligible_setting"] == ["free"]
+    assert selection["chosen"]["value"] == 0.01
+
+
+def test_values_within_the_resolution_tie_and_the_first_listed_wins(tmp_path):
+    a = record("free", "A", FREE_GRID, {(0.01,): flat(0.9600), (0.05,): flat(0.9604)})
+    b = record("free", "B", FREE_GRID, {(0.01,): flat(0.9600), (0.05,): flat(0.9604)})
+    assert select(write(tmp_path, a, b), "lr")["chosen"]["value"] == 0.01
+    a = record("free", "A", FREE_GRID, {(0.01,): flat(0.9600), (0.05,): flat(0.9700)})
+    b = record("free", "B", FREE_GRID, {(0.01,): flat(0.9600), (0.05,): flat(0.9700)})
+    assert select(write(tmp_path, a, b), "lr")["chosen"]["value"] == 0.05
+
+
+@pytest.mark.parametrize(("mend", "message"), [
+    (lambda recs: recs[:3], "has no record on B"),
+    (lambda recs: [recs[0], recs[0], *recs[1:]], "are both agent 'stiff' on A"),
+    (lambda recs: [{**recs[0], "seeds": [0, 1]}, *recs[1:]], "differ in their seeds"),
+    (lambda recs: [{**recs[0], "status": "running"}, *recs[1:]], "is unfinished"),
+    (lambda recs: [{**recs[0], "schema": "other"}, *recs[1:]], "is not a tuning record"),
+])
+def test_records_that_cannot_be_combined_are_refused_by_name(tmp_path, mend, message):
+    records = mend([*stiff(), *free()])
+    with pytest.raises(SelectionError, match=message):
+        select(write(tmp_path, *records), "lr")
+
+
+def test_a_record_without_the_key_in_its_grid_is_refused(tmp_path):
+    a, b = free()
+    with pytest.raises(SelectionError, match=r"r0.json does not vary 'momentum'"):
+        select(write(tmp_path, a, b), "momentum")
+
+
+def test_the_command_writes_the_record_and_show_prints_it(tmp_path):
+    paths = write(tmp_path, *stiff(), *free())
+    out = tmp_path / "shared.json"
+    made = subprocess.run([sys.executable, "-m", "clbench", "select", "--key", "lr", *paths,
+                           "--out", str(out)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    saved = json.loads(out.read_text())
+    assert saved["chosen"]["value"] == 0.01 and len(saved["inputs"]) == 4
+    assert all(len(item["sha256"]) == 64 for item in saved["inputs"])
+    shown = subprocess.run([sys.executable, "-m", "clbench", "select", "--show", str(out)],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "| stiff | 0.9450 (strength=10) | 0.8650 (strength=1) | 0.0000 |" in shown.stdout
+    assert "chosen: lr=0.01" in shown.stdout and shown.stdout in made.stdout
