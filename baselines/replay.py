@@ -10,8 +10,10 @@ sample of all examples seen (reservoir sampling), or with ``class_balanced=True`
 balanced over the (task, label) classes (CBRS, Chrysakis & Moens 2020). The buffer holds at
 most ``buffer_size`` examples, raw (uint8 pixels, uint8 label, int16 task id), so its cost
 does not grow with the stream. The buffer's size is a memory budget of the comparison, not
-tuned; ``replay_batch_size`` is chosen on validation data by ``clbench tune`` among 16, 32
-and 64, cheapest first (``leaderboard/tuning/replay.json``): 64.
+tuned; ``replay_batch_size`` is chosen on validation data among 16, 32 and 64, cheapest
+first, together with the shared recipe's lr (``clbench select``:
+``leaderboard/tuning/shared_lr.json``, from ``leaderboard/tuning/onevsrest/replay.json`` and
+``split/replay.json``): 64.
 
 Storage (tensor payload of the state, exact), after tasks 0..t of input shape C x H x W:
 
@@ -45,7 +47,7 @@ from clbench.tasks import Task
 
 # Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 BUFFER_SIZE = 200  # a memory budget fixed for the comparison (not tuned), as for A-GEM
-REPLAY_BATCH_SIZE = 64  # buffer examples joined to each batch: leaderboard/tuning/replay.json
+REPLAY_BATCH_SIZE = 64  # buffer examples joined to each batch: leaderboard/tuning/shared_lr.json
 CLASS_BALANCED = False
 
 
