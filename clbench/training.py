@@ -122,11 +122,22 @@ def predict_batched(
 def sgd(parameters: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.0,
         weight_decay: float = 0.0) -> torch.optim.SGD:
     """``torch.optim.SGD`` with its fused kernel (one kernel for every parameter) on CPU and
-    CUDA, the plain per-parameter loop elsewhere. Same update rule, deterministic."""
+    CUDA, the plain per-parameter loop elsewhere. Same update rule, deterministic.
+
+    The fused kernel cannot step a mix of parameters with and without a momentum buffer, which
+    a multi-head net meets when a head's first gradient comes after the first step (a replay
+    or joint batch without that task's examples): torch raises a TypeError. So every
+    momentum buffer starts as zeros: with no dampening, ``0 * momentum + grad`` is the
+    ``grad`` the first step would have copied in, and a parameter without a gradient is
+    skipped as before."""
     parameters = list(parameters)
     fused = bool(parameters) and all(p.device.type in ("cpu", "cuda") for p in parameters)
-    return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           fused=fused or None)
+    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum,
+                                weight_decay=weight_decay, fused=fused or None)
+    if fused and momentum != 0:
+        for parameter in parameters:
+            optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
+    return optimizer
 
 
 # Unseen tasks (``query_future``): an agent asked about a task it has not learned answers

@@ -147,6 +147,30 @@ def test_sgd_takes_the_same_steps_as_the_plain_optimiser() -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_sgd_steps_a_parameter_whose_first_gradient_comes_late() -> None:
+    """A head of a multi-head net gets no gradient until a batch holds its task's examples
+    (replay, joint). torch's fused SGD cannot mix parameters with and without a momentum
+    buffer (TypeError: expected Tensor ... but got NoneType); :func:`sgd` must take the same
+    steps as the plain optimiser, which skips a parameter without a gradient."""
+    torch.manual_seed(0)
+    heads = [torch.nn.Linear(4, 2) for _ in range(2)]
+    twins = [torch.nn.Linear(4, 2) for _ in range(2)]
+    for head, twin in zip(heads, twins, strict=True):
+        twin.load_state_dict(head.state_dict())
+    fast = sgd([p for h in heads for p in h.parameters()], lr=0.05, momentum=0.9)
+    plain = torch.optim.SGD([p for h in twins for p in h.parameters()], lr=0.05,
+                            momentum=0.9, foreach=False)
+    inputs, labels = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    for used in ([0], [0, 1], [1], [0, 1]):  # head 1's first gradient comes at step 2
+        for model, optimizer in ((heads, fast), (twins, plain)):
+            optimizer.zero_grad(set_to_none=True)
+            sum(F.cross_entropy(model[i](inputs), labels) for i in used).backward()
+            optimizer.step()
+    for a, b in zip([p for h in heads for p in h.parameters()],
+                    [p for h in twins for p in h.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_fast_path_is_bitwise_deterministic() -> None:
     """Two naive learns from the same seed give identical weights: the sealed harness replays
     every learn and compares states bit for bit."""

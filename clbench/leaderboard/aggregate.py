@@ -186,20 +186,21 @@ def one_stream_per_seed(runs: Sequence[Run], section: Callable[[Run], str]
     run (all of a seed's runs when no stream has that majority). Seeds may draw different
     tasks (a tuple stream draws its tuples from the seed), so rows average over different
     streams; what a comparison needs is that, seed by seed, every agent got the same tasks."""
+    keys = [((section(run), run.result.seed), stream_of(run.result)) for run in runs]
     streams: dict[tuple[str, int], Counter] = {}
-    for run in runs:
-        streams.setdefault((section(run), run.result.seed), Counter())[stream_of(run.result)] += 1
+    for seed_key, stream in keys:
+        streams.setdefault(seed_key, Counter())[stream] += 1
     kept, refused = [], []
-    for run in runs:
-        counts = streams[(section(run), run.result.seed)]
-        stream, seen = counts.most_common(1)[0]
-        if stream_of(run.result) == stream and 2 * seen > sum(counts.values()):
+    for run, (seed_key, stream) in zip(runs, keys, strict=True):
+        counts = streams[seed_key]
+        majority, seen = counts.most_common(1)[0]
+        total = sum(counts.values())
+        if stream == majority and 2 * seen > total:
             kept.append(run)
             continue
-        refused.append(f"{section(run)} / {run.agent}: {run.path} saw other tasks than the "
-                       f"other runs of seed {run.result.seed} ({stream_of(run.result)[:80]}; "
-                       f"{len(counts)} different task lists among that seed's "
-                       f"{sum(counts.values())} runs)")
+        refused.append(f"{seed_key[0]} / {run.agent}: {run.path} saw other tasks than the "
+                       f"other runs of seed {run.result.seed} ({stream[:80]}; "
+                       f"{len(counts)} different task lists among that seed's {total} runs)")
     return kept, refused
 
 
