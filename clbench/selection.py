@@ -21,7 +21,14 @@ with its SHA-256, so a record edited after the selection no longer matches it.
 Rule (:data:`RULE`):
 
 1. An agent's setting scores the mean over streams of its mean validation ACC over the
-   seeds. It is eligible only if it completed on every seed of every stream.
+   seeds. It is eligible only if it completed on every seed of every stream, and so did
+   the setting one step further along each of the agent's own keys (the next value in grid
+   order, where there is one: list values from the weakest, e.g. a penalty strength, up).
+   A setting next to one that diverged sits at the edge of divergence, and the streams it
+   is then run on are larger and longer than the validation streams: a penalty's
+   importance weights grow with the steps and tasks seen. Twice a setting chosen at that
+   edge diverged or collapsed on test streams (SI c=100 tuned on a 5-task stream; EWC
+   lambda 10 at lr 0.05, next to 30 and 100, which failed on validation).
 2. For each value v of the key, each agent's best eligible setting with that value, by
    ``clbench tune``'s rule applied to the scores: settings within the resolution of the
    best tie, ties go to the smaller mean final state, then to grid order. The resolution is
@@ -53,7 +60,9 @@ from clbench.tuning import SCHEMA as TUNING_SCHEMA
 
 SCHEMA = "clbench.selection/1"
 RULE = ("an agent's setting scores the mean over streams of its mean validation ACC over "
-        "the seeds, and is eligible only if it completed on every seed of every stream; for "
+        "the seeds, and is eligible only if it, and the setting one step further along each "
+        "of the agent's own keys (next value in grid order), completed on every seed of "
+        "every stream; for "
         "each value of the key, each agent's best eligible setting with that value (ties "
         "within the resolution go to the smaller mean final state, then to grid order); the "
         "value scores the mean of those bests over agents, a value leaving some agent "
@@ -93,20 +102,33 @@ def _agent_settings(key: str, records: dict[str, tuple[str, dict[str, Any]]],
     first = records[streams[0]][1]
     entries = []
     for index, setting in enumerate(first["settings"]):
-        per_stream, sizes, eligible = [], [], True
+        per_stream, sizes, completed = [], [], True
         for stream in streams:
             entry = records[stream][1]["settings"][index]
             complete = entry.get("summary") is not None and not entry.get("failed_seeds")
-            eligible &= complete
+            completed &= complete
             per_stream.append(entry["summary"]["mean"] if complete else None)
             sizes.append(entry.get("mean_state_bytes"))
         entries.append({
-            "setting": setting["setting"], "per_stream": per_stream, "eligible": eligible,
-            "score": statistics.fmean(per_stream) if eligible else None,
-            "mean_state_bytes": statistics.fmean(sizes) if eligible else None,
+            "setting": setting["setting"], "per_stream": per_stream, "completed": completed,
+            "score": statistics.fmean(per_stream) if completed else None,
+            "mean_state_bytes": statistics.fmean(sizes) if completed else None,
         })
     if not any(key in entry["setting"] for entry in entries):
         raise SelectionError(f"{records[streams[0]][0]} has no {key!r} in its grid")
+    grid = first["grid"]
+    by_setting = {json.dumps(entry["setting"], sort_keys=True): entry for entry in entries}
+    for entry in entries:
+        edge = []
+        for own in (k for k in grid if k != key):
+            values = grid[own]
+            position = values.index(entry["setting"][own])
+            if position + 1 < len(values):
+                step = {**entry["setting"], own: values[position + 1]}
+                if not by_setting[json.dumps(step, sort_keys=True)]["completed"]:
+                    edge.append(own)
+        entry["next_failed"] = edge
+        entry["eligible"] = entry["completed"] and not edge
     return entries
 
 
@@ -247,6 +269,12 @@ def report(selection: dict[str, Any]) -> str:
     if chosen:
         lines += [f"  {agent}: {own_keys(setting, selection['key'])}"
                   for agent, setting in chosen["settings"].items()]
+    edge = [f"  {agent}: {format_setting(entry['setting'])} (score {entry['score']:.4f})"
+            for agent, item in selection["agents"].items() for entry in item["settings"]
+            if entry["completed"] and entry["next_failed"]]
+    if edge:
+        lines += ["completed everywhere but not eligible, next to a setting that failed:",
+                  *edge]
     return "\n".join(lines)
 
 

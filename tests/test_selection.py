@@ -52,19 +52,19 @@ def flat(acc):
     return [acc, acc, acc]
 
 
-# Two agents on two streams. The stiff one (a penalty) only trains at the small lr on the
-# split stream; the free one does a little better at the large lr everywhere.
-STIFF_GRID = {"lr": [0.01, 0.05], "strength": [1, 10]}
+# Two agents on two streams. The stiff one (a penalty) diverges at its strongest setting
+# with the large lr on stream A; the free one does a little better at the large lr.
+STIFF_GRID = {"lr": [0.01, 0.05], "strength": [1, 10, 100]}
 FREE_GRID = {"lr": [0.01, 0.05]}
 
 
-def stiff(stream_a_fails: bool = True):
+def stiff():
     a = record("stiff", "A", STIFF_GRID, {
-        (0.01, 1): flat(0.90), (0.01, 10): flat(0.95),
-        (0.05, 1): flat(0.93), (0.05, 10): [0.96, None, 0.96] if stream_a_fails else flat(0.97)})
+        (0.01, 1): flat(0.90), (0.01, 10): flat(0.95), (0.01, 100): flat(0.94),
+        (0.05, 1): flat(0.93), (0.05, 10): flat(0.97), (0.05, 100): [0.96, None, 0.96]})
     b = record("stiff", "B", STIFF_GRID, {
-        (0.01, 1): flat(0.92), (0.01, 10): flat(0.94),
-        (0.05, 1): flat(0.80), (0.05, 10): flat(0.99)})
+        (0.01, 1): flat(0.92), (0.01, 10): flat(0.94), (0.01, 100): flat(0.93),
+        (0.05, 1): flat(0.80), (0.05, 10): flat(0.99), (0.05, 100): flat(0.99)})
     return a, b
 
 
@@ -75,13 +75,17 @@ def free():
 
 def test_the_value_is_chosen_over_agents_and_streams(tmp_path):
     selection = select(write(tmp_path, *stiff(), *free()), "lr")
-    stiff_entry = selection["agents"]["stiff"]
-    # strength 10 at lr 0.05 failed a seed on stream A: not eligible even though stream B
-    # scores it best, so stiff's best at 0.05 is strength 1 (mean of 0.93 and 0.80)
-    at_05 = stiff_entry["settings"][stiff_entry["best"]["0.05"]]
+    settings = selection["agents"]["stiff"]["settings"]
+    # strength 100 at lr 0.05 failed a seed on stream A: not eligible though stream B scores
+    # it best; strength 10 there completed everywhere, but the next step along its own key
+    # failed (the edge of divergence), so stiff's best at 0.05 is strength 1
+    assert not settings[5]["completed"] and not settings[5]["eligible"]
+    assert settings[4]["completed"] and settings[4]["next_failed"] == ["strength"]
+    assert not settings[4]["eligible"]
+    assert settings[2]["eligible"] and settings[2]["next_failed"] == []  # the grid's top
+    at_05 = settings[selection["agents"]["stiff"]["best"]["0.05"]]
     assert at_05["setting"] == {"lr": 0.05, "strength": 1}
     assert at_05["score"] == pytest.approx(0.865)
-    assert not stiff_entry["settings"][3]["eligible"]
     scores = {item["value"]: item["score"] for item in selection["scores"]}
     assert scores[0.01] == pytest.approx((0.945 + 0.955) / 2)
     assert scores[0.05] == pytest.approx((0.865 + 0.965) / 2)
@@ -142,3 +146,4 @@ def test_the_command_writes_the_record_and_show_prints_it(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "| stiff | 0.9450 (strength=10) | 0.8650 (strength=1) | 0.0000 |" in shown.stdout
     assert "chosen: lr=0.01" in shown.stdout and shown.stdout in made.stdout
+    assert "  stiff: lr=0.05, strength=10 (score 0.9800)" in shown.stdout
