@@ -247,7 +247,7 @@ def table(selection: dict[str, Any]) -> str:
         regret = chosen_scores["regret"][agent] if chosen_scores else None
         lines.append(f"| {agent} | {' | '.join(cells)} | "
                      f"{'-' if regret is None else f'{regret:.4f}'} |")
-    means = ["out: " + ", ".join(item["without_eligible_setting"]) + " cannot train"
+    means = ["out: no eligible setting for " + ", ".join(item["without_eligible_setting"])
              if item["score"] is None else f"**{item['score']:.4f}**"
              for item in selection["scores"]]
     worst = ["-" if item["score"] is None else f"{item['worst_regret']:.4f}"
