@@ -39,8 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "activation": "tanh",
         "penalty": "exact",           # contractive term: "exact" Jacobian norm or "closed_form"
         "contractive_weight": 1e-4,
-        "en_lr": 1e-3,                # leaderboard/tuning/tnen.json (tied with 3e-4 and 1e-4,
-                                      # the cheapest first)
+        "en_lr": 1e-3,                # leaderboard/tuning/tnen.json (against 3e-4 and 1e-4)
         "normalize": True,            # scale each skill's vector to unit RMS before encoding
         "en_dtype": "int8",           # storage of the EN's weights (clbench.quantize.DTYPES)
         "latent_bits": 4,             # latents stored on a grid of 2**bits - 1 levels (or 16/32)
