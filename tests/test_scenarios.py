@@ -220,6 +220,30 @@ def test_harness_asks_domain_queries_all_at_once_without_a_task_id():
     assert spy.calls == [(None, 40)]
 
 
+class _Echo:
+    """Answers each query with a bit of its first pixel, and records its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, x, task_id):
+        self.calls.append((task_id, x[:, 0, 0, 0].tolist()))
+        return (x[:, 0, 0, 0] % 2).to(torch.int64)
+
+
+def test_each_task_is_asked_once_with_its_queries_in_order_and_answers_land_in_place():
+    """Queries of several tasks, interleaved: one call per task, its queries in their
+    original order, and every answer at its query's position."""
+    task_ids = torch.tensor([2, 0, 2, 1, 0, 2, 1])
+    first_pixel = torch.tensor([7, 4, 8, 1, 3, 5, 6], dtype=torch.uint8)
+    inputs = torch.zeros(7, 1, 28, 28, dtype=torch.uint8)
+    inputs[:, 0, 0, 0] = first_pixel
+    echo = _Echo()
+    labels = predict_queries(echo, inputs, task_ids, [(1, 28, 28)] * 3, torch.device("cpu"))
+    assert echo.calls == [(0, [4, 3]), (1, [1, 6]), (2, [7, 8, 5])]
+    assert labels.tolist() == (first_pixel % 2).tolist()
+
+
 @pytest.mark.parametrize("name", TASK_ONLY)
 def test_harness_refuses_a_task_only_agent_before_any_work(name, tmp_path):
     out = tmp_path / "result.json"

@@ -123,14 +123,16 @@ def predict_queries(agent: Any, inputs: torch.Tensor, task_ids: torch.Tensor,
     domain-incremental scenario (ids ``UNTOLD_TASK``) one call for every query, with
     ``task_id=None``."""
     labels = torch.empty_like(task_ids)
-    for task_id in torch.unique(task_ids).tolist():
-        mask = task_ids == task_id
+    # one stable sort instead of a mask over every query per task (k tasks: O(k n) -> O(n log n))
+    order = torch.argsort(task_ids, stable=True)
+    ids, counts = torch.unique_consecutive(task_ids[order], return_counts=True)
+    for task_id, index in zip(ids.tolist(), torch.split(order, counts.tolist()), strict=True):
         told = None if task_id == UNTOLD_TASK else task_id
-        batch = crop(inputs[mask], input_shapes[0 if told is None else told])
+        batch = crop(inputs.index_select(0, index), input_shapes[0 if told is None else told])
         with torch.no_grad(), _stage("predict", task_id=task_id):
             raw = agent.predict(batch, told)
         try:
-            labels[mask] = check_predictions(raw, len(batch), device)
+            labels[index] = check_predictions(raw, len(batch), device)
         except (TypeError, ValueError) as error:
             raise AgentCallError("predict", error, "contract", task_id) from None
     return labels
