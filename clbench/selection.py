@@ -26,9 +26,11 @@ Rule (:data:`RULE`):
    order, where there is one: list values from the weakest, e.g. a penalty strength, up).
    A setting next to one that diverged sits at the edge of divergence, and the streams it
    is then run on are larger and longer than the validation streams: a penalty's
-   importance weights grow with the steps and tasks seen. Twice a setting chosen at that
-   edge diverged or collapsed on test streams (SI c=100 tuned on a 5-task stream; EWC
-   lambda 10 at lr 0.05, next to 30 and 100, which failed on validation).
+   importance weights grow with the steps and tasks seen. (It would not have caught the
+   two failures that led to this command: SI c=100, whose stronger neighbour completed on
+   its 5-task stream, and EWC lambda 10 at lr 0.05, whose neighbour 30 completed, with one
+   seed at 0.605. Choosing the lr over every agent removed those.) Where an agent's
+   weakest value is not eligible, extend its grid downward before trusting the rule.
 2. For each value v of the key, each agent's best eligible setting with that value, by
    ``clbench tune``'s rule applied to the scores: settings within the resolution of the
    best tie, ties go to the smaller mean final state, then to grid order. The resolution is
@@ -39,7 +41,8 @@ Rule (:data:`RULE`):
    score wins; scores within the resolution divided by the number of agents tie, and the
    first value as listed wins a tie.
 
-Each agent's regret at v (its best score at any value minus its best at v) is printed and
+Each agent's regret at v (its best at any value minus its best at v, each picked by the
+rule of step 2) is printed and
 kept, with the worst over agents: what the shared value costs the agent it suits least.
 """
 
@@ -87,13 +90,37 @@ def _load(path: str | Path) -> tuple[dict[str, Any], str]:
         record = json.loads(data)
     except (OSError, json.JSONDecodeError) as error:
         raise SelectionError(f"cannot read the tuning record {path}: {error}") from None
-    if record.get("schema") != TUNING_SCHEMA:
-        raise SelectionError(f"{path} is not a tuning record (schema {TUNING_SCHEMA}); give the "
-                             "files `clbench tune` wrote")
+    schema = record.get("schema") if isinstance(record, dict) else type(record).__name__
+    if schema != TUNING_SCHEMA:
+        raise SelectionError(f"{path} is not a tuning record (schema {schema!r}, expected "
+                             f"{TUNING_SCHEMA}); give the files `clbench tune` wrote")
     if record.get("status") not in ("complete", "failed") or "resolution" not in record:
         raise SelectionError(f"{path} is unfinished (status {record.get('status')!r}); rerun "
                              f"its command to finish it: {record.get('command')}")
+    missing = [field for field in ("agent", "env", "grid", "seeds", "settings",
+                                   "fixed_agent_kwargs") if field not in record]
+    if missing:
+        raise SelectionError(f"{path} lacks the field(s) {', '.join(missing)}; rerun its "
+                             f"command to write it again: {record.get('command')}")
+    evaluation = record["env"].get("kwargs", {}).get(EVALUATION_KWARG)
+    if evaluation != "validation":
+        raise SelectionError(f"{path} was not run on validation data ({EVALUATION_KWARG}="
+                             f"{evaluation!r}); nothing may be chosen on test accuracy: rerun "
+                             "it with `clbench tune`, which runs on the validation split")
     return record, hashlib.sha256(data).hexdigest()
+
+
+def _shared_recipe(path: str, record: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The recipe every complete run of ``record`` trained with, apart from ``key`` and the
+    record's own grid keys (``None`` if no run completed); refused if its runs differ."""
+    recipes = {json.dumps({k: v for k, v in run["recipe"].items()
+                           if k != key and k not in record["grid"]}, sort_keys=True)
+               for setting in record["settings"] for run in setting["runs"]
+               if run.get("status") == "complete" and run.get("recipe") is not None}
+    if len(recipes) > 1:
+        raise SelectionError(f"{path}'s runs trained with different recipes "
+                             f"({' vs '.join(sorted(recipes))}); tune with one recipe")
+    return json.loads(recipes.pop()) if recipes else None
 
 
 def _agent_settings(key: str, records: dict[str, tuple[str, dict[str, Any]]],
@@ -141,7 +168,18 @@ def select(paths: Sequence[str | Path], key: str, command: str | None = None
     loaded = [(str(path), *_load(path)) for path in paths]
     inputs, by_agent = [], {}
     reference = loaded[0]
+    recipe_seen: tuple[str, dict[str, Any]] | None = None
     for path, record, digest in loaded:
+        trained = _shared_recipe(path, record, key)
+        if trained is not None and recipe_seen is None:
+            recipe_seen = (path, trained)
+        elif trained is not None:
+            for field in sorted(set(trained) & set(recipe_seen[1])):
+                if trained[field] != recipe_seen[1][field]:
+                    raise SelectionError(
+                        f"{path} and {recipe_seen[0]} trained with different recipes "
+                        f"({field} {trained[field]!r} vs {recipe_seen[1][field]!r}); every "
+                        f"agent must share the recipe apart from {key!r}: tune them alike")
         if key not in record["grid"]:
             raise SelectionError(f"{path} does not vary {key!r} (its grid: "
                                  f"{', '.join(record['grid'])}); tune it with --grid {key}=...")
@@ -165,11 +203,16 @@ def select(paths: Sequence[str | Path], key: str, command: str | None = None
         if missing:
             raise SelectionError(f"agent {agent!r} has no record on {', '.join(missing)}; "
                                  "every agent needs one on every stream")
-        grids = {json.dumps([records[s][1]["grid"], records[s][1]["fixed_agent_kwargs"]])
-                 for s in streams}
-        if len(grids) > 1:
-            raise SelectionError(f"agent {agent!r}'s records differ in grid or fixed "
-                                 f"arguments ({', '.join(records[s][0] for s in streams)})")
+        first = records[streams[0]]
+        for stream in streams[1:]:
+            path, record = records[stream]
+            for what in ("grid", "fixed_agent_kwargs"):
+                if json.dumps(record[what]) != json.dumps(first[1][what]):
+                    raise SelectionError(
+                        f"agent {agent!r}'s records differ in their {what} ({path}: "
+                        f"{json.dumps(record[what])}; {first[0]}: {json.dumps(first[1][what])}, "
+                        "in this order); tune every stream with the same --grid and "
+                        "--agent-arg options, keys in the same order")
     resolution = min(r["resolution"] for _, r, _ in loaded) / len(streams)
     values = reference[1]["grid"][key]
     agents: dict[str, Any] = {}
@@ -188,11 +231,12 @@ def select(paths: Sequence[str | Path], key: str, command: str | None = None
             best[json.dumps(value)] = candidates[pick]
         agents[agent] = {"records": [records[s][0] for s in streams], "settings": settings,
                          "best": best}
+    top = {agent: max((entry["settings"][index]["score"]
+                       for index in entry["best"].values() if index is not None), default=None)
+           for agent, entry in agents.items()}
     scored = []
     for value in values:
         bests = {agent: entry["best"][json.dumps(value)] for agent, entry in agents.items()}
-        top = {agent: max((s["score"] for s in entry["settings"] if s["eligible"]), default=None)
-               for agent, entry in agents.items()}
         if any(index is None for index in bests.values()):
             scored.append({"value": value, "score": None, "regret": None,
                            "without_eligible_setting": sorted(

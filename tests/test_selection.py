@@ -113,8 +113,43 @@ def test_values_within_the_resolution_tie_and_the_first_listed_wins(tmp_path):
     assert select(write(tmp_path, a, b), "lr")["chosen"]["value"] == 0.05
 
 
+def test_agents_tie_within_the_resolution_divided_by_the_number_of_agents(tmp_path):
+    """Two agents: the values' means tie under resolution / 2 (two streams) / 2 (agents),
+    not under resolution / 2 alone."""
+    def pair(agent, small, large):
+        return [record(agent, stream, FREE_GRID, {(0.01,): flat(small), (0.05,): flat(large)})
+                for stream in ("A", "B")]
+    # means 0.9600 vs 0.9602: within 0.00025, a tie -> the first listed
+    records = [*pair("one", 0.9600, 0.9602), *pair("two", 0.9600, 0.9602)]
+    assert select(write(tmp_path, *records), "lr")["chosen"]["value"] == 0.01
+    # means 0.9600 vs 0.9604: beyond 0.00025 though within resolution / 2 = 0.0005
+    records = [*pair("one", 0.9600, 0.9604), *pair("two", 0.9600, 0.9604)]
+    assert select(write(tmp_path, *records), "lr")["chosen"]["value"] == 0.05
+
+
+def with_recipe(item: dict, **fields) -> dict:
+    """``item`` whose complete runs record the shared recipe, changed by ``fields``."""
+    trained = {"optimizer": "sgd", "momentum": 0.9, "batch_size": 64, **fields}
+    settings = [{**setting, "runs": [{**run, "recipe": {**trained, **setting["setting"]}}
+                                     for run in setting["runs"]]}
+                for setting in item["settings"]]
+    return {**item, "settings": settings}
+
+
 @pytest.mark.parametrize(("mend", "message"), [
     (lambda recs: recs[:3], "has no record on B"),
+    (lambda recs: [{**recs[0], "env": {"id": "A", "kwargs": {}}}, *recs[1:]],
+     "r0.json was not run on validation data \\(evaluation=None\\)"),
+    (lambda recs: [with_recipe(recs[0], momentum=0.5),
+                   *[with_recipe(item) for item in recs[1:]]],
+     "r1.json and .*r0.json trained with different recipes \\(momentum 0.9 vs 0.5\\)"),
+    (lambda recs: [*recs[:3], {**recs[3], "fixed_agent_kwargs": {"epochs": 3}}],
+     "agent 'free'.s records differ in their fixed_agent_kwargs"),
+    (lambda recs: [[1, 2], *recs[1:]], "schema 'list', expected"),
+    (lambda recs: [{k: v for k, v in recs[0].items() if k != "grid"}, *recs[1:]],
+     "lacks the field\\(s\\) grid"),
+    (lambda recs: [*recs[:2], {**recs[2], "grid": {"lr": [0.01, 0.1]}}, recs[3]],
+     "differ in their values of 'lr'"),
     (lambda recs: [recs[0], recs[0], *recs[1:]], "are both agent 'stiff' on A"),
     (lambda recs: [{**recs[0], "seeds": [0, 1]}, *recs[1:]], "differ in their seeds"),
     (lambda recs: [{**recs[0], "status": "running"}, *recs[1:]], "is unfinished"),

@@ -17,6 +17,7 @@ import pytest
 from agents.tnen import presets
 from baselines import agem, ewc, lwf, replay, si
 from clbench import recipe
+from clbench.selection import RULE, select
 from clbench.tuning import choice_given
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +70,18 @@ def test_the_shared_lr_and_each_agents_setting_are_the_selections_choice():
             f"{agent}'s default differs from the choice of {SHARED}")
         if module is not None:
             assert SHARED in inspect.getsource(module), f"{module.__name__} does not cite {SHARED}"
+
+
+def test_the_selection_is_what_the_rule_gives_on_its_records_now():
+    """Recomputed from the committed inputs with today's code: a hand-edited choice, or a
+    change to the rule after the record was made, fails here."""
+    selection = load(SHARED)
+    again = select([ROOT / item["path"] for item in selection["inputs"]], selection["key"])
+    assert selection["rule"] == RULE
+    assert again["chosen"] == selection["chosen"], (
+        f"{SHARED} no longer follows from its records: rerun its command "
+        f"({selection['command']})")
+    assert again["scores"] == selection["scores"]
 
 
 def test_the_selection_was_made_from_the_committed_records():
