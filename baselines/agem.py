@@ -21,11 +21,14 @@ bytes; m_t = min(memory_per_task, training examples of task t)):
 the memory being stored as ``baselines/replay.py``'s buffer is (``baselines/memory.py``):
 uint8 inputs, a uint8 label and an int16 task id per example.
 
-Defaults (not tuned: a memory budget is a choice of the comparison, not a hyperparameter to
-fit): 256 examples per task (on MNIST 201,472 bytes, about 2.3 times the net) and a
-reference batch as large as the training batch (64), so that a step costs about two of
-naive's (a reference batch of 256 made learning about eight times slower than naive's on
-``clbench/SplitMNIST5k-v0``).
+Defaults: the memory, 256 examples per task (on MNIST 201,472 bytes, about 2.3 times the
+net), is not tuned (a memory budget is a choice of the comparison, not a hyperparameter to
+fit). The reference batch is chosen on validation data among 16, 32 and 64 examples,
+cheapest first, together with the shared recipe's lr (``clbench select``:
+``leaderboard/tuning/shared_lr.json``, from ``leaderboard/tuning/onevsrest/agem.json`` and
+``split/agem.json``): 64, as large as the training
+batch, so a step costs about two of naive's (a reference batch of 256 made learning about
+eight times slower than naive's on ``clbench/SplitMNIST5k-v0``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from clbench.tasks import Task
 
 # Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 MEMORY_PER_TASK = 256  # training examples of each task kept in the episodic memory
-MEMORY_BATCH_SIZE = 64  # memory examples per reference gradient
+MEMORY_BATCH_SIZE = 64  # memory examples per reference gradient: leaderboard/tuning/shared_lr.json
 
 
 def project_gradient(gradient: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,9 @@ CIFAR; H = 102 or 170 head parameters; T = tasks learnt; float32):
 The recorded outputs exist only while a task is being learnt.
 
 Defaults: the paper's temperature T = 2 (not tuned) and the loss weight lambda_o
-(``distill_weight``) chosen on validation data by ``clbench tune`` (the record, with its
-command, table and rule: ``leaderboard/tuning/lwf.json``).
+(``distill_weight``) chosen on validation data together with the shared recipe's lr
+(``clbench select``: ``leaderboard/tuning/shared_lr.json``, from the records
+``leaderboard/tuning/onevsrest/lwf.json`` and ``split/lwf.json``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from clbench.tasks import Task
 from clbench.training import fast_layout, normalized
 
 # Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
-DISTILL_WEIGHT = 1.0  # lambda_o of Li & Hoiem: leaderboard/tuning/lwf.json
+DISTILL_WEIGHT = 2.0  # lambda_o of Li & Hoiem: leaderboard/tuning/shared_lr.json
 TEMPERATURE = 2.0  # softens both distributions, as in the paper
 RECORD_BATCH = 1024  # inputs per forward pass when recording the earlier heads' outputs
 

@@ -185,12 +185,14 @@ def train_multitask(
     examples: Examples,
     recipe: Recipe,
     replay: Examples | None = None,
+    replay_batch_size: int | None = None,
 ) -> TrainingLog:
     """The shared recipe over ``examples`` (its held-out part, if any, drawn from them); with
-    ``replay``, every minibatch is joined by ``recipe.batch_size`` examples drawn uniformly
-    (with replacement) from it."""
+    ``replay``, every minibatch is joined by ``replay_batch_size`` (default: the recipe's
+    batch size) examples drawn uniformly (with replacement) from it."""
     device = examples["labels"].device
     replaying = replay is not None and len(replay["labels"]) > 0
+    drawn = recipe.batch_size if replay_batch_size is None else replay_batch_size
 
     def pick(index: torch.Tensor) -> Examples:
         return {key: value.index_select(0, index) for key, value in examples.items()}
@@ -198,7 +200,7 @@ def train_multitask(
     def loss(index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         batch = pick(index)
         if replaying:
-            picks = torch.randint(len(replay["labels"]), (recipe.batch_size,)).to(device)
+            picks = torch.randint(len(replay["labels"]), (drawn,)).to(device)
             batch = {key: torch.cat([value, replay[key].index_select(0, picks)])
                      for key, value in batch.items()}
         return multitask_loss(net, batch, datasets)

@@ -2,13 +2,18 @@
 
 Experience replay in the form of Chaudhry et al., "On Tiny Episodic Memories in Continual
 Learning" (2019): the net is naive's (shared reference trunk, one 2-way head per task); while
-task t is learned, each batch of ``batch_size`` task-t examples is joined by ``batch_size``
-examples drawn from the buffer, every example read out through its own task's head. After
+task t is learned, each batch of ``batch_size`` task-t examples is joined by
+``replay_batch_size`` examples drawn from the buffer, every example read out through its own
+task's head (a step costs about (batch_size + replay_batch_size) / batch_size of naive's). After
 task t is learned its training examples are offered to the buffer, which keeps a uniform
 sample of all examples seen (reservoir sampling), or with ``class_balanced=True`` a sample
 balanced over the (task, label) classes (CBRS, Chrysakis & Moens 2020). The buffer holds at
 most ``buffer_size`` examples, raw (uint8 pixels, uint8 label, int16 task id), so its cost
-does not grow with the stream.
+does not grow with the stream. The buffer's size is a memory budget of the comparison, not
+tuned; ``replay_batch_size`` is chosen on validation data among 16, 32 and 64, cheapest
+first, together with the shared recipe's lr (``clbench select``:
+``leaderboard/tuning/shared_lr.json``, from ``leaderboard/tuning/onevsrest/replay.json`` and
+``split/replay.json``): 64.
 
 Storage (tensor payload of the state, exact), after tasks 0..t of input shape C x H x W:
 
@@ -42,6 +47,7 @@ from clbench.tasks import Task
 
 # Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 BUFFER_SIZE = 200  # a memory budget fixed for the comparison (not tuned), as for A-GEM
+REPLAY_BATCH_SIZE = 64  # buffer examples joined to each batch: leaderboard/tuning/shared_lr.json
 CLASS_BALANCED = False
 
 
@@ -53,12 +59,17 @@ class Replay(Naive):
         device: str | torch.device = "cpu",
         buffer_size: int = BUFFER_SIZE,
         class_balanced: bool = CLASS_BALANCED,
+        replay_batch_size: int = REPLAY_BATCH_SIZE,
         **recipe: Any,
     ) -> None:
         super().__init__(device=device, **recipe)
         if int(buffer_size) != buffer_size or buffer_size < 0:
             raise ValueError(f"buffer_size={buffer_size!r}: give a whole number of examples >= 0")
+        if int(replay_batch_size) != replay_batch_size or replay_batch_size < 1:
+            raise ValueError(f"replay_batch_size={replay_batch_size!r}: give a whole number of "
+                             "examples >= 1 (buffer_size=0 turns replay off)")
         self.buffer_size, self.class_balanced = int(buffer_size), bool(class_balanced)
+        self.replay_batch_size = int(replay_batch_size)
         self.buffer: dict[str, torch.Tensor] | None = None
         self.seen = 0
         self.class_seen: list[int] = []
@@ -74,7 +85,8 @@ class Replay(Naive):
         current = task_examples(task.x_train.to(self.device), task.y_train.to(self.device),
                                 task.id)
         self.last_training = train_multitask(net, self.datasets, current, self.recipe,
-                                             replay=self.buffer)
+                                             replay=self.buffer,
+                                             replay_batch_size=self.replay_batch_size)
         self._offer(current)
 
     def _offer(self, new: dict[str, torch.Tensor]) -> None:

@@ -171,6 +171,18 @@ def choose(entries: Sequence[dict[str, Any]], resolution: float) -> int:
     return min(tied, key=lambda i: (entries[i]["mean_state_bytes"], i))
 
 
+def choice_given(record: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any] | None:
+    """The setting :data:`RULE` chooses among a record's settings that agree with ``fixed``
+    (e.g. the recipe's lr, chosen over several agents by ``clbench select``); ``None`` where
+    none of them completed on every seed."""
+    entries = [entry for entry in record["settings"]
+               if all(entry["setting"].get(key) == value for key, value in fixed.items())
+               and entry.get("summary") is not None and not entry.get("failed_seeds")]
+    if not entries:
+        return None
+    return entries[choose(entries, record["resolution"])]["setting"]
+
+
 # ----------------------------------------------------------------------------- running
 def run_key(setting: dict[str, Any], seed: int) -> str:
     return json.dumps({"setting": setting, "seed": seed}, sort_keys=True)

@@ -261,6 +261,8 @@ def test_bad_arguments_are_named():
         Independent(dtype="int8", int8_scale="row")
     with pytest.raises(ValueError, match="buffer_size=-1"):
         Replay(buffer_size=-1)
+    with pytest.raises(ValueError, match="replay_batch_size=0"):
+        Replay(replay_batch_size=0)
     saved = Independent(dtype="int8", epochs=0)
     saved.learn(stream_tasks()[0].for_agent())
     with pytest.raises(ValueError, match="dtype='int8'"):
@@ -296,6 +298,26 @@ def test_replay_storage_formula_and_capacity():
         kept = min(150, offered)
         assert state["seen"] == offered and len(state["buffer"]["labels"]) == kept
         assert payload_bytes(state) == 4 * (MNIST_TRUNK + k * MNIST_HEAD) + (PIXELS + 1 + 2) * kept
+
+
+@pytest.mark.parametrize("replay_batch_size", [5, 64])
+def test_replay_joins_each_batch_of_the_new_task_with_replay_batch_size_buffer_examples(
+        monkeypatch, replay_batch_size):
+    import baselines.memory as memory
+    sizes, loss = [], memory.multitask_loss
+
+    def counted(net, batch, datasets):
+        sizes.append((len(batch["labels"]), int((batch["task_ids"] < 1).sum())))
+        return loss(net, batch, datasets)
+
+    monkeypatch.setattr(memory, "multitask_loss", counted)
+    agent = Replay(epochs=1, holdout_fraction=0, batch_size=8, replay_batch_size=replay_batch_size)
+    tasks = stream_tasks(2)
+    agent.learn(tasks[0].for_agent())
+    sizes.clear()
+    agent.learn(tasks[1].for_agent())
+    full_batches = len(tasks[1].y_train) // 8
+    assert sizes[:full_batches] == [(8 + replay_batch_size, replay_batch_size)] * full_batches
 
 
 def chi_square(counts: torch.Tensor) -> float:

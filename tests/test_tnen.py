@@ -204,8 +204,10 @@ def test_settings_that_need_held_out_data_are_refused_without_a_hold_out():
     with pytest.raises(ValueError, match="accuracy_tolerance=0.005 judges held-out accuracy, "
                        "but holdout_fraction=0 holds nothing out; set holdout_fraction > 0"):
         TNEN(preset="paper", accuracy_tolerance=0.005)
-    with pytest.raises(ValueError, match="accuracy_tolerance=0.005 and refine_epochs=2 judge"):
+    with pytest.raises(ValueError, match="accuracy_tolerance=0.005 judges held-out accuracy"):
         TNEN(holdout_fraction=0)
+    with pytest.raises(ValueError, match="accuracy_tolerance=0.005 and refine_epochs=2 judge"):
+        TNEN(holdout_fraction=0, refine_epochs=2)
     assert TNEN(holdout_fraction=0, accuracy_tolerance=None, refine_epochs=0).recipe == (
         DEFAULT.replace(holdout_fraction=0))
     assert TNEN(preset="paper", accuracy_tolerance=0.0, holdout_fraction=0.2).recipe == (
@@ -343,7 +345,7 @@ def test_code_refinement_trains_only_the_new_skills_codes():
     """Refining moves the skill's codes on their storage grid toward a lower training loss
     and leaves the EN (hence every other skill) untouched."""
     task = stream("clbench/SplitMNIST5k-v0", n_tasks=1)[0].for_agent()
-    agent = TNEN(**FAST)
+    agent = TNEN(**FAST, refine_epochs=2)
     agent.learn(task)
     skill, codes = agent.skills[0], agent.latents.clone()
     en_before = [p.detach().clone() for p in agent.en.parameters()]

@@ -35,9 +35,9 @@ any setting can be overridden by keyword):
   (:data:`clbench.recipe.DEFAULT`, as ``independent``'s networks); a shared *seeded*
   initialisation (regenerated from an int in the state) whose change the EN stores at unit
   RMS; a small EN (320 -> 160 -> 320, int8 with one scale per row) over chunks of 320;
-  4-bit latents; the exact contractive penalty; code refinement and the accuracy part of
-  the stopping rule judged on the part of the task's training data the recipe held out for
-  the TN's early stopping; kept codes and a recall term.
+  4-bit latents; the exact contractive penalty; the accuracy part of the stopping rule
+  (and code refinement, off by default) judged on the part of the task's training data the
+  recipe held out for the TN's early stopping; kept codes and a recall term.
 """
 
 from __future__ import annotations

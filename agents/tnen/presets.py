@@ -30,6 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # task networks
         "architecture": "reference",  # a spec for every task, a list per task id, or a dict
         "shared_init": True,          # every TN starts from one seeded init; EN stores deltas
+                                      # (leaderboard/tuning/tnen_shared_init.json)
         "warm_start": False,          # start from the most recent skill of the same kind
         # encoding network
         "chunk_size": 320,
@@ -38,16 +39,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "activation": "tanh",
         "penalty": "exact",           # contractive term: "exact" Jacobian norm or "closed_form"
         "contractive_weight": 1e-4,
-        "en_lr": 3e-4,                # leaderboard/tuning/tnen.json chooses 1e-3 (tied), not
-                                      # adopted yet: leaderboard/tuning/README.md
+        "en_lr": 1e-3,                # leaderboard/tuning/tnen.json (against 3e-4 and 1e-4)
         "normalize": True,            # scale each skill's vector to unit RMS before encoding
         "en_dtype": "int8",           # storage of the EN's weights (clbench.quantize.DTYPES)
         "latent_bits": 4,             # latents stored on a grid of 2**bits - 1 levels (or 16/32)
         "latent_noise": True,         # train the EN with that grid's rounding noise
         "keep_codes": True,           # a recalled chunk keeps its code unless re-encoding helps
-        "refine_epochs": 2,           # new skill below its TN's accuracy: train its codes
+                                      # (leaderboard/tuning/tnen_keep_codes.json)
+        "refine_epochs": 0,           # new skill below its TN's accuracy: train its codes
         "refine_lr": 0.01,            # (Adam, the recipe's batch size, straight-through
-        "max_refinements": 10,        # rounding), the EN held fixed, at most this often
+        "max_refinements": 10,        # rounding), the EN held fixed, at most this often;
+                                      # 0 epochs: off (leaderboard/tuning/tnen_rounding.json
+                                      # chose refine_epochs and latent_noise together)
         "recall_weight": 10.0,        # weight of "old codes still decode to their recall"
         # consolidation and its stopping rule
         "en_max_steps": 800,          # EN iterations at most
