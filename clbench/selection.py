@@ -110,17 +110,25 @@ def _load(path: str | Path) -> tuple[dict[str, Any], str]:
     return record, hashlib.sha256(data).hexdigest()
 
 
-def _shared_recipe(path: str, record: dict[str, Any], key: str) -> dict[str, Any] | None:
-    """The recipe every complete run of ``record`` trained with, apart from ``key`` and the
-    record's own grid keys (``None`` if no run completed); refused if its runs differ."""
-    recipes = {json.dumps({k: v for k, v in run["recipe"].items()
-                           if k != key and k not in record["grid"]}, sort_keys=True)
-               for setting in record["settings"] for run in setting["runs"]
-               if run.get("status") == "complete" and run.get("recipe") is not None}
-    if len(recipes) > 1:
-        raise SelectionError(f"{path}'s runs trained with different recipes "
-                             f"({' vs '.join(sorted(recipes))}); tune with one recipe")
-    return json.loads(recipes.pop()) if recipes else None
+def _check_one_recipe(loaded: list[tuple[str, dict[str, Any], str]], key: str) -> None:
+    """Refuse records whose complete runs trained with different recipes, apart from ``key``
+    and each record's own grid keys (fields missing from a run are not compared)."""
+    first: tuple[str, dict[str, Any]] | None = None
+    for path, record, _ in loaded:
+        for setting in record["settings"]:
+            for run in setting["runs"]:
+                if run.get("status") != "complete" or run.get("recipe") is None:
+                    continue
+                trained = {k: v for k, v in run["recipe"].items()
+                           if k != key and k not in record["grid"]}
+                if first is None:
+                    first = (path, trained)
+                for field in sorted(trained.keys() & first[1].keys()):
+                    if trained[field] != first[1][field]:
+                        raise SelectionError(
+                            f"{path} and {first[0]} trained with different recipes ({field} "
+                            f"{trained[field]!r} vs {first[1][field]!r}); every agent must "
+                            f"share the recipe apart from {key!r}: tune them alike")
 
 
 def _agent_settings(key: str, records: dict[str, tuple[str, dict[str, Any]]],
@@ -168,18 +176,8 @@ def select(paths: Sequence[str | Path], key: str, command: str | None = None
     loaded = [(str(path), *_load(path)) for path in paths]
     inputs, by_agent = [], {}
     reference = loaded[0]
-    recipe_seen: tuple[str, dict[str, Any]] | None = None
+    _check_one_recipe(loaded, key)
     for path, record, digest in loaded:
-        trained = _shared_recipe(path, record, key)
-        if trained is not None and recipe_seen is None:
-            recipe_seen = (path, trained)
-        elif trained is not None:
-            for field in sorted(set(trained) & set(recipe_seen[1])):
-                if trained[field] != recipe_seen[1][field]:
-                    raise SelectionError(
-                        f"{path} and {recipe_seen[0]} trained with different recipes "
-                        f"({field} {trained[field]!r} vs {recipe_seen[1][field]!r}); every "
-                        f"agent must share the recipe apart from {key!r}: tune them alike")
         if key not in record["grid"]:
             raise SelectionError(f"{path} does not vary {key!r} (its grid: "
                                  f"{', '.join(record['grid'])}); tune it with --grid {key}=...")

@@ -136,6 +136,14 @@ def with_recipe(item: dict, **fields) -> dict:
     return {**item, "settings": settings}
 
 
+def one_run_differs(item: dict) -> dict:
+    """``item`` whose last run of its last setting trained with momentum 0.5."""
+    last = item["settings"][-1]
+    runs = [*last["runs"][:-1], {**last["runs"][-1],
+                                 "recipe": {**last["runs"][-1]["recipe"], "momentum": 0.5}}]
+    return {**item, "settings": [*item["settings"][:-1], {**last, "runs": runs}]}
+
+
 @pytest.mark.parametrize(("mend", "message"), [
     (lambda recs: recs[:3], "has no record on B"),
     (lambda recs: [{**recs[0], "env": {"id": "A", "kwargs": {}}}, *recs[1:]],
@@ -143,6 +151,9 @@ def with_recipe(item: dict, **fields) -> dict:
     (lambda recs: [with_recipe(recs[0], momentum=0.5),
                    *[with_recipe(item) for item in recs[1:]]],
      "r1.json and .*r0.json trained with different recipes \\(momentum 0.9 vs 0.5\\)"),
+    (lambda recs: [one_run_differs(with_recipe(recs[0])),
+                   *[with_recipe(item) for item in recs[1:]]],
+     "r0.json and .*r0.json trained with different recipes \\(momentum 0.5 vs 0.9\\)"),
     (lambda recs: [*recs[:3], {**recs[3], "fixed_agent_kwargs": {"epochs": 3}}],
      "agent 'free'.s records differ in their fixed_agent_kwargs"),
     (lambda recs: [[1, 2], *recs[1:]], "schema 'list', expected"),
