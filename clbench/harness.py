@@ -174,7 +174,7 @@ class SealedRunner:
                                       "learn", timeout)
         self._note_starts()
         try:
-            return LearnOutcome(blobs[0], _number(reply, "seconds"),
+            return LearnOutcome(bytes(blobs[0]), _number(reply, "seconds"),
                                 _number(reply, "peak_memory_bytes"), _number(reply, "flops"),
                                 jsonable(reply.get("metrics") or {}, "metrics()"))
         except (IndexError, TypeError, ValueError) as error:

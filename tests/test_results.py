@@ -39,6 +39,10 @@ def test_a_good_result_round_trips(tmp_path):
     assert load_result(path).to_dict() == make_result()
     assert json.loads(path.read_text())["schema"] == SCHEMA
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp file left
+    assert path.read_text().count("\n") > 20  # a final file is indented, for its readers
+    Result(**make_result("running")).save(path)  # rewritten after every task: compact
+    assert path.read_text().count("\n") == 1
+    assert load_result(path).to_dict() == make_result("running")
 
 
 @pytest.mark.parametrize(("edit", "field"), [

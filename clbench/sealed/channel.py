@@ -45,7 +45,7 @@ def send_message(sock: socket.socket, header: dict[str, Any],
         sock.sendall(blob)
 
 
-def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+def _receive_exactly(sock: socket.socket, size: int) -> bytearray:
     buffer = bytearray(size)
     view, filled = memoryview(buffer), 0
     while filled < size:
@@ -53,11 +53,13 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes:
         if got == 0:
             raise ChannelClosed(f"the channel closed after {filled} of {size} bytes")
         filled += got
-    return bytes(buffer)
+    return buffer
 
 
-def receive_message(sock: socket.socket) -> tuple[dict[str, Any], list[bytes]]:
-    """One message: (header, blobs). Raises :class:`ChannelClosed` on a clean or early EOF."""
+def receive_message(sock: socket.socket) -> tuple[dict[str, Any], list[bytearray]]:
+    """One message: (header, blobs). Raises :class:`ChannelClosed` on a clean or early EOF.
+    The blobs are the buffers the bytes were received into (not copied again: a long
+    stream's query inputs are hundreds of MB per call)."""
     (size,) = LENGTH.unpack(_receive_exactly(sock, LENGTH.size))
     if size > MAX_HEADER_BYTES:
         raise MalformedMessage(f"a message header of {size} bytes (at most {MAX_HEADER_BYTES})")
@@ -71,8 +73,9 @@ def receive_message(sock: socket.socket) -> tuple[dict[str, Any], list[bytes]]:
     return header, [_receive_exactly(sock, s) for s in sizes]
 
 
-def array_blob(tensor: torch.Tensor | np.ndarray) -> tuple[dict[str, Any], bytes]:
-    """(meta, raw bytes) of a tensor or array, for :func:`blob_array` at the other end."""
+def array_blob(tensor: torch.Tensor | np.ndarray) -> tuple[dict[str, Any], memoryview]:
+    """(meta, raw bytes) of a tensor or array, for :func:`blob_array` at the other end; the
+    bytes are a view of the array's memory (no copy), valid while it is unchanged."""
     import torch
 
     array = tensor.detach().cpu().numpy() if torch.is_tensor(tensor) else np.asarray(tensor)
@@ -80,11 +83,13 @@ def array_blob(tensor: torch.Tensor | np.ndarray) -> tuple[dict[str, Any], bytes
     if array.dtype.name not in ARRAY_DTYPES:
         raise MalformedMessage(f"arrays of dtype {array.dtype} are not sent; "
                                f"use one of {ARRAY_DTYPES}")
-    return {"dtype": array.dtype.name, "shape": list(array.shape)}, array.tobytes()
+    return ({"dtype": array.dtype.name, "shape": list(array.shape)},
+            memoryview(array.reshape(-1).view(np.uint8)))
 
 
-def blob_array(meta: Any, blob: bytes) -> torch.Tensor:
-    """Rebuild the tensor that :func:`array_blob` sent, checking dtype, shape and size."""
+def blob_array(meta: Any, blob: bytes | bytearray | memoryview) -> torch.Tensor:
+    """Rebuild the tensor that :func:`array_blob` sent, checking dtype, shape and size; it
+    shares the memory of a writable ``blob`` (a received buffer) and copies a read-only one."""
     import torch
 
     if not isinstance(meta, dict) or meta.get("dtype") not in ARRAY_DTYPES:
@@ -96,4 +101,5 @@ def blob_array(meta: Any, blob: bytes) -> torch.Tensor:
     if len(blob) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
         raise MalformedMessage(f"an array of shape {shape} and dtype {dtype} arrived as "
                                f"{len(blob)} bytes")
-    return torch.from_numpy(np.frombuffer(blob, dtype=dtype).copy().reshape(shape))
+    array = np.frombuffer(blob, dtype=dtype).reshape(shape)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())

@@ -128,9 +128,10 @@ class WorkerPool:
                 self._reap(pid, 0.0)
                 raise WorkerFailure("timeout", stage, f"ran past the learn timeout of "
                                     f"{timeout:g} s; the worker was killed") from None
-            except (ChannelClosed, BrokenPipeError, ConnectionResetError):
+            except (ChannelClosed, BrokenPipeError, ConnectionResetError) as error:
                 status = self._reap(pid, EXIT_GRACE_SECONDS)
-                raise WorkerFailure("worker_died", stage, _describe_exit(status)) from None
+                raise WorkerFailure("worker_died", stage,
+                                    f"{_describe_exit(status)}; the channel: {error}") from None
             except MalformedMessage as error:
                 self._reap(pid, 0.0)
                 raise WorkerFailure("protocol", stage, f"the worker's reply is malformed: "
