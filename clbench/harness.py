@@ -145,9 +145,18 @@ class InProcessRunner:
 
     def predict(self, state: bytes | None, inputs, task_ids, seed_task: int,
                 count_flops: bool, purpose: int = PREDICT) -> PredictOutcome:
-        with _as_failure("predict"):
-            return predict_call(self.cls, self.kwargs, self.device, state, inputs, task_ids,
-                                self.shapes, self.seed, seed_task, count_flops, purpose)
+        """Labels and seconds; with ``count_flops``, the FLOPs too (a second, counted pass,
+        as a sealed worker answers them)."""
+        def call(counted: bool) -> PredictOutcome:
+            with _as_failure("predict"):
+                return predict_call(self.cls, self.kwargs, self.device, state, inputs,
+                                    task_ids, self.shapes, self.seed, seed_task, counted,
+                                    purpose)
+
+        outcome = call(False)
+        if count_flops:
+            outcome.flops = call(True).flops
+        return outcome
 
 class SealedRunner:
     """The agent calls in fresh workers (:mod:`clbench.sealed`), sandboxed where possible."""
@@ -621,10 +630,7 @@ def _run_stream(runner, env, obs, info, result: Result, task_done: Callable[[byt
             queries = (slice(None) if asked is None else
                        torch.isin(obs["query_task_ids"], torch.tensor(asked, device=dev)))
             inputs, ids = obs["query_inputs"][queries], obs["query_task_ids"][queries]
-            answer = runner.predict(blob, inputs, ids, task_id, False)
-            predict_flops = None
-            if flops:
-                predict_flops = runner.predict(blob, inputs, ids, task_id, True).flops
+            answer = runner.predict(blob, inputs, ids, task_id, flops)
             labels = answer.labels
             if asked is not None:  # placeholder zeros for the queries not asked
                 labels = torch.zeros_like(obs["query_task_ids"])
@@ -636,7 +642,7 @@ def _run_stream(runner, env, obs, info, result: Result, task_done: Callable[[byt
                     {"learn_seconds": learned.seconds,
                      "learn_flops": replay.flops if flops else None,
                      "learn_peak_memory_bytes": learned.peak_memory_bytes,
-                     "predict_seconds": answer.seconds, "predict_flops": predict_flops},
+                     "predict_seconds": answer.seconds, "predict_flops": answer.flops},
                     learned.metrics, threshold)
             result.reproducible.append(reproducible)
             task_done(blob)

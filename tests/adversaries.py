@@ -263,6 +263,20 @@ class DodgesTheFlopCounter(Naive):
         super().learn(task)
 
 
+_PREDICTED: dict[int | None, torch.Tensor] = {}
+
+
+class DodgesTheSecondPredict(Naive):
+    """Answers a task's queries from memory, without running its net, when they come a
+    second time in a process: a FLOP count taken after the timed pass (or before it) in one
+    process would see no work."""
+
+    def predict(self, x, task_id):
+        if task_id not in _PREDICTED or len(_PREDICTED[task_id]) != len(x):
+            _PREDICTED[task_id] = super().predict(x, task_id)
+        return _PREDICTED[task_id]
+
+
 # (h) ------------------------------------------------------------------------------------------
 class ReachesTheNetwork(Naive):
     """Tries to reach a package registry in ``learn``; reports what happened in ``metrics``."""

@@ -186,6 +186,18 @@ def test_a_dodger_of_the_flop_counter_is_not_reproducible(seal):
     assert "did not reproduce its state" in error
 
 
+def test_the_flops_of_a_prediction_are_counted_apart_from_its_timed_pass(honest, monkeypatch):
+    # one worker call answers both, yet each pass starts from the untouched worker: a
+    # dodger of the second predict in a process labels and is counted as naive is
+    result = run(adversaries.DodgesTheSecondPredict)
+    assert result.status == "complete" and result.accuracy == honest.accuracy
+    assert result.costs["predict_flops"] == honest.costs["predict_flops"]
+    assert min(honest.costs["predict_flops"]) > 0
+    monkeypatch.setattr(adversaries, "_PREDICTED", {})
+    unsealed = run(adversaries.DodgesTheSecondPredict, seal=False)  # in one process it works
+    assert unsealed.costs["predict_flops"][0] == 0 < honest.costs["predict_flops"][0]
+
+
 # (h) the network -----------------------------------------------------------------------------
 def _registry_reachable() -> bool:
     try:

@@ -65,9 +65,65 @@ def keep_freed_memory() -> None:
 
 
 # --------------------------------------------------------------------------- worker side
-def serve(header: dict[str, Any], blobs: list[bytes], started: float
+def serve(header: dict[str, Any], blobs: list[bytearray], started: float
           ) -> tuple[dict[str, Any], list[bytes]]:
-    """Run one agent call described by ``header``; return the reply (header, blobs)."""
+    """Run one agent call described by ``header``; return the reply (header, blobs).
+
+    A ``predict`` with ``count_flops`` answers both the seconds and the FLOPs of one
+    evaluation step, so that its queries (hundreds of MB on a long stream) cross the
+    channel once: the FLOPs are counted in a fork of this still untouched worker, then the
+    timed pass runs here. Neither pass sees what the other left in memory (a cache, a
+    global), as when each ran in a worker of its own. The fork comes before any array
+    reaches the device: a CUDA context does not survive ``fork``."""
+    if header["op"] != "predict" or not header["count_flops"]:
+        return _serve(header, blobs, started, bool(header.get("count_flops")))
+    counted = _in_fork(lambda: _serve(header, blobs, started, True)[0])
+    if counted.get("ok") is not True:
+        return counted, []
+    reply, out = _serve(header, blobs, started, False)
+    if reply.get("ok") is True:
+        reply["flops"] = counted.get("flops")
+    return reply, out
+
+
+def _in_fork(call: Any) -> dict[str, Any]:
+    """The reply header ``call()`` returns in a forked child of this worker, or a
+    ``worker_died`` reply when the child ends without one."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            payload = json.dumps(call()).encode()
+            with os.fdopen(write, "wb") as stream:
+                stream.write(payload)
+        except BaseException:  # noqa: BLE001  (the parent reports a child without answer)
+            code = 70
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as stream:
+        data = stream.read()
+    _, status = os.waitpid(pid, 0)
+    try:
+        reply = json.loads(data)
+        if isinstance(reply, dict):
+            return reply
+    except ValueError:
+        pass
+    ended = (f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+             if os.WIFSIGNALED(status) else f"exited with code {os.WEXITSTATUS(status)}")
+    return {"ok": False, "kind": "worker_died", "stage": "predict (FLOP count)",
+            "task_id": None, "traceback": None,
+            "message": f"the fork counting the prediction's FLOPs {ended} before it answered "
+                       "(the agent called os._exit, or its process ended)"}
+
+
+def _serve(header: dict[str, Any], blobs: list[bytearray], started: float, count_flops: bool
+           ) -> tuple[dict[str, Any], list[bytes]]:
+    """One agent call, timed or (``count_flops``) under the FLOP counter."""
     import torch
 
     from clbench.agent import load_agent_class, supported_scenarios
@@ -95,14 +151,14 @@ def serve(header: dict[str, Any], blobs: list[bytes], started: float
             task = Task(header["task_id"], TaskSpec.from_name(header["task_name"]), *arrays,
                         scenario=header["scenario"])
             outcome = learn_call(cls, header["kwargs"], device, state, task, header["seed"],
-                                 header["count_flops"])
+                                 count_flops)
             return ({"ok": True, "started": started, "seconds": outcome.seconds,
                      "peak_memory_bytes": outcome.peak_memory_bytes, "flops": outcome.flops,
                      "metrics": outcome.metrics}, [outcome.state])
         inputs, task_ids = arrays
         shapes = [tuple(shape) for shape in header["input_shapes"]]
         outcome = predict_call(cls, header["kwargs"], device, state, inputs, task_ids, shapes,
-                               header["seed"], header["task_id"], header["count_flops"],
+                               header["seed"], header["task_id"], count_flops,
                                header["purpose"])
         meta, raw = array_blob(outcome.labels)
         return ({"ok": True, "started": started, "seconds": outcome.seconds,
