@@ -87,8 +87,9 @@ def _record_line(records: list[dict[str, Any]]) -> str:
     record = records[0]
     commits = sorted({(r.get("git_commit") or "unknown")[:10] for r in records})
     seconds = ", ".join(f"{r['wall_seconds']:.0f}" for r in records)
+    threads = record["torch_threads"]
     return (f"*Size `{record['size']}`, seeds {', '.join(str(r['seed']) for r in records)}, "
-            f"device {record['device']} ({record['torch_threads']} threads), {seconds} s "
+            f"device {record['device']} ({threads} thread{'s' * (threads != 1)}), {seconds} s "
             f"wall per seed, clbench {record['versions']['clbench']} at commit "
             f"{', '.join(commits)}; regenerate with `clbench paper report`.*")
 
