@@ -9,6 +9,9 @@
   per-module breakdown, which we never read and which cost about as much as the training it
   watched (see there). Torch's formula for a convolution's backward ignores ``groups`` in the
   weight gradient; :func:`conv_backward_flops` replaces it (see there).
+- Work the counter cannot see: torch's dispatch modes are thread-local, so the counter
+  misses what the agent's own threads or processes run; :mod:`clbench.sealed.counted`
+  keeps a counted call on its thread.
 - Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the call (reset first); on
   MPS, the driver's allocation after the call; on CPU, PyTorch keeps no allocator statistics,
   so the per-call figure is ``None`` and the result file reports the process's peak resident

@@ -85,8 +85,9 @@ from clbench.sealed.calls import (
     serialize_state,
 )
 from clbench.sealed.channel import array_blob, blob_array
+from clbench.sealed.counted import counted_on_one_thread
 from clbench.sealed.workers import WorkerFailure, WorkerPool
-from clbench.sealed.zygote import WORKER_FLAG
+from clbench.sealed.zygote import UNEQUAL_PREDICTIONS, WORKER_FLAG
 
 # The state helpers stay importable from here (tests and benchmarks use them).
 __all__ = ["AgentError", "ResumeRefused", "RunInterrupted", "build_agent", "check_predictions",
@@ -132,7 +133,8 @@ class InProcessRunner:
 
     def learn(self, previous: bytes | None, task, count_flops: bool,
               timeout: float | None) -> LearnOutcome:
-        with _as_failure("learn"):
+        with _as_failure("learn"), counted_on_one_thread(count_flops, self.device,
+                                                          "learn (replay)", False):
             return learn_call(self.cls, self.kwargs, self.device, previous, task.for_agent(),
                               self.seed, count_flops)
 
@@ -148,14 +150,19 @@ class InProcessRunner:
         """Labels and seconds; with ``count_flops``, the FLOPs too (a second, counted pass,
         as a sealed worker answers them)."""
         def call(counted: bool) -> PredictOutcome:
-            with _as_failure("predict"):
+            with _as_failure("predict"), counted_on_one_thread(
+                    counted, self.device, "predict (FLOP count)", False):
                 return predict_call(self.cls, self.kwargs, self.device, state, inputs,
                                     task_ids, self.shapes, self.seed, seed_task, counted,
                                     purpose)
 
         outcome = call(False)
         if count_flops:
-            outcome.flops = call(True).flops
+            counted = call(True)
+            if not torch.equal(counted.labels, outcome.labels):
+                raise WorkerFailure("irreproducible", "predict (FLOP count)",
+                                    UNEQUAL_PREDICTIONS)
+            outcome.flops = counted.flops
         return outcome
 
 class SealedRunner:

@@ -18,6 +18,8 @@ import os
 import socket
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +265,54 @@ class DodgesTheFlopCounter(Naive):
         super().learn(task)
 
 
+VOTES = 300
+
+
+def _in_a_thread(call):
+    """``call()``'s value, computed in a thread of its own (where a dispatch mode of the
+    calling thread, such as the FLOP counter, does not reach)."""
+    values = []
+    thread = threading.Thread(target=lambda: values.append(call()))
+    thread.start()
+    thread.join()
+    return values[0]
+
+
+class TrainsInAThread(Naive):
+    """Learns as naive does, in a thread of its own: the same state, no FLOPs counted."""
+
+    def learn(self, task):
+        _in_a_thread(lambda: super(TrainsInAThread, self).learn(task))
+
+
+class PredictsInAThread(Naive):
+    """Answers by a vote of many passes of naive's network (a costly prediction), run in a
+    thread of its own."""
+
+    def predict(self, x, task_id):
+        honest = super().predict
+        votes = _in_a_thread(lambda: sum(honest(x, task_id) for _ in range(VOTES)))
+        return (2 * votes > VOTES).long()
+
+
+class WorksInAChildProcess(Naive):
+    """Learns as naive does after a second of work done in a child process, whose answer it
+    reads and which it never waits for (work of any kind a child could do uncounted)."""
+
+    def learn(self, task):
+        read, write = os.pipe()
+        if os.fork() == 0:
+            end = time.process_time() + 1.0
+            while time.process_time() < end:
+                pass
+            os.write(write, b"done")
+            os._exit(0)
+        os.close(write)
+        assert os.read(read, 4) == b"done"
+        os.close(read)
+        super().learn(task)
+
+
 _PREDICTED: dict[int | None, torch.Tensor] = {}
 
 
@@ -275,6 +325,15 @@ class DodgesTheSecondPredict(Naive):
         if task_id not in _PREDICTED or len(_PREDICTED[task_id]) != len(x):
             _PREDICTED[task_id] = super().predict(x, task_id)
         return _PREDICTED[task_id]
+
+
+class PredictsCheaplyWhenCounted(Naive):
+    """Answers zeros, at no cost, while a dispatch mode (the FLOP counter) is on."""
+
+    def predict(self, x, task_id):
+        if _get_current_dispatch_mode_stack():
+            return torch.zeros(len(x), dtype=torch.int64)
+        return super().predict(x, task_id)
 
 
 # (h) ------------------------------------------------------------------------------------------

@@ -11,14 +11,19 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import threading
 import uuid
 
 import adversaries
 import pytest
+import torch
 from tiny_runs import SPLIT, TINY_STREAM
 
+from clbench import costs
 from clbench.harness import AgentError, evaluate
-from clbench.sealed import sandbox
+from clbench.sealed import counted, sandbox
+from clbench.tasks import Task, TaskSpec
 
 SANDBOX, WHY_NOT = sandbox.bwrap_status()
 needs_sandbox = pytest.mark.skipif(
@@ -196,6 +201,73 @@ def test_the_flops_of_a_prediction_are_counted_apart_from_its_timed_pass(honest,
     monkeypatch.setattr(adversaries, "_PREDICTED", {})
     unsealed = run(adversaries.DodgesTheSecondPredict, seal=False)  # in one process it works
     assert unsealed.costs["predict_flops"][0] == 0 < honest.costs["predict_flops"][0]
+
+
+@pytest.mark.parametrize("seal", [True, False])  # a worker, sandboxed or not; in process
+@pytest.mark.parametrize(("cheat", "stage", "epochs"), [
+    (adversaries.TrainsInAThread, "learn (replay)", 30),  # a tiny task: 2 epochs take 0.03 s
+    (adversaries.PredictsInAThread, "predict (FLOP count)", 2)])
+def test_work_in_other_threads_fails_the_run(cheat, stage, epochs, seal):
+    # the counter is torch's dispatch mode, which is thread-local: such work would go uncounted
+    result = run(cheat, seal=seal, agent_kwargs={"epochs": epochs})
+    error = failed_on_task_0(result, stage, "uncounted_work")
+    assert "outside the thread the FLOP counter watches" in error and "--no-flops" in error
+
+
+def test_a_counted_call_in_a_worker_cannot_start_processes():
+    result = run(adversaries.WorksInAChildProcess)
+    error = failed_on_task_0(result, "learn (replay)", "uncounted_work")
+    assert "may not start processes" in error and "--no-flops" in error
+    assert run(adversaries.WorksInAChildProcess, flops=False).status == "complete"
+
+
+@pytest.mark.skipif(counted._filter() is None,
+                    reason="the seccomp filter exists for Linux on x86_64 and aarch64 only")
+def test_the_filter_refuses_every_way_to_a_process_and_keeps_threads():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the filter lasts for the process: only ever in a child
+        torch.set_num_threads(1)  # no OpenMP team in a forked child
+        outcomes = [counted.refuse_new_processes()]
+        thread = threading.Thread(target=lambda: outcomes.append("thread"))
+        thread.start()
+        thread.join()
+        for attempt in (os.fork, lambda: subprocess.run(["true"], check=False),
+                        lambda: os.posix_spawn("/bin/true", ["true"], {})):
+            try:
+                attempt()
+                outcomes.append("started")
+            except PermissionError:
+                outcomes.append("refused")
+        outcomes.append(float(torch.ones(300, 300).matmul(torch.ones(300, 300)).sum()))
+        os.write(write, repr(outcomes).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as stream:
+        outcomes = stream.read()
+    os.waitpid(pid, 0)
+    assert outcomes == repr([True, "thread", "refused", "refused", "refused", 300.0 ** 3])
+
+
+@pytest.mark.parametrize("seal", [pytest.param(True, marks=needs_sandbox), False])
+def test_a_prediction_that_changes_when_counted_fails_the_run(seal):
+    error = failed_on_task_0(run(adversaries.PredictsCheaplyWhenCounted, seal=seal),
+                             "predict (FLOP count)", "irreproducible")
+    assert "labelled the queries differently" in error
+
+
+def test_a_thread_of_its_own_escapes_the_counter_itself():
+    # what the check above stops: the state is learned, and the counter sees no FLOPs
+    agent = adversaries.TrainsInAThread(device="cpu", **TRAINING)
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    task = Task(0, TaskSpec.from_name("mnist5k:0|1"), images, torch.randint(0, 2, (64,)))
+    assert costs.count_flops(lambda: agent.learn(task)) == 0
+    assert agent.state_dict()["net"]  # it did learn
+
+
+def test_without_flops_nothing_is_counted_so_nothing_is_checked():
+    result = run(adversaries.TrainsInAThread, flops=False)
+    assert result.status == "complete" and result.costs["learn_flops"] == [None, None]
 
 
 # (h) the network -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +42,9 @@ PR_SET_CHILD_SUBREAPER = 36
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt options
 WORKER_FLAG = "CLBENCH_SEALED_WORKER"
 SANDBOX_TEMP = Path("/tmp")
+UNEQUAL_PREDICTIONS = ("the FLOP-counted pass labelled the queries differently from the timed "
+                       "pass: predict must answer the same whether or not it is counted (and "
+                       "be deterministic under the harness's seeds)")
 
 
 def prctl(option: int, value: int) -> None:
@@ -82,6 +86,10 @@ def serve(header: dict[str, Any], blobs: list[bytearray], started: float
         return counted, []
     reply, out = _serve(header, blobs, started, False)
     if reply.get("ok") is True:
+        if counted.get("labels_sha256") != reply["labels_sha256"]:
+            return {"ok": False, "started": started, "kind": "irreproducible",
+                    "stage": "predict (FLOP count)", "task_id": None, "traceback": None,
+                    "message": UNEQUAL_PREDICTIONS}, []
         reply["flops"] = counted.get("flops")
     return reply, out
 
@@ -123,50 +131,63 @@ def _in_fork(call: Any) -> dict[str, Any]:
 
 def _serve(header: dict[str, Any], blobs: list[bytearray], started: float, count_flops: bool
            ) -> tuple[dict[str, Any], list[bytes]]:
-    """One agent call, timed or (``count_flops``) under the FLOP counter."""
+    """One agent call, timed or (``count_flops``) under the FLOP counter, which must see all
+    of its work (the watch starts before the agent's module is imported)."""
     import torch
 
-    from clbench.agent import load_agent_class, supported_scenarios
-    from clbench.sealed.calls import AgentCallError, learn_call, predict_call
-    from clbench.sealed.channel import array_blob, blob_array
-    from clbench.tasks import Task, TaskSpec
+    from clbench.sealed.calls import AgentCallError
+    from clbench.sealed.channel import blob_array
+    from clbench.sealed.counted import counted_on_one_thread
 
     torch.set_num_threads(int(header["threads"]))
     device = torch.device(header["device"])
     state = blobs[0] if header["has_state"] else None
     arrays = [blob_array(meta, blob).to(device)
               for meta, blob in zip(header["arrays"], blobs[1:], strict=True)]
+    stage = "learn (replay)" if header["op"] == "learn" else "predict (FLOP count)"
     try:
-        try:
-            cls = load_agent_class(header["agent"])
-        except Exception as error:
-            raise AgentCallError("import", error) from error
-        if header["op"] == "describe":
-            try:
-                scenarios = supported_scenarios(cls)
-            except TypeError as error:
-                raise AgentCallError("describe", error, "contract") from error
-            return {"ok": True, "started": started, "scenarios": list(scenarios)}, []
-        if header["op"] == "learn":
-            task = Task(header["task_id"], TaskSpec.from_name(header["task_name"]), *arrays,
-                        scenario=header["scenario"])
-            outcome = learn_call(cls, header["kwargs"], device, state, task, header["seed"],
-                                 count_flops)
-            return ({"ok": True, "started": started, "seconds": outcome.seconds,
-                     "peak_memory_bytes": outcome.peak_memory_bytes, "flops": outcome.flops,
-                     "metrics": outcome.metrics}, [outcome.state])
-        inputs, task_ids = arrays
-        shapes = [tuple(shape) for shape in header["input_shapes"]]
-        outcome = predict_call(cls, header["kwargs"], device, state, inputs, task_ids, shapes,
-                               header["seed"], header["task_id"], count_flops,
-                               header["purpose"])
-        meta, raw = array_blob(outcome.labels)
-        return ({"ok": True, "started": started, "seconds": outcome.seconds,
-                 "flops": outcome.flops, "labels": meta}, [raw])
+        with counted_on_one_thread(count_flops, device, stage, True):
+            return _call(header, state, arrays, started, count_flops, device)
     except AgentCallError as error:
         return ({"ok": False, "started": started, "kind": error.kind, "stage": error.stage,
                  "task_id": error.task_id, "message": str(error),
                  "traceback": error.traceback}, [])
+
+
+def _call(header: dict[str, Any], state: bytearray | None, arrays: list, started: float,
+          count_flops: bool, device: Any) -> tuple[dict[str, Any], list[bytes]]:
+    """Import the agent's class, run the call; the reply (header, blobs)."""
+    from clbench.agent import load_agent_class, supported_scenarios
+    from clbench.sealed.calls import AgentCallError, learn_call, predict_call
+    from clbench.sealed.channel import array_blob
+    from clbench.tasks import Task, TaskSpec
+
+    try:
+        cls = load_agent_class(header["agent"])
+    except Exception as error:
+        raise AgentCallError("import", error) from error
+    if header["op"] == "describe":
+        try:
+            scenarios = supported_scenarios(cls)
+        except TypeError as error:
+            raise AgentCallError("describe", error, "contract") from error
+        return {"ok": True, "started": started, "scenarios": list(scenarios)}, []
+    if header["op"] == "learn":
+        task = Task(header["task_id"], TaskSpec.from_name(header["task_name"]), *arrays,
+                    scenario=header["scenario"])
+        outcome = learn_call(cls, header["kwargs"], device, state, task, header["seed"],
+                             count_flops)
+        return ({"ok": True, "started": started, "seconds": outcome.seconds,
+                 "peak_memory_bytes": outcome.peak_memory_bytes, "flops": outcome.flops,
+                 "metrics": outcome.metrics}, [outcome.state])
+    inputs, task_ids = arrays
+    shapes = [tuple(shape) for shape in header["input_shapes"]]
+    outcome = predict_call(cls, header["kwargs"], device, state, inputs, task_ids, shapes,
+                           header["seed"], header["task_id"], count_flops, header["purpose"])
+    meta, raw = array_blob(outcome.labels)
+    return ({"ok": True, "started": started, "seconds": outcome.seconds,
+             "flops": outcome.flops, "labels": meta,
+             "labels_sha256": hashlib.sha256(raw).hexdigest()}, [raw])
 
 
 def worker_main(fd: int, workdir: Path, zygote_pid: int) -> None:

@@ -1,0 +1,191 @@
+"""Keeping a FLOP-counted call where the counter can see it.
+
+The FLOP counter is a torch dispatch mode, and dispatch modes are thread-local: an agent
+that trains in a thread or process of its own reproduces its state exactly and is counted
+as doing nothing. Two guards, for counted calls on the CPU (Linux):
+
+- **no new processes** (:func:`refuse_new_processes`): a seccomp filter makes ``fork``,
+  ``vfork`` and ``clone`` without ``CLONE_THREAD`` fail with ``EPERM`` and ``clone3`` with
+  ``ENOSYS`` (so that new threads fall back to ``clone``), and refuses the other system-call
+  ABIs of the machine (x32, i386). A filter lasts as long as its process: it is installed
+  only in a one-call worker or in the fork that counts a prediction, never in the harness.
+  x86_64 and aarch64 only; elsewhere processes are not refused.
+- **work in other threads measured** (:class:`OffThreadWork`): the CPU seconds a call spends
+  outside the thread that runs it and torch's thread pool; above :func:`uncounted_limit`
+  the call fails.
+
+Not covered: code that rewrites clbench's own functions inside the worker (the agent runs
+in that process; see the README's list of what sealing does not stop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import platform
+import resource
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from clbench.sealed.calls import AgentCallError
+
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+_RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
+_CLONE_THREAD = 0x00010000
+# (audit arch, fork/vfork numbers, clone, clone3, the x32 bit or None) per machine
+_SYSCALLS = {
+    "x86_64": (0xC000003E, (57, 58), 56, 435, 0x40000000),
+    "aarch64": (0xC00000B7, (), 220, 435, None),
+}
+
+# CPU seconds outside the counted thread that a counted call may spend without failing: a
+# floor, two clock ticks of /proc per thread subtracted (user and system time are each read
+# to the tick), and a share of the counted thread's own CPU. Honest calls of the built-in
+# agents measured 0 to 0.008 s.
+UNCOUNTED_FLOOR_SECONDS, UNCOUNTED_SHARE = 0.05, 0.01
+_TICK = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def uncounted_limit(counted_seconds: float, threads: int) -> float:
+    """The most CPU seconds a counted call may spend outside the thread the counter watches,
+    where ``threads`` other threads were running when it began."""
+    return UNCOUNTED_FLOOR_SECONDS + 2 * threads * _TICK + UNCOUNTED_SHARE * counted_seconds
+
+
+def _filter() -> bytes | None:
+    """The seccomp program (classic BPF) for this machine, or None where there is none."""
+    known = _SYSCALLS.get(platform.machine())
+    if known is None or not sys.platform.startswith("linux"):
+        return None
+    arch, forks, clone, clone3, x32 = known
+    deny, nosys = _RET_ERRNO | errno.EPERM, _RET_ERRNO | errno.ENOSYS
+    # (code, jump if true, jump if false, k); a jump skips that many instructions
+    program = [(0x20, 0, 0, 4),                        # A = seccomp_data.arch
+               (0x15, 1, 0, arch), (0x06, 0, 0, deny),  # another ABI: refused
+               (0x20, 0, 0, 0)]                         # A = seccomp_data.nr
+    if x32 is not None:
+        program += [(0x35, 0, 1, x32), (0x06, 0, 0, deny)]  # x32 calls: refused
+    for number, answer in [*((n, deny) for n in forks), (clone3, nosys)]:
+        program += [(0x15, 0, 1, number), (0x06, 0, 0, answer)]
+    program += [(0x15, 0, 3, clone),                    # clone: look at its flags
+                (0x20, 0, 0, 16),                       # A = low word of args[0]
+                (0x45, 1, 0, _CLONE_THREAD),            # a thread: allowed
+                (0x06, 0, 0, deny), (0x06, 0, 0, _RET_ALLOW)]
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+def refuse_new_processes() -> bool:
+    """Install the filter of this module's docstring in this process for the rest of its
+    life; whether it was installed (False on other systems, or where the kernel refuses)."""
+    code = _filter()
+    if code is None:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    instructions = ctypes.create_string_buffer(code, len(code))
+    program = struct.pack("=HxxxxxxQ", len(code) // 8, ctypes.addressof(instructions))
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return False
+    return libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
+                      ctypes.create_string_buffer(program, len(program)), 0, 0) == 0
+
+
+def _thread_seconds(pid: int, me: int) -> dict[int, float]:
+    """User + system CPU seconds of every thread of process ``pid`` but ``me``."""
+    found = {}
+    for name in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{name}/stat") as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended while read
+        if int(name) != me:
+            found[int(name)] = (int(fields[11]) + int(fields[12])) * _TICK
+    return found
+
+
+def _process_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class OffThreadWork:
+    """CPU seconds spent inside a ``with`` block by threads other than the one that entered
+    it and those running then (threads started since, alive or ended). On exit,
+    ``outside`` holds those seconds, ``counted`` the entering thread's own and ``limit``
+    what :func:`uncounted_limit` allows, or all are None where ``/proc`` cannot be read.
+
+    Entered before the agent's code is imported in a fresh worker, after starting torch's
+    thread pool at every core (then back to the worker's thread count; the pool keeps its
+    threads, so an agent asking for more threads gets running ones), the threads running
+    are this one and the pool's, whose work is the counted operators'. Threads of torch's
+    inter-op pool (``torch.jit.fork`` of scripted code, whose operators the counter does
+    see) are counted as outside: a false alarm this check accepts.
+    """
+
+    outside: float | None = None
+    counted: float | None = None
+    limit: float | None = None
+
+    def __enter__(self) -> OffThreadWork:
+        self.available = sys.platform.startswith("linux") and os.path.isdir("/proc/self/task")
+        if not self.available:
+            return self
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(threads, os.cpu_count() or 1))
+        torch.ones(1 << 20).mul_(2)  # large enough to run on every pool thread
+        torch.set_num_threads(threads)
+        self.pid, self.me = os.getpid(), threading.get_native_id()
+        self.threads = _thread_seconds(self.pid, self.me)
+        self.start = time.thread_time(), _process_seconds()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if not self.available:
+            return
+        counted = time.thread_time() - self.start[0]
+        now = _thread_seconds(self.pid, self.me)
+        pool = sum(now.get(tid, seconds) - seconds for tid, seconds in self.threads.items())
+        self.outside = max(0.0, _process_seconds() - self.start[1] - counted - pool)
+        self.counted = counted
+        self.limit = uncounted_limit(counted, len(self.threads))
+
+
+@contextlib.contextmanager
+def counted_on_one_thread(count_flops: bool, device: torch.device, stage: str,
+                          one_call_process: bool) -> Iterator[None]:
+    """Around a FLOP-counted call on the CPU: refuse new processes where this process serves
+    this one call (``one_call_process``: a worker, or the fork counting a prediction), and
+    fail the call (``uncounted_work``, in ``stage``) where the agent worked in other threads.
+
+    Enter it before the agent's module is imported, so that no thread of the agent's is
+    running yet. Not checked on other devices, where autograd's backward runs in device
+    threads that the counter does see."""
+    if not count_flops or device.type != "cpu":
+        yield
+        return
+    refused = one_call_process and refuse_new_processes()
+    remedy = ("the counter sees only the calling thread's operators, so the FLOPs would be "
+              "undercounted. Do the agent's work on the calling thread, or run without "
+              "FLOPs (--no-flops: no FLOP count, no replay check)")
+    try:
+        with OffThreadWork() as work:
+            yield
+    except AgentCallError as error:
+        if refused and "Operation not permitted" in str(error):
+            raise AgentCallError(stage, RuntimeError(
+                f"{error}: a FLOP-counted call may not start processes (fork, vfork and clone "
+                f"of a process are refused); {remedy}"), "uncounted_work") from None
+        raise
+    if work.outside is not None and work.outside > work.limit:
+        raise AgentCallError(stage, RuntimeError(
+            f"{work.outside:.2f} s of CPU ran outside the thread the FLOP counter watches "
+            f"({work.counted:.2f} s on it; at most {work.limit:.2f} s may), in threads the "
+            f"agent started; {remedy}"), "uncounted_work")
