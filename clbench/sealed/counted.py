@@ -14,8 +14,8 @@ as doing nothing. Two guards, for counted calls on the CPU (Linux):
   outside the thread that runs it and torch's thread pool; above :func:`uncounted_limit`
   the call fails.
 
-Not covered: code that rewrites clbench's own functions inside the worker (the agent runs
-in that process; see the README's list of what sealing does not stop).
+Not covered: an agent that pops the counter's dispatch mode or rewrites clbench's own
+functions inside its worker (it runs in that process; the README says so).
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ _SYSCALLS = {
 }
 
 # CPU seconds outside the counted thread that a counted call may spend without failing: a
-# floor, two clock ticks of /proc per thread subtracted (user and system time are each read
-# to the tick), and a share of the counted thread's own CPU. Honest calls of the built-in
-# agents measured 0 to 0.008 s.
+# floor, two clock ticks of /proc per pool thread (user and system time are each read to
+# the tick), and a share of the counted thread's own CPU. Honest calls of the built-in
+# agents measured 0 to 0.008 s, with 2 threads.
 UNCOUNTED_FLOOR_SECONDS, UNCOUNTED_SHARE = 0.05, 0.01
 _TICK = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
@@ -123,11 +123,11 @@ class OffThreadWork:
     what :func:`uncounted_limit` allows, or all are None where ``/proc`` cannot be read.
 
     Entered before the agent's code is imported in a fresh worker, after starting torch's
-    thread pool at every core (then back to the worker's thread count; the pool keeps its
-    threads, so an agent asking for more threads gets running ones), the threads running
-    are this one and the pool's, whose work is the counted operators'. Threads of torch's
-    inter-op pool (``torch.jit.fork`` of scripted code, whose operators the counter does
-    see) are counted as outside: a false alarm this check accepts.
+    thread pool at the run's thread count, the threads running are this one and the pool's,
+    whose work is the counted operators'. Two honest cases count as outside, false alarms
+    this check accepts: threads added to the pool by an agent that raises torch's thread
+    count (the harness sets it for the run), and torch's inter-op pool (``torch.jit.fork``
+    of scripted code, whose operators the counter does see).
     """
 
     outside: float | None = None
@@ -138,10 +138,9 @@ class OffThreadWork:
         self.available = sys.platform.startswith("linux") and os.path.isdir("/proc/self/task")
         if not self.available:
             return self
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(threads, os.cpu_count() or 1))
-        torch.ones(1 << 20).mul_(2)  # large enough to run on every pool thread
-        torch.set_num_threads(threads)
+        # one operator large enough to start every thread of torch's pool (at::parallel_for
+        # hands out chunks of at least 32,768 elements)
+        torch.ones(torch.get_num_threads() << 16).mul_(2)
         self.pid, self.me = os.getpid(), threading.get_native_id()
         self.threads = _thread_seconds(self.pid, self.me)
         self.start = time.thread_time(), _process_seconds()
@@ -188,4 +187,5 @@ def counted_on_one_thread(count_flops: bool, device: torch.device, stage: str,
         raise AgentCallError(stage, RuntimeError(
             f"{work.outside:.2f} s of CPU ran outside the thread the FLOP counter watches "
             f"({work.counted:.2f} s on it; at most {work.limit:.2f} s may), in threads the "
-            f"agent started; {remedy}"), "uncounted_work")
+            "agent started (or torch's pool grew past the run's thread count: leave "
+            f"torch.set_num_threads to the harness); {remedy}"), "uncounted_work")
