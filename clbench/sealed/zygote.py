@@ -42,6 +42,8 @@ PR_SET_CHILD_SUBREAPER = 36
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt options
 WORKER_FLAG = "CLBENCH_SEALED_WORKER"
 SANDBOX_TEMP = Path("/tmp")
+# On the CPU the two passes of a prediction must agree to the label (on CUDA kernels may
+# differ between processes, and a query at the decision boundary flip: not checked there).
 UNEQUAL_PREDICTIONS = ("the FLOP-counted pass labelled the queries differently from the timed "
                        "pass: predict must answer the same whether or not it is counted (and "
                        "be deterministic under the harness's seeds)")
@@ -86,7 +88,7 @@ def serve(header: dict[str, Any], blobs: list[bytearray], started: float
         return counted, []
     reply, out = _serve(header, blobs, started, False)
     if reply.get("ok") is True:
-        if counted.get("labels_sha256") != reply["labels_sha256"]:
+        if header["device"] == "cpu" and counted.get("labels_sha256") != reply["labels_sha256"]:
             return {"ok": False, "started": started, "kind": "irreproducible",
                     "stage": "predict (FLOP count)", "task_id": None, "traceback": None,
                     "message": UNEQUAL_PREDICTIONS}, []
