@@ -8,8 +8,11 @@ the sealed tests cannot pass because a cheat was broken.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -221,6 +224,18 @@ def test_a_counted_call_in_a_worker_cannot_start_processes():
     assert run(adversaries.WorksInAChildProcess, flops=False).status == "complete"
 
 
+def _clone_a_sibling() -> None:
+    """clone(2) called directly, with CLONE_PARENT: a process beside this one, not below it
+    (an adversarial review's way past accounting by descendants)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    number = {"x86_64": 56, "aarch64": 220}[platform.machine()]
+    pid = libc.syscall(number, 0x8000 | signal.SIGCHLD, 0, 0, 0, 0)  # CLONE_PARENT
+    if pid == 0:
+        os._exit(0)
+    if pid < 0:
+        raise PermissionError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
 @pytest.mark.skipif(counted._filter() is None,
                     reason="the seccomp filter exists for Linux on x86_64 and aarch64 only")
 def test_the_filter_refuses_every_way_to_a_process_and_keeps_threads():
@@ -233,7 +248,7 @@ def test_the_filter_refuses_every_way_to_a_process_and_keeps_threads():
         thread.start()
         thread.join()
         for attempt in (os.fork, lambda: subprocess.run(["true"], check=False),
-                        lambda: os.posix_spawn("/bin/true", ["true"], {})):
+                        lambda: os.posix_spawn("/bin/true", ["true"], {}), _clone_a_sibling):
             try:
                 attempt()
                 outcomes.append("started")
@@ -246,10 +261,10 @@ def test_the_filter_refuses_every_way_to_a_process_and_keeps_threads():
     with os.fdopen(read) as stream:
         outcomes = stream.read()
     os.waitpid(pid, 0)
-    assert outcomes == repr([True, "thread", "refused", "refused", "refused", 300.0 ** 3])
+    assert outcomes == repr([True, "thread", *["refused"] * 4, 300.0 ** 3])
 
 
-@pytest.mark.parametrize("seal", [pytest.param(True, marks=needs_sandbox), False])
+@pytest.mark.parametrize("seal", [True, False])  # a worker, sandboxed or not; in process
 def test_a_prediction_that_changes_when_counted_fails_the_run(seal):
     error = failed_on_task_0(run(adversaries.PredictsCheaplyWhenCounted, seal=seal),
                              "predict (FLOP count)", "irreproducible")

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from clbench.sealed.calls import AgentCallError
+from clbench.sealed.zygote import stat_fields
 
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 _RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
@@ -101,12 +102,7 @@ def _thread_seconds(pid: int, me: int) -> dict[int, float]:
     """User + system CPU seconds of every thread of process ``pid`` but ``me``."""
     found = {}
     for name in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{name}/stat") as stream:
-                fields = stream.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # ended while read
-        if int(name) != me:
+        if int(name) != me and (fields := stat_fields(f"/proc/{pid}/task/{name}/stat")):
             found[int(name)] = (int(fields[11]) + int(fields[12])) * _TICK
     return found
 

@@ -372,18 +372,24 @@ def _children(parent: int) -> list[int]:
     return [pid for pid, its_parent in process_parents().items() if its_parent == parent]
 
 
+def stat_fields(path: str | Path) -> list[str] | None:
+    """The fields of a ``/proc`` ``stat`` file after the command name (``fields[0]`` is the
+    state, ``fields[1]`` the parent pid, ``fields[11:13]`` user and system CPU ticks), or
+    None when the process or thread ended before it was read."""
+    try:
+        stat = Path(path).read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
 def process_parents() -> dict[int, int]:
     """Every live process's parent pid, from ``/proc/PID/stat`` (Linux; a process that ends
     while it is read is left out)."""
     parents = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        if entry.name.isdigit() and (fields := stat_fields(entry / "stat")) is not None:
+            parents[int(entry.name)] = int(fields[1])
     return parents
 
 
