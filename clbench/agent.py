@@ -33,6 +33,7 @@ set it apart from its defaults: together they say which rows of a table are the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -68,7 +69,14 @@ class Agent(Protocol):
 
 def registered_agents() -> dict[str, str]:
     """Agent names in the ``clbench.agents`` entry-point group -> ``module:Class``."""
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return dict(_entry_points())
+
+
+@functools.cache
+def _entry_points() -> tuple[tuple[str, str], ...]:
+    """The group's entries, read once per process: scanning every installed distribution's
+    metadata takes about 10 ms, and a leaderboard build asks once per result file."""
+    return tuple((ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
 def _import_module_or_file(module_name: str):
