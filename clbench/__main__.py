@@ -38,12 +38,12 @@ def main() -> int:
     argv = sys.argv[1:]
     start_workers_early(argv)
     from clbench.cli import main as command_line
-    from clbench.sealed.workers import discard_early
+    from clbench.sealed.workers import close_idle
 
     try:
         return command_line(argv)
     finally:
-        discard_early()
+        close_idle()
 
 
 if __name__ == "__main__":
