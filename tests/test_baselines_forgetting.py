@@ -1,13 +1,16 @@
 """The regularisation and memory baselines do what they are for: on the stream where naive
-fine-tuning forgets (OneVsRestMNIST5k: ten one-vs-rest digit tasks, one shared trunk), each
-of EWC, SI, LwF, A-GEM and replay forgets less than naive, on average over 3 seeds.
+fine-tuning forgets (OneVsRestMNIST5k's one-vs-rest digit tasks, one shared trunk; its first
+``N_TASKS``), each of EWC, SI, LwF, A-GEM and replay forgets less than naive, on average over
+3 seeds.
 
 Every agent gets one budget, the shared recipe capped at ``BUDGET``'s 3 epochs (its held-out
 part still picks the best of them), and its method's default strength. With 1 epoch, or
 200 training examples per task, naive forgets about 1-2 points and the comparison says
 nothing. Test sets are capped at 200 per task (forgetting is measured in steps of 0.5
-points). Slow (a minute or two on 2 cores; see the marker), so it runs by default but can be
-deselected with ``-m "not slow"``.
+points). On the first 5 tasks, naive forgets 0.176 on average over the seeds and the
+closest method, SI, 0.096 (the others 0.013-0.041); the whole stream of ten, which this
+test ran before, took about 2.5 times as long. Slow (most of a minute on 2 cores; see the
+marker), so it runs by default but can be deselected with ``-m "not slow"``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from clbench.tasks import materialize, one_vs_rest
 
 SEEDS = (0, 1, 2)
 BUDGET = {"epochs": 3}
+N_TASKS = 5
 
 
 @pytest.fixture(scope="module")
 def tasks():
     return [materialize(spec, i, seed=0, max_test=200)
-            for i, spec in enumerate(one_vs_rest("mnist5k", 10))]
+            for i, spec in enumerate(one_vs_rest("mnist5k", 10)[:N_TASKS])]
 
 
 def forgetting_of(cls, tasks, seed: int) -> float:
