@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from agents_for_tests import ConstantZero
+from filelock import FileLock
 
 from clbench.agent import (
     agent_arguments,
@@ -68,10 +69,19 @@ def run_plan(root: Path, agents, seeds, **options) -> list[str]:
 
 @pytest.fixture(scope="session")
 def swept(tmp_path_factory) -> Path:
-    """One uninterrupted local sweep: random x seeds 0-2, naive x seeds 0-1."""
-    root = tmp_path_factory.mktemp("swept")
-    assert run_plan(root, ["random"], [0, 1, 2], workers=2) == []
-    assert run_plan(root, ["naive"], [0, 1], workers=2) == []
+    """One uninterrupted local sweep: random x seeds 0-2, naive x seeds 0-1. Read it, do not
+    change it: under pytest-xdist every test process of the session shares it (the first to
+    need it runs it, 15-25 s of sealed runs, while the others wait)."""
+    session = tmp_path_factory.getbasetemp()
+    root = (session.parent if "PYTEST_XDIST_WORKER" in os.environ else session) / "swept"
+    complete = Path(f"{root}.complete")
+    with FileLock(f"{root}.lock"):
+        if not complete.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            jobs = [job for agent, seeds in (("random", [0, 1, 2]), ("naive", [0, 1]))
+                    for job in sweep.plan(SUITE, [TINY], [agent], seeds, root).jobs]
+            assert sweep.sweep(jobs, device="cpu", progress=False, workers=2) == []
+            complete.touch()
     return root
 
 
@@ -520,14 +530,14 @@ def test_rebuild_is_byte_identical_wherever_it_runs(swept, tmp_path):
 
 def test_committed_leaderboard_is_what_build_writes(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    build(Path("leaderboard/results"), tmp_path)
-    for name in ("README.md", "index.html"):
-        assert (tmp_path / name).read_bytes() == (ROOT / "leaderboard" / name).read_bytes(), \
-            f"leaderboard/{name} is stale: run `make leaderboard`"
     readme = ROOT / "README.md"
     copy = tmp_path / "README.md.copy"
     copy.write_text(readme.read_text())
-    build(Path("leaderboard/results"), tmp_path / "again", readme=copy)
+    build(Path("leaderboard/results"), tmp_path / "out", readme=copy)
+    for name in ("README.md", "index.html"):
+        assert (tmp_path / "out" / name).read_bytes() == \
+            (ROOT / "leaderboard" / name).read_bytes(), \
+            f"leaderboard/{name} is stale: run `make leaderboard`"
     assert copy.read_text() == readme.read_text(), "README.md's table is stale: make leaderboard"
 
 
