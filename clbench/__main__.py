@@ -38,12 +38,12 @@ def main() -> int:
     argv = sys.argv[1:]
     start_workers_early(argv)
     from clbench.cli import main as command_line
-    from clbench.sealed.workers import close_idle
+    from clbench.sealed.workers import discard_early
 
     try:
         return command_line(argv)
     finally:
-        close_idle()
+        discard_early()
 
 
 if __name__ == "__main__":

@@ -436,8 +436,7 @@ def evaluate(
         if seal:  # the zygote imports torch while this process loads the stream's data
             pool = WorkerPool.for_agent(worker_target(name),
                                         {spec_kwargs.get("data_root"), None})
-            cleanup.push(lambda kind, *_: pool.release(reusable=kind is None or issubclass(
-                kind, (AgentError, ScenarioRefused, ResumeRefused))))
+            cleanup.callback(pool.close)
         env = gymnasium.make(env_id, **{**env_kwargs, "device": str(dev), "backend": "torch"},
                              disable_env_checker=True)
         n_tasks = env.unwrapped.n_tasks

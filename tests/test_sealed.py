@@ -31,16 +31,6 @@ def run_tiny(agent: str, **options):
 
 
 def test_prints_anywhere_do_not_touch_the_channel(capfd):
-    """Workers write to the harness's stderr of the call, also on a zygote an earlier run
-    launched (and left idle) while stderr pointed elsewhere."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        run_tiny("Quiet", flops=False)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
     result = run_tiny("Chatty")
     assert result.status == "complete" and result.reproducible == [True, True]
     captured = capfd.readouterr()
@@ -107,10 +97,7 @@ def test_a_learn_that_depends_on_more_than_its_state_fails_naming_the_task(tmp_p
 
 @needs_bwrap
 def test_inside_the_sandbox_no_data_no_network_nothing_kept(monkeypatch):
-    from clbench.sealed import workers
-
     monkeypatch.setenv("PROBE_HARNESS_PID", str(os.getpid()))
-    workers.close_idle()
     result = run_tiny("SandboxProbe", flops=False)
     assert result.sealed is True and result.isolation["sandbox"] == "bwrap"
     first, second = result.agent_metrics
@@ -122,10 +109,6 @@ def test_inside_the_sandbox_no_data_no_network_nothing_kept(monkeypatch):
         assert figures["home_writable"] is False
         assert figures["parent_visible"] is False
     assert second["leftover_seen"] is False  # what task 0's worker wrote to /tmp is gone
-    zygote = workers._idle[-1].process.pid  # the run left its zygote idle for the next run
-    again = run_tiny("SandboxProbe", flops=False)
-    assert workers._idle[-1].process.pid == zygote
-    assert again.agent_metrics[0]["leftover_seen"] is False  # nor what the last run wrote
 
 
 def test_sys_exit_and_os_exit_in_learn_are_agent_errors(tmp_path, capsys):
@@ -301,22 +284,18 @@ def test_a_sigterm_ends_the_zygotes_loop_without_raising_so_its_cleanup_runs(tmp
 def test_an_interrupt_while_the_workers_start_leaves_a_valid_interrupted_file(tmp_path,
                                                                               monkeypatch):
     """Ctrl-C before the agent's first call (here: while the zygote starts) still ends in a
-    file that validates, status interrupted (a sweep killed mid-way once left an invalid one).
-    An interrupted run's zygote is closed, not kept idle for the next run."""
+    file that validates, status interrupted (a sweep killed mid-way once left an invalid one)."""
     from clbench import harness
-    from clbench.sealed import workers
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(harness.SealedRunner, "__init__", interrupted)
-    workers.close_idle()
     out = tmp_path / "r.json"
     with pytest.raises(KeyboardInterrupt):
         evaluate("naive", SPLIT, device="cpu", env_kwargs=TINY, out=out)
     kept = load_result(out)
     assert kept.status == "interrupted" and kept.n_tasks_done == 0 and not kept.sealed
-    assert workers._idle == []
 
 
 # ----------------------------------------------------------------------------- early start
@@ -330,14 +309,12 @@ def test_import_clbench_imports_no_torch():
 
 def test_the_command_line_runs_on_the_zygote_it_launched_first(tmp_path, monkeypatch):
     """`clbench run` launches the zygote before it imports torch; the run takes that very
-    pool (one launch) and leaves it idle for the next run of the process, which takes it
-    again; a run that needs another (here an agent file) launches its own; at most
-    KEEP_IDLE stay idle; the command's end closes them, and nothing is left running."""
+    pool (one launch); a run that needs another (here an agent file) closes it and launches
+    its own; nothing is left running."""
     from clbench import cli
     from clbench.__main__ import start_workers_early
     from clbench.sealed import workers
 
-    workers.close_idle()
     launched = []
     real_init = workers.WorkerPool.__init__
 
@@ -346,35 +323,29 @@ def test_the_command_line_runs_on_the_zygote_it_launched_first(tmp_path, monkeyp
         launched.append(self)
 
     monkeypatch.setattr(workers.WorkerPool, "__init__", counted)
-    monkeypatch.setattr(workers, "KEEP_IDLE", 2)
     argv = ["run", "--env", SPLIT, "--agent", "naive", "--agent-arg", "epochs=1", "--env-arg",
             "n_tasks=2", "--env-arg", "max_train_per_task=100", "--env-arg",
             "max_test_per_task=40", "--no-flops", "--quiet", "--device", "cpu", "--out",
             str(tmp_path / "r.json")]
     start_workers_early(argv)
-    assert len(launched) == 1 and workers._idle == launched
+    assert len(launched) == 1 and workers._early is launched[0]
     assert cli.main(argv) == 0
+    assert len(launched) == 1 and workers._early is None
     assert load_result(tmp_path / "r.json").status == "complete"
-    assert len(launched) == 1 and workers._idle == launched and launched[0].alive()
+    assert launched[0].process.poll() is not None  # closed by the run
 
-    start_workers_early(["run", "--agent", "naive"])  # idle already: nothing launched
+    start_workers_early(["run", "--agent", "naive"])
+    early = launched[-1]
     result = evaluate(f"{AGENTS}:Quiet", SPLIT, device="cpu", env_kwargs=TINY, flops=False)
-    assert result.status == "complete" and len(launched) == 2
-    assert workers._idle == launched
-    result = evaluate("random", SPLIT, device="cpu", env_kwargs=TINY, flops=False)
-    assert result.status == "complete" and len(launched) == 2  # naive's zygote again
-    assert workers._idle == [launched[1], launched[0]]
+    assert result.status == "complete" and len(launched) == 3
+    assert early.process.poll() is not None and workers._early is None
 
     for argv in (["run", "--agent", "naive", "--no-seal"], ["list"],
                  ["run", "--agent", "naive", "--env-arg", "data_root=/elsewhere"],
                  ["run", "--agent", "no_such_agent"]):
         start_workers_early(argv)
-    assert len(launched) == 2
-    monkeypatch.setattr(workers, "KEEP_IDLE", 1)
-    evaluate(f"{AGENTS}:Quiet", SPLIT, device="cpu", env_kwargs=TINY, flops=False)
-    assert workers._idle == [launched[1]] and not launched[0].alive()  # the oldest closed
-    workers.close_idle()
-    assert workers._idle == [] and not any(pool.alive() for pool in launched)
+        assert workers._early is None, argv
+    assert len(launched) == 3
 
 
 def test_process_parents_reads_the_process_table():

@@ -56,7 +56,6 @@ class WorkerPool:
         the first :meth:`call` waits for it."""
         self.sandboxed = sandboxed
         self.arguments = _arguments(sandboxed, hidden, extra_paths, files)
-        self.owner = os.getpid()
         self.ready = False
         self.start_seconds: list[float] = []
         self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -81,33 +80,15 @@ class WorkerPool:
                   ) -> WorkerPool:
         """The pool for ``target``'s workers (``module:Class`` or ``file.py:Class``),
         sandboxed where bubblewrap works, with every place of ``data_roots``' datasets hidden:
-        an idle one of this process for the same arguments (launched by :func:`start_early`
-        or kept by :meth:`release`), else a new one. Give it back with :meth:`release`."""
+        the one :func:`start_early` launched for the same arguments, else a new one."""
+        global _early
         arguments = pool_arguments(target, data_roots)
-        wanted = _arguments(*arguments)
-        for pool in reversed(_idle):
-            if pool.arguments == wanted:
-                _idle.remove(pool)
-                if pool.alive():
-                    pool.start_seconds = []  # a run reports its own workers' starts
-                    return pool
-                pool.close()
+        early, _early = _early, None
+        if early is not None:
+            if early.arguments == _arguments(*arguments):
+                return early
+            early.close()
         return cls(*arguments)
-
-    def alive(self) -> bool:
-        """Whether this process launched the zygote and it still runs."""
-        return self.owner == os.getpid() and self.process.poll() is None
-
-    def release(self, reusable: bool) -> None:
-        """The run is done with this pool: keep it idle for this process's next run where
-        ``reusable`` (the run ended between calls, with no worker left to reap) and the
-        zygote runs, else close it. At most :data:`KEEP_IDLE` pools stay idle."""
-        if not (reusable and self.alive()):
-            self.close()
-            return
-        _idle.append(self)
-        while len(_idle) > KEEP_IDLE:
-            _idle.pop(0).close()
 
     def wait_ready(self) -> None:
         """Block until the zygote has imported what workers share and can fork them."""
@@ -134,7 +115,7 @@ class WorkerPool:
         mine, theirs = socket.socketpair()
         began = time.perf_counter()
         try:
-            self._send({"op": "spawn"}, [theirs.fileno(), *_stderr()])
+            self._send({"op": "spawn"}, [theirs.fileno()])
         finally:
             theirs.close()
         pid = self._receive()["pid"]
@@ -175,10 +156,7 @@ class WorkerPool:
         return statistics.median(self.start_seconds) if self.start_seconds else None
 
     def close(self) -> None:
-        """Stop the zygote: it kills its workers and removes its temp folder. Not in a
-        process forked from the one that launched it, which still talks to it."""
-        if self.owner != os.getpid():
-            return
+        """Stop the zygote: it kills its workers and removes its temp folder."""
         try:
             self._send({"op": "stop"})
         except OSError:
@@ -195,17 +173,6 @@ class WorkerPool:
 
     def __exit__(self, *_) -> None:
         self.close()
-
-
-def _stderr() -> list[int]:
-    """This process's stderr as a descriptor to pass on (none where fd 2 is closed): a
-    worker writes there, wherever fd 2 points now (a test's capture, a redirect), even on
-    a zygote launched before."""
-    try:
-        os.fstat(2)
-    except OSError:
-        return []
-    return [2]
 
 
 def worker_import_paths() -> list[str]:
@@ -232,33 +199,29 @@ def _arguments(sandboxed: bool, hidden: Sequence[Path], extra_paths: Sequence[st
     return bool(sandboxed), tuple(map(str, hidden)), tuple(extra_paths), tuple(files)
 
 
-# Zygotes of this process not in use by a run, oldest first: the one start_early launched
-# and those runs gave back (WorkerPool.release). A zygote never runs an agent's code: each
-# call runs in a worker forked from it, and reaping a worker kills whatever it left running
-# and wipes the private /tmp. So a run on an idle zygote is as sealed as on a new one, and
-# it skips the zygote's start (torch's import and warm-up, about 2 s of one core): what
-# a sweep's or a tuning grid's process, running one run after another, gains.
-_idle: list[WorkerPool] = []
-KEEP_IDLE = 2
+# The pool start_early launched, until WorkerPool.for_agent takes it (or closes it).
+_early: WorkerPool | None = None
 
 
 def start_early(target: str, data_roots: Iterable[str | os.PathLike | None]) -> None:
     """Launch the zygote for ``target`` now, before this process imports torch, so that both
     import at once (about a second less of waiting at the start of a sealed ``clbench
-    run``); :meth:`WorkerPool.for_agent` hands it out for the same arguments. Nothing is
-    launched where an idle pool has them already."""
-    arguments = pool_arguments(target, data_roots)
-    if not any(pool.arguments == _arguments(*arguments) for pool in _idle):
-        WorkerPool(*arguments).release(reusable=True)
+    run``); :meth:`WorkerPool.for_agent` hands it out for the same arguments. One left
+    unused is closed by :func:`discard_early` (and at exit)."""
+    global _early
+    discard_early()
+    _early = WorkerPool(*pool_arguments(target, data_roots))
 
 
-def close_idle() -> None:
-    """Close every idle pool of this process (at the end of a command, and at exit)."""
-    while _idle:
-        _idle.pop().close()
+def discard_early() -> None:
+    """Close the pool :func:`start_early` launched, if nothing took it."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        early.close()
 
 
-atexit.register(close_idle)
+atexit.register(discard_early)
 
 
 def _describe_exit(status: dict[str, Any]) -> str:

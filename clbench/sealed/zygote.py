@@ -7,10 +7,8 @@ harness over a ``SOCK_SEQPACKET`` control socket, one JSON message per packet:
 
 - first the harness sends ``{"extra_paths": [...], "sandboxed": bool}``; the zygote
   answers ``{"ready": true}`` once its imports are done;
-- ``{"op": "spawn"}`` with one socket passed as a file descriptor, and the harness's
-  stderr as a second where it has one: fork a worker that serves one call on that socket
-  and writes its stdout and stderr there (the harness's stderr now, not when the zygote
-  started: a zygote serves many runs); answer ``{"pid": ...}``;
+- ``{"op": "spawn"}`` with one socket passed as a file descriptor: fork a worker that
+  serves one call on that socket; answer ``{"pid": ...}``;
 - ``{"op": "reap", "pid": ..., "grace": seconds}``: let the worker exit (or kill it after
   ``grace``), kill whatever it left running, wipe its temp folder; answer its exit status;
 - ``{"op": "stop"}``, a closed socket, or the harness's death: kill every worker, remove
@@ -194,9 +192,8 @@ def _call(header: dict[str, Any], state: bytearray | None, arrays: list, started
              "labels_sha256": hashlib.sha256(raw).hexdigest()}, [raw])
 
 
-def worker_main(fd: int, workdir: Path, zygote_pid: int, stderr: int | None = None) -> None:
-    """The forked worker: one request in, one reply out, then exit (never returns).
-    ``stderr``: the harness's, where its output goes (else the zygote's)."""
+def worker_main(fd: int, workdir: Path, zygote_pid: int) -> None:
+    """The forked worker: one request in, one reply out, then exit (never returns)."""
     started = time.perf_counter()
     os.setsid()
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -204,9 +201,6 @@ def worker_main(fd: int, workdir: Path, zygote_pid: int, stderr: int | None = No
         os._exit(1)
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_DFL)
-    if stderr is not None:
-        os.dup2(stderr, 2)
-        os.close(stderr)
     os.dup2(2, 1)  # the agent's prints go to the harness's stderr, never into the channel
     os.environ["TMPDIR"] = str(workdir)
     tempfile.tempdir = None
@@ -272,18 +266,18 @@ class Zygote:
     def serve_forever(self) -> None:
         self.serving = True
         while not self.stopping:
-            data, fds, _, _ = socket.recv_fds(self.control, 65536, 2)
+            data, fds, _, _ = socket.recv_fds(self.control, 65536, 1)
             if not data:
                 return
             request = json.loads(data)
             if request["op"] == "spawn":
-                self.reply({"pid": self.spawn(*fds)})
+                self.reply({"pid": self.spawn(fds[0])})
             elif request["op"] == "reap":
                 self.reply(self.reap(int(request["pid"]), float(request["grace"])))
             else:
                 return
 
-    def spawn(self, fd: int, stderr: int | None = None) -> int:
+    def spawn(self, fd: int) -> int:
         self.count += 1
         workdir = self.temp / f"worker-{self.count}"
         workdir.mkdir()
@@ -292,12 +286,10 @@ class Zygote:
         if pid == 0:
             try:
                 self.control.close()
-                worker_main(fd, workdir, zygote_pid, stderr)
+                worker_main(fd, workdir, zygote_pid)
             finally:
                 os._exit(71)
         os.close(fd)
-        if stderr is not None:
-            os.close(stderr)
         self.workers[pid] = workdir
         return pid
 
