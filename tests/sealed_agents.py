@@ -66,6 +66,11 @@ class SandboxProbe(Quiet):
             or (Path(os.environ.get("TMPDIR", "/tmp")) / LEFTOVER_FILE).exists(),
             "parent_visible": Path(f"/proc/{os.environ['PROBE_HARNESS_PID']}").exists()
             if "PROBE_HARNESS_PID" in os.environ else None,
+            "capabilities": _effective_capabilities(),
+            "zygote_memory_writable": _writable(f"/proc/{os.getppid()}/mem"),
+            "root_remountable": subprocess.run(
+                ["mount", "-o", "remount,bind,rw", "/"], capture_output=True,
+                check=False).returncode == 0,
         }
         for folder in {tmp, Path(os.environ.get("TMPDIR", "/tmp"))}:
             (folder / LEFTOVER_FILE).write_text("kept?")
@@ -81,6 +86,23 @@ class SandboxProbe(Quiet):
         except OSError:
             figures["home_writable"] = False
         self.figures = figures
+
+
+def _effective_capabilities() -> int:
+    """The CapEff mask of this process (0: none; root outside a user namespace keeps all of
+    them unless they are dropped)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return -1
+
+
+def _writable(path) -> bool:
+    try:
+        with open(path, "r+b"):
+            return True
+    except OSError:
+        return False
 
 
 def _listing(folder) -> list[str]:

@@ -108,6 +108,10 @@ def test_inside_the_sandbox_no_data_no_network_nothing_kept(monkeypatch):
         assert figures["network"] is False
         assert figures["home_writable"] is False
         assert figures["parent_visible"] is False
+        # root outside a user namespace (CI) keeps every capability unless bwrap drops them:
+        # a worker then remounted / read-write and wrote to the host's /usr
+        assert figures["capabilities"] == 0 and figures["root_remountable"] is False
+        assert figures["zygote_memory_writable"] is False
     assert second["leftover_seen"] is False  # what task 0's worker wrote to /tmp is gone
 
 

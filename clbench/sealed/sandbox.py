@@ -5,6 +5,8 @@ Inside: no network (``--unshare-net``), the whole filesystem read-only (``--ro-b
 memory are not visible), a private empty ``/tmp`` (the zygote wipes it after every worker),
 and every dataset source hidden: the data roots, Debian's ``/usr/share/datasets`` and the
 folder of the installed mnist5k file. ``--die-with-parent`` ends the sandbox with the harness.
+``--cap-drop ALL``: no capabilities, also where the harness runs as root (CI), whose workers
+otherwise kept them all and could remount ``/`` read-write or unmount what hides the data.
 
 Whether ``bwrap`` works is found by trying it once per process (it can be installed but not
 permitted, e.g. without user namespaces in a container).
@@ -23,7 +25,7 @@ from pathlib import Path
 OPTIONS = (
     "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc",
     "--tmpfs", "/tmp", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-    "--new-session", "--die-with-parent",
+    "--new-session", "--die-with-parent", "--cap-drop", "ALL",
 )
 DEBIAN_DATASETS = Path("/usr/share/datasets")
 PRIVATE_TEMP = Path("/tmp")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt options
 WORKER_FLAG = "CLBENCH_SEALED_WORKER"
@@ -422,6 +423,10 @@ def main(argv: list[str]) -> None:
     if parent_pid and os.getppid() != parent_pid:
         return  # the harness died before this line
     prctl(PR_SET_CHILD_SUBREAPER, 1)
+    # not dumpable (inherited by every worker): a worker runs as the zygote's user, and
+    # without this could write into the zygote's memory through /proc/PID/mem, changing the
+    # code every later worker of the run is forked with
+    prctl(PR_SET_DUMPABLE, 0)
     keep_freed_memory()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
