@@ -112,6 +112,47 @@ def _listing(folder) -> list[str]:
         return []
 
 
+CHAIN_MARK = "clbench-chain-probe"
+# one process of a chain: it starts the next one, deeper, in a new session, then sleeps
+CHAIN = ("import os, sys, time\n"
+         "depth = int(sys.argv[1])\n"
+         "if depth and os.fork() == 0:\n"
+         "    os.setsid()\n"
+         "    os.execv(sys.executable, [sys.executable, '-S', '-c', os.environ['CHAIN'],\n"
+         "                              str(depth - 1), sys.argv[2]])\n"
+         "time.sleep(600)\n")
+
+
+def _chain_processes() -> int:
+    count = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            count += entry.name.isdigit() and CHAIN_MARK.encode() in (
+                entry / "cmdline").read_bytes()
+        except OSError:
+            pass
+    return count
+
+
+class LeavesADeepChain(Quiet):
+    """Task 0's learn leaves ``depth`` nested processes behind, each in a session of its own
+    (the zygote once killed one generation of leftovers per round, 20 rounds at most);
+    every learn reports how many it finds running."""
+
+    def __init__(self, device="cpu", depth=40):
+        super().__init__(device)
+        self.depth = depth
+
+    def learn(self, task):
+        if task.id == 0:
+            subprocess.Popen([sys.executable, "-S", "-c", CHAIN, str(self.depth), CHAIN_MARK],
+                             env={**os.environ, "CHAIN": CHAIN}, start_new_session=True)
+            deadline = time.monotonic() + 30
+            while _chain_processes() <= self.depth and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.figures = {"chain_processes": _chain_processes()}
+
+
 class ExitsInLearn(Quiet):
     def learn(self, task):
         if task.id == 1:

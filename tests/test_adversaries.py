@@ -119,6 +119,28 @@ def test_sealed_a_disk_cache_is_gone_by_the_next_call(cache_name):
     assert not any(folder.exists() for folder in adversaries.cache_folders(cache_name))
 
 
+@pytest.fixture
+def shared_memory_cache(cache_name):
+    """A segment name of this test only, removed afterwards where the cheat left it."""
+    yield cache_name
+    adversaries.CachesWeightsInSharedMemory(cache_name=cache_name).remove()
+
+
+def test_unsealed_a_shared_memory_cache_hides_the_weights(shared_memory_cache, honest):
+    result = run(adversaries.CachesWeightsInSharedMemory, seal=False,
+                 agent_kwargs={"cache_name": shared_memory_cache})
+    assert result.status == "complete" and result.metrics["acc"] > 0.6
+    assert max(result.storage_bytes) < 2_000 < min(honest.storage_bytes)
+
+
+@needs_sandbox
+def test_sealed_a_shared_memory_cache_is_gone_by_the_next_call(shared_memory_cache):
+    result = run(adversaries.CachesWeightsInSharedMemory,
+                 agent_kwargs={"cache_name": shared_memory_cache})
+    error = failed_on_task_0(result, "predict", "agent_error")
+    assert "FileNotFoundError: the shared memory cache is gone" in error
+
+
 # (d) free replay from the dataset files ------------------------------------------------------
 def test_unsealed_task_names_suffice_to_retrain_from_the_dataset_files():
     result = run(adversaries.RetrainsFromDatasetFiles, seal=False)

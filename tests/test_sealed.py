@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -113,6 +114,14 @@ def test_inside_the_sandbox_no_data_no_network_nothing_kept(monkeypatch):
         assert figures["capabilities"] == 0 and figures["root_remountable"] is False
         assert figures["zygote_memory_writable"] is False
     assert second["leftover_seen"] is False  # what task 0's worker wrote to /tmp is gone
+
+
+@needs_bwrap
+def test_leftovers_however_deep_are_gone_by_the_next_call():
+    result = run_tiny("LeavesADeepChain", flops=False)
+    first, second = result.agent_metrics
+    assert first["chain_processes"] == 41  # the whole chain ran in task 0's worker
+    assert second["chain_processes"] == 0
 
 
 def test_sys_exit_and_os_exit_in_learn_are_agent_errors(tmp_path, capsys):
@@ -364,3 +373,28 @@ def test_process_parents_reads_the_process_table():
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_wipe_removes_a_folder_a_worker_made_read_only():
+    """Without CAP_DAC_OVERRIDE a plain rmtree cannot empty a folder made read-only, and the
+    zygote's wipe kept its files. Checked in a fork as a user without it (nobody, where the
+    tests run as root, which file modes do not stop)."""
+    from clbench.sealed.zygote import remove_tree
+
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 if the folder is gone, 1 if not, 2 on an error
+        code = 2
+        try:
+            if os.geteuid() == 0:
+                os.setuid(65534)
+            top = Path(tempfile.mkdtemp(dir="/tmp"))
+            (top / "keep").mkdir()
+            (top / "keep" / "data").write_text("kept?")
+            os.chmod(top / "keep", 0o555)
+            os.chmod(top, 0o555)
+            remove_tree(top)
+            code = 1 if top.exists() else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -307,17 +307,20 @@ class Zygote:
         if status is None:
             _, status = os.waitpid(pid, 0)
         _kill_group(pid)
+        if self.sandboxed:
+            kill_the_rest_of_the_sandbox()
         self.kill_orphans()
         workdir = self.workers.pop(pid)
-        shutil.rmtree(workdir, ignore_errors=True)
-        if self.sandboxed:  # the private /tmp: nothing a worker wrote survives its call
+        remove_tree(workdir)
+        if self.sandboxed:  # the private /tmp and IPC: nothing a worker kept survives its call
             for entry in SANDBOX_TEMP.iterdir():
                 if os.path.ismount(entry):
                     continue  # bound back read-only by the sandbox (e.g. the agent's file)
                 if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
+                    remove_tree(entry)
                 else:
                     entry.unlink(missing_ok=True)
+            remove_ipc_objects()
         if os.WIFSIGNALED(status):
             return {"exit": None, "signal": os.WTERMSIG(status)}
         return {"exit": os.WEXITSTATUS(status), "signal": None}
@@ -353,6 +356,52 @@ class Zygote:
         self.kill_orphans()
         if not self.sandboxed:
             shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def kill_the_rest_of_the_sandbox() -> None:
+    """SIGKILL every process of the sandbox's PID namespace that is not this zygote or the
+    namespace's init, however deep a worker's leftovers nest (:meth:`Zygote.kill_orphans`
+    reaps them one generation at a time, and a chain of 150 ``setsid`` shells outlived it).
+    Only inside the sandbox: outside a PID namespace of its own, ``kill(-1)`` would reach
+    every process of the user. Called between calls, when no worker is running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)
+
+
+IPC_RMID = 0
+
+
+def remove_ipc_objects() -> None:
+    """Remove every System V shared memory segment, message queue and semaphore set of the
+    sandbox's IPC namespace (``--unshare-ipc``: its own, alive as long as the zygote): a
+    worker could keep data there for the next worker of the run, outside its state."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    removers = {"shm": lambda i: libc.shmctl(i, IPC_RMID, None),
+                "msg": lambda i: libc.msgctl(i, IPC_RMID, None),
+                "sem": lambda i: libc.semctl(i, 0, IPC_RMID)}
+    for kind, remove in removers.items():
+        try:
+            rows = Path("/proc/sysvipc", kind).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            remove(int(row.split()[1]))
+
+
+def remove_tree(folder: Path) -> None:
+    """``rm -rf folder``, also where a worker made a folder in it read-only (which stops a
+    plain rmtree of a user without CAP_DAC_OVERRIDE, and kept the folder's files)."""
+    def writable_then_again(function, path, _error) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(path), 0o700)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o700)
+            function(path)
+
+    handler = "onexc" if sys.version_info >= (3, 12) else "onerror"  # onerror: deprecated
+    shutil.rmtree(folder, **{handler: writable_then_again})
+    with contextlib.suppress(OSError):
+        shutil.rmtree(folder)
 
 
 def _kill_group(pid: int) -> None:
