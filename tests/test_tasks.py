@@ -268,3 +268,19 @@ def test_task_normalize_uses_its_dataset_statistics():
                        max_test=10)
     zeros = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
     assert torch.allclose(task.normalize(zeros), torch.tensor(-0.1307 / 0.3081))
+
+
+def test_a_tuple_stream_of_more_than_max_tuple_tasks_is_refused_at_once():
+    """CIFAR-100 with 50 classes a side has astronomically many tasks; drawing a million
+    of them took minutes and gigabytes, so the stream's length is capped."""
+    import time
+
+    from clbench.tasks.streams import MAX_TUPLE_TASKS
+
+    began = time.perf_counter()
+    with pytest.raises(ValueError, match="a tuple stream has at most 20,000 tasks"):
+        tuples("cifar100", 10**6, max_classes_per_side=50)
+    assert time.perf_counter() - began < 1.0
+    assert len(tuples("cifar100", MAX_TUPLE_TASKS, max_classes_per_side=50)) == MAX_TUPLE_TASKS
+    with pytest.raises(ValueError, match="at most 12,990 such tasks"):  # MNIST: its own limit
+        tuples("mnist", 13000)
