@@ -10,7 +10,8 @@ harness over a ``SOCK_SEQPACKET`` control socket, one JSON message per packet:
 - ``{"op": "spawn"}`` with one socket passed as a file descriptor: fork a worker that
   serves one call on that socket; answer ``{"pid": ...}``;
 - ``{"op": "reap", "pid": ..., "grace": seconds}``: let the worker exit (or kill it after
-  ``grace``), kill whatever it left running, wipe its temp folder; answer its exit status;
+  ``grace``), kill whatever it left running, wipe its temp folder (and, sandboxed, the
+  private /tmp and the namespace's System V IPC objects); answer its exit status;
 - ``{"op": "stop"}``, a closed socket, or the harness's death: kill every worker, remove
   the temp folder, exit.
 
