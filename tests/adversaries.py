@@ -169,12 +169,17 @@ class CachesWeightsInSharedMemory(CachesWeightsOnDisk):
     SIZE = 1 << 22
     IPC_CREAT = 0o1000
 
+    def _shmid(self, create: bool) -> int:
+        """The segment's id (negative where there is none), from a key of the cache name."""
+        key = zlib.crc32(self.cache_name.encode()) & 0x7FFFFFFF
+        return ctypes.CDLL(None).shmget(key, self.SIZE,
+                                        (self.IPC_CREAT if create else 0) | 0o600)
+
     def _segment(self, create: bool):
         """The segment as a writable byte array, or None where there is none."""
         libc = ctypes.CDLL(None, use_errno=True)
         libc.shmat.restype = ctypes.c_void_p
-        key = zlib.crc32(self.cache_name.encode()) & 0x7FFFFFFF
-        shmid = libc.shmget(key, self.SIZE, (self.IPC_CREAT if create else 0) | 0o600)
+        shmid = self._shmid(create)
         if shmid < 0:
             return None
         address = libc.shmat(shmid, None, 0)
@@ -193,11 +198,9 @@ class CachesWeightsInSharedMemory(CachesWeightsOnDisk):
 
     def remove(self) -> None:
         """Remove the segment (a test's clean-up where the cheat worked, outside a sandbox)."""
-        libc = ctypes.CDLL(None, use_errno=True)
-        key = zlib.crc32(self.cache_name.encode()) & 0x7FFFFFFF
-        shmid = libc.shmget(key, self.SIZE, 0o600)
+        shmid = self._shmid(create=False)
         if shmid >= 0:
-            libc.shmctl(shmid, 0, None)
+            ctypes.CDLL(None).shmctl(shmid, 0, None)
 
 
 # (d) ------------------------------------------------------------------------------------------

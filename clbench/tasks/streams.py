@@ -56,6 +56,7 @@ def check_stream(stream: str, dataset: str, n_tasks, max_classes_per_side=3) -> 
     for ``tuples``), checked in microseconds: :class:`ValueError` names an impossible request
     and the most tasks the stream can have."""
     n_classes = dataset_info(dataset).n_classes
+    capped = False  # fewer than the classes allow: MAX_TUPLE_TASKS
     if stream == "split":
         available = n_classes // 2
     elif stream == "one_vs_rest":
@@ -63,7 +64,8 @@ def check_stream(stream: str, dataset: str, n_tasks, max_classes_per_side=3) -> 
     elif stream == "tuples":
         check_int(max_classes_per_side, "max_classes_per_side", 1, n_classes // 2,
                   f"tuples on {dataset}")
-        available = min(max_tuples(n_classes, max_classes_per_side), MAX_TUPLE_TASKS)
+        available = max_tuples(n_classes, max_classes_per_side)
+        capped, available = available > MAX_TUPLE_TASKS, min(available, MAX_TUPLE_TASKS)
         n_tasks = 50 if n_tasks is None else n_tasks
     else:
         raise ValueError(f"unknown stream {stream!r}; choose one of {', '.join(STREAMS)}")
@@ -71,7 +73,7 @@ def check_stream(stream: str, dataset: str, n_tasks, max_classes_per_side=3) -> 
         return available
     if isinstance(n_tasks, numbers.Integral) and not isinstance(n_tasks, bool) and not (
             1 <= n_tasks <= available):
-        if available == MAX_TUPLE_TASKS and stream == "tuples":
+        if capped:
             raise ValueError(f"tuples: n_tasks={n_tasks} is out of range: a tuple stream has at "
                              f"most {MAX_TUPLE_TASKS:,} tasks (each one a learn of its own; "
                              "a million took minutes and gigabytes to draw)")
