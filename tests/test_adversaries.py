@@ -25,7 +25,7 @@ from tiny_runs import SPLIT, TINY_STREAM
 
 from clbench import costs
 from clbench.harness import AgentError, evaluate
-from clbench.sealed import counted, sandbox
+from clbench.sealed import counted, sandbox, seccomp
 from clbench.tasks import Task, TaskSpec
 
 SANDBOX, WHY_NOT = sandbox.bwrap_status()
@@ -119,26 +119,39 @@ def test_sealed_a_disk_cache_is_gone_by_the_next_call(cache_name):
     assert not any(folder.exists() for folder in adversaries.cache_folders(cache_name))
 
 
-@pytest.fixture
-def shared_memory_cache(cache_name):
-    """A segment name of this test only, removed afterwards where the cheat left it."""
-    yield cache_name
-    adversaries.CachesWeightsInSharedMemory(cache_name=cache_name).remove()
+# Caches no folder holds: each lives as long as its IPC namespace (the sandbox's) or, the
+# keyring, as long as the user. The keyring takes the net only as root: other users may keep
+# 20 kB there.
+KERNEL_CACHES = [
+    pytest.param(adversaries.CachesWeightsInSharedMemory, id="System V shared memory"),
+    pytest.param(adversaries.CachesWeightsInAMessageQueue, id="POSIX message queues"),
+    pytest.param(adversaries.CachesWeightsInTheKeyring, id="the user keyring"),
+]
 
 
-def test_unsealed_a_shared_memory_cache_hides_the_weights(shared_memory_cache, honest):
-    result = run(adversaries.CachesWeightsInSharedMemory, seal=False,
-                 agent_kwargs={"cache_name": shared_memory_cache})
+@pytest.fixture(params=KERNEL_CACHES)
+def kernel_cache(request, cache_name):
+    """(class, name) of a kernel cache of this test only, removed afterwards where the cheat
+    left it."""
+    yield request.param, cache_name
+    request.param(cache_name=cache_name).remove()
+
+
+def test_unsealed_a_kernel_cache_hides_the_weights(kernel_cache, honest):
+    cheat, name = kernel_cache
+    if cheat is adversaries.CachesWeightsInTheKeyring and os.geteuid() != 0:
+        pytest.skip("only root may keep a whole net in the keyring (others: 20 kB)")
+    result = run(cheat, seal=False, agent_kwargs={"cache_name": name})
     assert result.status == "complete" and result.metrics["acc"] > 0.6
     assert max(result.storage_bytes) < 2_000 < min(honest.storage_bytes)
 
 
 @needs_sandbox
-def test_sealed_a_shared_memory_cache_is_gone_by_the_next_call(shared_memory_cache):
-    result = run(adversaries.CachesWeightsInSharedMemory,
-                 agent_kwargs={"cache_name": shared_memory_cache})
+def test_sealed_a_kernel_cache_is_gone_by_the_next_call(kernel_cache):
+    cheat, name = kernel_cache
+    result = run(cheat, agent_kwargs={"cache_name": name})
     error = failed_on_task_0(result, "predict", "agent_error")
-    assert "FileNotFoundError: the shared memory cache is gone" in error
+    assert f"FileNotFoundError: the {cheat.WHERE} cache is gone" in error
 
 
 # (d) free replay from the dataset files ------------------------------------------------------
@@ -258,7 +271,7 @@ def _clone_a_sibling() -> None:
         raise PermissionError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
 
 
-@pytest.mark.skipif(counted._filter() is None,
+@pytest.mark.skipif(seccomp.program({}) is None,
                     reason="the seccomp filter exists for Linux on x86_64 and aarch64 only")
 def test_the_filter_refuses_every_way_to_a_process_and_keeps_threads():
     read, write = os.pipe()

@@ -21,12 +21,9 @@ functions inside its worker (it runs in that process; the README says so).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
-import platform
 import resource
-import struct
 import sys
 import threading
 import time
@@ -35,17 +32,9 @@ from typing import Any
 
 import torch
 
+from clbench.sealed import seccomp
 from clbench.sealed.calls import AgentCallError
 from clbench.sealed.zygote import stat_fields
-
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
-_RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
-_CLONE_THREAD = 0x00010000
-# (audit arch, fork/vfork numbers, clone, clone3, the x32 bit or None) per machine
-_SYSCALLS = {
-    "x86_64": (0xC000003E, (57, 58), 56, 435, 0x40000000),
-    "aarch64": (0xC00000B7, (), 220, 435, None),
-}
 
 # CPU seconds outside the counted thread that a counted call may spend without failing: a
 # floor, two clock ticks of /proc per pool thread (user and system time are each read to
@@ -61,41 +50,11 @@ def uncounted_limit(counted_seconds: float, threads: int) -> float:
     return UNCOUNTED_FLOOR_SECONDS + 2 * threads * _TICK + UNCOUNTED_SHARE * counted_seconds
 
 
-def _filter() -> bytes | None:
-    """The seccomp program (classic BPF) for this machine, or None where there is none."""
-    known = _SYSCALLS.get(platform.machine())
-    if known is None or not sys.platform.startswith("linux"):
-        return None
-    arch, forks, clone, clone3, x32 = known
-    deny, nosys = _RET_ERRNO | errno.EPERM, _RET_ERRNO | errno.ENOSYS
-    # (code, jump if true, jump if false, k); a jump skips that many instructions
-    program = [(0x20, 0, 0, 4),                        # A = seccomp_data.arch
-               (0x15, 1, 0, arch), (0x06, 0, 0, deny),  # another ABI: refused
-               (0x20, 0, 0, 0)]                         # A = seccomp_data.nr
-    if x32 is not None:
-        program += [(0x35, 0, 1, x32), (0x06, 0, 0, deny)]  # x32 calls: refused
-    for number, answer in [*((n, deny) for n in forks), (clone3, nosys)]:
-        program += [(0x15, 0, 1, number), (0x06, 0, 0, answer)]
-    program += [(0x15, 0, 3, clone),                    # clone: look at its flags
-                (0x20, 0, 0, 16),                       # A = low word of args[0]
-                (0x45, 1, 0, _CLONE_THREAD),            # a thread: allowed
-                (0x06, 0, 0, deny), (0x06, 0, 0, _RET_ALLOW)]
-    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
-
-
 def refuse_new_processes() -> bool:
     """Install the filter of this module's docstring in this process for the rest of its
     life; whether it was installed (False on other systems, or where the kernel refuses)."""
-    code = _filter()
-    if code is None:
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    instructions = ctypes.create_string_buffer(code, len(code))
-    program = struct.pack("=HxxxxxxQ", len(code) // 8, ctypes.addressof(instructions))
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        return False
-    return libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
-                      ctypes.create_string_buffer(program, len(program)), 0, 0) == 0
+    return seccomp.install(seccomp.program({"fork": errno.EPERM, "vfork": errno.EPERM,
+                                            "clone3": errno.ENOSYS}, processes=False))
 
 
 def _thread_seconds(pid: int, me: int) -> dict[int, float]:

@@ -15,6 +15,10 @@ harness over a ``SOCK_SEQPACKET`` control socket, one JSON message per packet:
 - ``{"op": "stop"}``, a closed socket, or the harness's death: kill every worker, remove
   the temp folder, exit.
 
+Before it answers ready, the zygote refuses itself and so every worker the kernel's keyrings
+and POSIX message queues (:data:`clbench.sealed.seccomp.HIDDEN_STORAGE`): storage that a
+reap cannot empty, which would carry an agent's data from one call to the next.
+
 A worker (:func:`worker_main`) starts a new session (so its leftovers can be killed as a
 group), dies with the zygote (``PR_SET_PDEATHSIG``), sends its stdout to stderr, reads one
 request from its socket, runs the agent call (:func:`serve`) and answers with state bytes
@@ -497,7 +501,9 @@ def main(argv: list[str]) -> None:
         import clbench.recipe  # noqa: F401
         import clbench.sealed.calls  # noqa: F401
         import clbench.training  # noqa: F401
+        from clbench.sealed import seccomp
         warm_up()
+        seccomp.install(seccomp.program(seccomp.HIDDEN_STORAGE))
         zygote.reply({"ready": True})
         zygote.serve_forever()
     except (ConnectionError, SystemExit):
