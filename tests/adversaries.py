@@ -11,6 +11,7 @@ They are loaded by file path (``adversaries.py:Class``), as a user's own agent f
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import gc
 import gzip
@@ -18,6 +19,7 @@ import io
 import os
 import platform
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -308,6 +310,76 @@ class CachesWeightsInAMessageQueue(_ChunkedCache):
 
     def _drop(self, name: str) -> bool:
         return _libc().mq_unlink(f"/{name}".encode()) == 0
+
+
+class CachesWeightsInTheSandboxInit(CachesWeightsOnDisk):
+    """The cheat with the memory of the sandbox's PID 1 as the cache, written and read
+    through ``/proc/1/mem`` at the low end of its stack, far below what it uses. bwrap's
+    reaper was that process: it ran as the workers' user, could be traced, and outlived
+    every worker. Only ever where PID 1 is bwrap or a clbench zygote (never a machine's init).
+    """
+
+    WHERE = "sandbox init"
+
+    def _stack(self) -> int | None:
+        """The lowest address of PID 1's stack, where it is a sandbox's process."""
+        try:
+            command = Path("/proc/1/cmdline").read_bytes()
+            if not (command.startswith(b"bwrap") or b"clbench.sealed.zygote" in command):
+                return None
+            for line in Path("/proc/1/maps").read_text().splitlines():
+                if line.endswith("[stack]"):
+                    return int(line.split("-")[0], 16)
+        except OSError:
+            pass
+        return None
+
+    def _store(self, blob: bytes) -> None:
+        start = self._stack()
+        try:
+            with open("/proc/1/mem", "r+b") as memory:
+                memory.seek(start)
+                memory.write(len(blob).to_bytes(8, "little") + blob)
+        except (OSError, TypeError):
+            pass  # not in a sandbox, or refused
+
+    def _load(self) -> bytes:
+        start = self._stack()
+        try:
+            with open("/proc/1/mem", "rb") as memory:
+                memory.seek(start)
+                size = int.from_bytes(memory.read(8), "little")
+                if 0 < size < 1 << 20:
+                    return memory.read(size)
+        except (OSError, TypeError):
+            pass
+        raise FileNotFoundError(f"the {self.WHERE} cache is gone")
+
+
+class ReadsItsPrintsBack(CachesWeightsOnDisk):
+    """The cheat with the harness's stderr as the cache: ``learn`` prints the net, and the
+    next call reads it back through ``/proc/self/fd/2`` where stderr is a file (a log,
+    pytest's capture), which a worker's stderr was."""
+
+    WHERE = "printed"
+    MARK = b"clbench-adversary-net "
+
+    def _store(self, blob: bytes) -> None:
+        line = self.MARK + self.cache_name.encode() + b" " + base64.b64encode(blob) + b"\n"
+        sys.stderr.flush()
+        os.write(2, line)
+
+    def _load(self) -> bytes:
+        try:
+            if stat.S_ISREG(os.fstat(2).st_mode):  # never a terminal: reading that would wait
+                mark = self.MARK + self.cache_name.encode() + b" "
+                lines = Path("/proc/self/fd/2").read_bytes().splitlines()
+                for line in reversed(lines):
+                    if line.startswith(mark):
+                        return base64.b64decode(line[len(mark):])
+        except OSError:
+            pass
+        raise FileNotFoundError(f"the {self.WHERE} cache is gone")
 
 
 # (d) ------------------------------------------------------------------------------------------

@@ -68,6 +68,9 @@ class SandboxProbe(Quiet):
             if "PROBE_HARNESS_PID" in os.environ else None,
             "capabilities": _effective_capabilities(),
             "zygote_memory_writable": _writable(f"/proc/{os.getppid()}/mem"),
+            "pid_1_memory_writable": _writable("/proc/1/mem"),
+            "harness_output_readable": any(_readable(f"/proc/{pid}/fd/{fd}") for pid in
+                                           ("self", "1", str(os.getppid())) for fd in (1, 2)),
             "root_remountable": subprocess.run(
                 ["mount", "-o", "remount,bind,rw", "/"], capture_output=True,
                 check=False).returncode == 0,

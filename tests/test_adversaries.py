@@ -14,6 +14,7 @@ import platform
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import uuid
@@ -152,6 +153,39 @@ def test_sealed_a_kernel_cache_is_gone_by_the_next_call(kernel_cache):
     result = run(cheat, agent_kwargs={"cache_name": name})
     error = failed_on_task_0(result, "predict", "agent_error")
     assert f"FileNotFoundError: the {cheat.WHERE} cache is gone" in error
+
+
+def test_unsealed_printing_the_weights_to_a_stderr_file_keeps_them(cache_name, honest):
+    if not stat.S_ISREG(os.fstat(2).st_mode):
+        pytest.skip("stderr is not a file here (pytest -s?): the cheat reads its prints back "
+                    "from the file")
+    result = run(adversaries.ReadsItsPrintsBack, seal=False,
+                 agent_kwargs={"cache_name": cache_name})
+    assert result.status == "complete" and result.metrics["acc"] > 0.6
+    assert max(result.storage_bytes) < 2_000 < min(honest.storage_bytes)
+
+
+def test_sealed_a_worker_cannot_read_back_what_it_printed(cache_name):
+    """Its prints reach the harness's stderr through a socket, never the file itself."""
+    result = run(adversaries.ReadsItsPrintsBack, agent_kwargs={"cache_name": cache_name})
+    error = failed_on_task_0(result, "predict", "agent_error")
+    assert "FileNotFoundError: the printed cache is gone" in error
+
+
+@needs_sandbox
+def test_sealed_the_sandbox_init_keeps_nothing(cache_name, monkeypatch):
+    """The zygote is the sandbox's PID 1 (``--as-pid-1``). With bwrap's reaper there, the
+    cheat kept its net in the reaper's memory from one worker to the next."""
+    without = tuple(option for option in sandbox.OPTIONS if option != "--as-pid-1")
+    monkeypatch.setattr(sandbox, "OPTIONS", without)
+    cheated = run(adversaries.CachesWeightsInTheSandboxInit,
+                  agent_kwargs={"cache_name": cache_name})
+    assert cheated.status == "complete" and max(cheated.storage_bytes) < 2_000
+    monkeypatch.undo()
+    result = run(adversaries.CachesWeightsInTheSandboxInit,
+                 agent_kwargs={"cache_name": cache_name})
+    error = failed_on_task_0(result, "predict", "agent_error")
+    assert "FileNotFoundError: the sandbox init cache is gone" in error
 
 
 # (d) free replay from the dataset files ------------------------------------------------------

@@ -113,6 +113,8 @@ def test_inside_the_sandbox_no_data_no_network_nothing_kept(monkeypatch):
         # a worker then remounted / read-write and wrote to the host's /usr
         assert figures["capabilities"] == 0 and figures["root_remountable"] is False
         assert figures["zygote_memory_writable"] is False
+        assert figures["pid_1_memory_writable"] is False  # bwrap's reaper's was
+        assert figures["harness_output_readable"] is False  # a worker's stderr was the file
     assert second["leftover_seen"] is False  # what task 0's worker wrote to /tmp is gone
 
 

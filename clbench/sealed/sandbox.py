@@ -7,6 +7,10 @@ and every dataset source hidden: the data roots, Debian's ``/usr/share/datasets`
 folder of the installed mnist5k file. ``--die-with-parent`` ends the sandbox with the harness.
 ``--cap-drop ALL``: no capabilities, also where the harness runs as root (CI), whose workers
 otherwise kept them all and could remount ``/`` read-write or unmount what hides the data.
+``--as-pid-1``: the zygote is the namespace's init, with no bwrap reaper beside it. That
+reaper ran as the workers' user and could be traced: a worker could write its data into the
+reaper's memory through ``/proc/1/mem`` for the next worker to read, or read the harness's
+output through ``/proc/1/fd/2``. The zygote is not dumpable, so neither works on it.
 
 Whether ``bwrap`` works is found by trying it once per process (it can be installed but not
 permitted, e.g. without user namespaces in a container).
@@ -25,7 +29,7 @@ from pathlib import Path
 OPTIONS = (
     "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc",
     "--tmpfs", "/tmp", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-    "--new-session", "--die-with-parent", "--cap-drop", "ALL",
+    "--new-session", "--die-with-parent", "--cap-drop", "ALL", "--as-pid-1",
 )
 DEBIAN_DATASETS = Path("/usr/share/datasets")
 PRIVATE_TEMP = Path("/tmp")

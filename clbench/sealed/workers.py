@@ -11,6 +11,7 @@ run's zygote (:func:`start_early`) before it imports torch itself.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +30,8 @@ from clbench.sealed.channel import ChannelClosed, MalformedMessage, receive_mess
 
 # Seconds a worker gets to exit by itself after it answered, before it is killed.
 EXIT_GRACE_SECONDS = 5.0
+# Seconds the harness waits, after a reap, for the rest of a worker's printed output.
+FORWARD_GRACE_SECONDS = 5.0
 
 
 class WorkerFailure(Exception):
@@ -113,11 +117,29 @@ class WorkerPool:
         :class:`WorkerFailure`."""
         self.wait_ready()
         mine, theirs = socket.socketpair()
+        printed, prints = socket.socketpair()
         began = time.perf_counter()
         try:
-            self._send({"op": "spawn"}, [theirs.fileno()])
+            self._send({"op": "spawn"}, [theirs.fileno(), prints.fileno()])
         finally:
             theirs.close()
+            prints.close()
+        forwarder = Forwarder(printed)
+        try:
+            reply, out = self._exchange(mine, header, blobs, stage, timeout)
+        finally:
+            forwarder.finish()
+        if isinstance(reply.get("started"), (int, float)):
+            self.start_seconds.append(reply["started"] - began)
+        if reply.get("ok") is not True:
+            raise WorkerFailure(str(reply.get("kind", "agent_error")),
+                                str(reply.get("stage", stage)), str(reply.get("message")),
+                                reply.get("traceback"), reply.get("task_id"))
+        return reply, out
+
+    def _exchange(self, mine: socket.socket, header: dict[str, Any], blobs: Sequence[bytes],
+                  stage: str, timeout: float | None) -> tuple[dict[str, Any], list[bytes]]:
+        """Send the request to the worker just spawned, read its reply and reap it."""
         pid = self._receive()["pid"]
         try:
             mine.settimeout(timeout)
@@ -139,12 +161,6 @@ class WorkerPool:
         finally:
             mine.close()
         self._reap(pid, EXIT_GRACE_SECONDS)
-        if isinstance(reply.get("started"), (int, float)):
-            self.start_seconds.append(reply["started"] - began)
-        if reply.get("ok") is not True:
-            raise WorkerFailure(str(reply.get("kind", "agent_error")),
-                                str(reply.get("stage", stage)), str(reply.get("message")),
-                                reply.get("traceback"), reply.get("task_id"))
         return reply, out
 
     def _reap(self, pid: int, grace: float) -> dict[str, Any]:
@@ -173,6 +189,37 @@ class WorkerPool:
 
     def __exit__(self, *_) -> None:
         self.close()
+
+
+class Forwarder(threading.Thread):
+    """Copies what a worker prints to this process's stderr as it comes.
+
+    A worker's stdout and stderr are one end of a socket pair, never this process's own
+    stderr: that is often a file (a log, pytest's capture), which a worker could open again
+    through ``/proc/self/fd/2`` and read back what an earlier worker printed there, or seek
+    to leave a number for the next one. A socket cannot be opened through ``/proc``, has no
+    offset, and reading it gives nothing of what was written to it."""
+
+    def __init__(self, source: socket.socket) -> None:
+        super().__init__(daemon=True)
+        self.source = source
+        self.start()
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError):
+            while data := self.source.recv(65536):
+                while data:  # fd 2, wherever it points now (a redirect, a test's capture)
+                    data = data[os.write(2, data):]
+
+    def finish(self) -> None:
+        """Wait for the worker's last words: its end closes once the reap has killed the
+        worker and whatever it left running (at most :data:`FORWARD_GRACE_SECONDS` more
+        where something else holds it, e.g. a leftover of an unsandboxed worker)."""
+        self.join(FORWARD_GRACE_SECONDS)
+        with contextlib.suppress(OSError):
+            self.source.shutdown(socket.SHUT_RDWR)
+        self.join()
+        self.source.close()
 
 
 def worker_import_paths() -> list[str]:

@@ -7,8 +7,9 @@ harness over a ``SOCK_SEQPACKET`` control socket, one JSON message per packet:
 
 - first the harness sends ``{"extra_paths": [...], "sandboxed": bool}``; the zygote
   answers ``{"ready": true}`` once its imports are done;
-- ``{"op": "spawn"}`` with one socket passed as a file descriptor: fork a worker that
-  serves one call on that socket; answer ``{"pid": ...}``;
+- ``{"op": "spawn"}`` with two sockets passed as file descriptors: fork a worker that
+  serves one call on the first and prints to the second (its stdout and stderr, which the
+  harness forwards to its own stderr); answer ``{"pid": ...}``;
 - ``{"op": "reap", "pid": ..., "grace": seconds}``: let the worker exit (or kill it after
   ``grace``), kill whatever it left running, wipe its temp folder (and, sandboxed, the
   private /tmp and the namespace's System V IPC objects); answer its exit status;
@@ -20,7 +21,7 @@ and POSIX message queues (:data:`clbench.sealed.seccomp.HIDDEN_STORAGE`): storag
 reap cannot empty, which would carry an agent's data from one call to the next.
 
 A worker (:func:`worker_main`) starts a new session (so its leftovers can be killed as a
-group), dies with the zygote (``PR_SET_PDEATHSIG``), sends its stdout to stderr, reads one
+group), dies with the zygote (``PR_SET_PDEATHSIG``), prints to its own socket, reads one
 request from its socket, runs the agent call (:func:`serve`) and answers with state bytes
 or labels as raw arrays (see :mod:`clbench.sealed.channel`).
 """
@@ -198,8 +199,9 @@ def _call(header: dict[str, Any], state: bytearray | None, arrays: list, started
              "labels_sha256": hashlib.sha256(raw).hexdigest()}, [raw])
 
 
-def worker_main(fd: int, workdir: Path, zygote_pid: int) -> None:
-    """The forked worker: one request in, one reply out, then exit (never returns)."""
+def worker_main(fd: int, prints: int, workdir: Path, zygote_pid: int) -> None:
+    """The forked worker: one request in on socket ``fd``, one reply out, then exit (never
+    returns). Its stdout and stderr become socket ``prints``."""
     started = time.perf_counter()
     os.setsid()
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -207,7 +209,11 @@ def worker_main(fd: int, workdir: Path, zygote_pid: int) -> None:
         os._exit(1)
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_DFL)
-    os.dup2(2, 1)  # the agent's prints go to the harness's stderr, never into the channel
+    # the agent's prints go to the harness, never into the channel, and nothing of the
+    # harness's own stderr stays open here (see clbench.sealed.workers.Forwarder)
+    for number in (1, 2):
+        os.dup2(prints, number)
+    os.close(prints)
     os.environ["TMPDIR"] = str(workdir)
     tempfile.tempdir = None
     from clbench.sealed.channel import receive_message, send_message
@@ -272,18 +278,18 @@ class Zygote:
     def serve_forever(self) -> None:
         self.serving = True
         while not self.stopping:
-            data, fds, _, _ = socket.recv_fds(self.control, 65536, 1)
+            data, fds, _, _ = socket.recv_fds(self.control, 65536, 2)
             if not data:
                 return
             request = json.loads(data)
             if request["op"] == "spawn":
-                self.reply({"pid": self.spawn(fds[0])})
+                self.reply({"pid": self.spawn(*fds)})
             elif request["op"] == "reap":
                 self.reply(self.reap(int(request["pid"]), float(request["grace"])))
             else:
                 return
 
-    def spawn(self, fd: int) -> int:
+    def spawn(self, fd: int, prints: int) -> int:
         self.count += 1
         workdir = self.temp / f"worker-{self.count}"
         workdir.mkdir()
@@ -292,10 +298,11 @@ class Zygote:
         if pid == 0:
             try:
                 self.control.close()
-                worker_main(fd, workdir, zygote_pid)
+                worker_main(fd, prints, workdir, zygote_pid)
             finally:
                 os._exit(71)
         os.close(fd)
+        os.close(prints)
         self.workers[pid] = workdir
         return pid
 
