@@ -20,16 +20,21 @@ def start_workers_early(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--agent")
     parser.add_argument("--no-seal", action="store_true")
+    parser.add_argument("--out")
+    parser.add_argument("--env")
+    parser.add_argument("--seed", default="0")
     parser.add_argument("--env-arg", action="append", default=[])
     known, _ = parser.parse_known_args(argv[1:])
     if known.agent is None or known.no_seal or any(
             arg.startswith("data_root=") for arg in known.env_arg):
         return
     from clbench.agent import agent_reference, worker_target
+    from clbench.checkpoint import default_out
     from clbench.sealed.workers import start_early
 
     try:
-        start_early(worker_target(agent_reference(known.agent)), {None})
+        out = known.out or default_out(known.agent, known.env or "", int(known.seed))
+        start_early(worker_target(agent_reference(known.agent)), {None}, [out])
     except (ValueError, OSError):
         return  # an unknown agent, a zygote that cannot start: the run says so in its words
 

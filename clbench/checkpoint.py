@@ -44,6 +44,13 @@ class ResumeRefused(ValueError):
     """A run cannot be resumed as asked; the message names the reason and the remedy."""
 
 
+def default_out(agent: str, env: str, seed: int) -> Path:
+    """Where ``clbench run`` writes its result without ``--out``:
+    ``runs/<agent>_<env>_s<seed>.json``."""
+    return Path("runs") / (f"{agent.replace(':', '_').replace('/', '_')}_{env.split('/')[-1]}"
+                           f"_s{seed}.json")
+
+
 def folder_for(out: str | Path) -> Path:
     """The checkpoint folder of the result file ``out``: ``<out>.ckpt``."""
     out = Path(out)

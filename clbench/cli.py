@@ -25,7 +25,7 @@ import gymnasium
 
 import clbench  # noqa: F401  (registers the environments)
 from clbench.agent import agent_arguments, load_agent_class, registered_agents
-from clbench.checkpoint import INDEX, folder_for
+from clbench.checkpoint import INDEX, default_out, folder_for
 from clbench.data import DatasetIntegrityError, DatasetNotFoundError
 from clbench.devices import DEVICE_CHOICES
 from clbench.env.registration import check_env_kwargs
@@ -163,9 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--env-arg {reserved}=...: " + (
                 f"use {option}" if option else "the harness sets it"))
     check_env_kwargs(args.env, env_kwargs)
-    out = Path(args.out) if args.out else Path("runs") / (
-        f"{args.agent.replace(':', '_').replace('/', '_')}_{args.env.split('/')[-1]}"
-        f"_s{args.seed}.json")
+    out = Path(args.out) if args.out else default_out(args.agent, args.env, args.seed)
     _check_output(out)
     already_complete = args.resume and _complete(out)
     if not args.resume and (folder_for(out) / INDEX).exists():

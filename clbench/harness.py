@@ -435,7 +435,8 @@ def evaluate(
         pool = None
         if seal:  # the zygote imports torch while this process loads the stream's data
             pool = WorkerPool.for_agent(worker_target(name),
-                                        {spec_kwargs.get("data_root"), None})
+                                        {spec_kwargs.get("data_root"), None},
+                                        [out] if out is not None else [])
             cleanup.callback(pool.close)
         env = gymnasium.make(env_id, **{**env_kwargs, "device": str(dev), "backend": "torch"},
                              disable_env_checker=True)

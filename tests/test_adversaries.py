@@ -188,6 +188,26 @@ def test_sealed_the_sandbox_init_keeps_nothing(cache_name, monkeypatch):
     assert "FileNotFoundError: the sandbox init cache is gone" in error
 
 
+def test_a_run_reads_its_own_test_accuracy_unsealed_but_not_sealed(tmp_path):
+    """The result file is rewritten after every task; here it lies beside the agent's
+    file, in a folder the sandbox binds in (a run's ``runs/`` folder is visible the same
+    way), yet sealed workers see neither it nor its checkpoint."""
+    shutil.copy(adversaries.__file__, tmp_path / "cheat.py")
+    out = tmp_path / "r.json"
+    agent = f"{tmp_path / 'cheat.py'}:ReadsItsOwnResultFile"
+    unsealed = run(agent, seal=False, out=out, agent_kwargs={"watch": str(out)})
+    assert [m["rows_seen"] for m in unsealed.agent_metrics] == [0, 1]  # then task 0's row
+    assert all(m["checkpoint_listed"] for m in unsealed.agent_metrics)
+    if not SANDBOX:
+        pytest.skip(f"the sandbox hides the result file, and here {WHY_NOT}")
+    sealed = run(agent, out=tmp_path / "sealed.json",
+                 agent_kwargs={"watch": str(tmp_path / "sealed.json")})
+    assert sealed.status == "complete" and sealed.sealed
+    assert [m["rows_seen"] for m in sealed.agent_metrics] == [-1, -1]
+    assert [m["checkpoint_listed"] for m in sealed.agent_metrics] == [False, False]
+    assert (tmp_path / "cheat.py").exists()  # its own file still imported there
+
+
 # (d) free replay from the dataset files ------------------------------------------------------
 def test_unsealed_task_names_suffice_to_retrain_from_the_dataset_files():
     result = run(adversaries.RetrainsFromDatasetFiles, seal=False)

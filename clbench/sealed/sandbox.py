@@ -67,23 +67,66 @@ def dataset_sources(data_roots: Iterable[str | os.PathLike | None]) -> list[Path
     return sorted(place for place in places if place.exists())
 
 
-def bwrap_command(hidden: Iterable[Path], visible: Iterable[str] = ()) -> list[str]:
-    """The ``bwrap`` prefix of the zygote's command line, hiding ``hidden``; the folders and
-    files in ``visible`` and the interpreter's own that the private /tmp would cover (an
-    agent file and its folder, import paths, a virtualenv) are bound back read-only. /tmp
-    itself never is (a script run from /tmp puts it on the import path): the workers' /tmp
-    stays private and writable, and an agent file directly in it is bound alone."""
+def bwrap_command(hidden: Iterable[Path], visible: Iterable[str] = (),
+                  outputs: Iterable[str | os.PathLike] = ()) -> list[str]:
+    """The ``bwrap`` prefix of the zygote's command line, hiding ``hidden`` and the files in
+    ``outputs`` (see :func:`hide_outputs`); the folders and files in ``visible`` and the
+    interpreter's own that the private /tmp would cover (an agent file and its folder,
+    import paths, a virtualenv) are bound back read-only. /tmp itself never is (a script run
+    from /tmp puts it on the import path): the workers' /tmp stays private and writable, and
+    an agent file directly in it is bound alone."""
     command = [shutil.which("bwrap") or "bwrap", *OPTIONS]
     # the interpreter, its environment and this checkout stay visible too (all may lie
     # under /tmp: a virtualenv, an editable install whose finder points at the checkout)
     interpreter = [sys.prefix, sys.base_prefix, str(Path(sys.executable).parent),
                    str(Path(__file__).resolve().parents[2])]
+    bound = []
     for path in sorted({Path(p).resolve() for p in [*visible, *interpreter]}):
         if path != PRIVATE_TEMP and path.is_relative_to(PRIVATE_TEMP) and path.exists():
             command += ["--ro-bind", str(path), str(path)]
-    for place in hidden:
+            bound.append(path)
+    command += hide_outputs(outputs, bound)
+    for place in hidden:  # after the outputs' folders: a dataset inside one stays hidden
         if place.is_dir():
             command += ["--tmpfs", str(place), "--remount-ro", str(place)]
         else:
             command += ["--ro-bind", "/dev/null", str(place)]
     return [*command, "--"]
+
+
+def hide_outputs(outputs: Iterable[str | os.PathLike], bound: Iterable[Path] = ()
+                 ) -> list[str]:
+    """``bwrap`` options that keep the files the harness writes during a run (its result
+    file and the checkpoint folder beside it) out of the sandbox: from there an agent could
+    read its own test accuracy on the tasks so far. Each such file's folder becomes an
+    empty read-only tmpfs into which everything else it held at the start is bound back
+    read-only. Hiding the file alone would not do: it is written anew after every task (a
+    new file renamed over the old), which the sandbox would then see. A folder in the
+    private /tmp is left alone unless it lies in a folder bound into the sandbox. Where
+    the folder does not exist yet, its nearest existing parent is treated so: the folder the
+    harness makes later never appears inside."""
+    from clbench.checkpoint import folder_for
+
+    names: dict[Path, set[str]] = {}
+    for output in outputs:
+        path = Path(output).absolute()
+        folder = path.parent
+        while not folder.is_dir() and folder != folder.parent:
+            folder = folder.parent
+        names.setdefault(folder.resolve(), set()).update({path.name, folder_for(path).name})
+    options = []
+    for folder, kept_out in sorted(names.items()):
+        private = folder.is_relative_to(PRIVATE_TEMP) and not any(
+            folder.is_relative_to(place) for place in bound)
+        if private or folder == Path(folder.anchor):
+            continue
+        options += ["--tmpfs", str(folder)]
+        for entry in sorted(folder.iterdir()):
+            if entry.name in kept_out:
+                continue
+            if entry.is_symlink():
+                options += ["--symlink", os.readlink(entry), str(entry)]
+            else:
+                options += ["--ro-bind-try", str(entry), str(entry)]
+        options += ["--remount-ro", str(folder)]
+    return options

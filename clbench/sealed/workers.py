@@ -50,23 +50,24 @@ class WorkerPool:
     """A zygote and the fresh workers it forks, one per :meth:`call`; use as a context."""
 
     def __init__(self, sandboxed: bool, hidden: Sequence[Path] = (),
-                 extra_paths: Sequence[str] = (), files: Sequence[str] = ()) -> None:
+                 extra_paths: Sequence[str] = (), files: Sequence[str] = (),
+                 outputs: Sequence[str] = ()) -> None:
         """``extra_paths``: import paths the workers need beyond the interpreter's own (the
         agent file's folder first); inside the sandbox they stay visible, read-only, as do
-        ``files`` (the agent's file).
+        ``files`` (the agent's file); ``outputs`` (the run's result file) are hidden there.
 
         Returns once the zygote is launched, not once it is ready: it imports torch and warms
         up (about 2 s of one core) while the caller goes on, e.g. loading the stream's data;
         the first :meth:`call` waits for it."""
         self.sandboxed = sandboxed
-        self.arguments = _arguments(sandboxed, hidden, extra_paths, files)
+        self.arguments = _arguments(sandboxed, hidden, extra_paths, files, outputs)
         self.ready = False
         self.start_seconds: list[float] = []
         self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [sys.executable, "-P", "-m", "clbench.sealed.zygote", str(child.fileno()),
                    "0" if sandboxed else str(os.getpid())]
         if sandboxed:
-            command = sandbox.bwrap_command(hidden, [*extra_paths, *files]) + command
+            command = sandbox.bwrap_command(hidden, [*extra_paths, *files], outputs) + command
         try:
             self.process = subprocess.Popen(
                 command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=2,
@@ -80,13 +81,14 @@ class WorkerPool:
             raise
 
     @classmethod
-    def for_agent(cls, target: str, data_roots: Iterable[str | os.PathLike | None]
-                  ) -> WorkerPool:
+    def for_agent(cls, target: str, data_roots: Iterable[str | os.PathLike | None],
+                  outputs: Sequence[str | os.PathLike] = ()) -> WorkerPool:
         """The pool for ``target``'s workers (``module:Class`` or ``file.py:Class``),
-        sandboxed where bubblewrap works, with every place of ``data_roots``' datasets hidden:
-        the one :func:`start_early` launched for the same arguments, else a new one."""
+        sandboxed where bubblewrap works, with every place of ``data_roots``' datasets and
+        the run's ``outputs`` hidden: the one :func:`start_early` launched for the same
+        arguments, else a new one."""
         global _early
-        arguments = pool_arguments(target, data_roots)
+        arguments = pool_arguments(target, data_roots, outputs)
         early, _early = _early, None
         if early is not None:
             if early.arguments == _arguments(*arguments):
@@ -229,35 +231,40 @@ def worker_import_paths() -> list[str]:
     return [p for p in sys.path if p and os.path.abspath(p) != here]
 
 
-def pool_arguments(target: str, data_roots: Iterable[str | os.PathLike | None]
-                   ) -> tuple[bool, list[Path], list[str], list[str]]:
+def pool_arguments(target: str, data_roots: Iterable[str | os.PathLike | None],
+                   outputs: Sequence[str | os.PathLike] = ()
+                   ) -> tuple[bool, list[Path], list[str], list[str], list[str]]:
     """:class:`WorkerPool`'s arguments for ``target``: whether bubblewrap works, the dataset
-    places to hide, the import paths (the agent file's folder first) and the agent's file."""
+    places to hide, the import paths (the agent file's folder first), the agent's file and
+    the run's output files (absolute)."""
     usable, _ = sandbox.bwrap_status()
     hidden = sandbox.dataset_sources(data_roots) if usable else []
     module = target.rpartition(":")[0]
     own_file = [module] if module.endswith(".py") else []
     own_folder = [str(Path(file).parent) for file in own_file]
-    return usable, hidden, own_folder + worker_import_paths(), own_file
+    return (usable, hidden, own_folder + worker_import_paths(), own_file,
+            [os.path.abspath(output) for output in outputs])
 
 
 def _arguments(sandboxed: bool, hidden: Sequence[Path], extra_paths: Sequence[str],
-               files: Sequence[str]) -> tuple:
-    return bool(sandboxed), tuple(map(str, hidden)), tuple(extra_paths), tuple(files)
+               files: Sequence[str], outputs: Sequence[str] = ()) -> tuple:
+    return (bool(sandboxed), tuple(map(str, hidden)), tuple(extra_paths), tuple(files),
+            tuple(outputs))
 
 
 # The pool start_early launched, until WorkerPool.for_agent takes it (or closes it).
 _early: WorkerPool | None = None
 
 
-def start_early(target: str, data_roots: Iterable[str | os.PathLike | None]) -> None:
+def start_early(target: str, data_roots: Iterable[str | os.PathLike | None],
+                outputs: Sequence[str | os.PathLike] = ()) -> None:
     """Launch the zygote for ``target`` now, before this process imports torch, so that both
     import at once (about a second less of waiting at the start of a sealed ``clbench
     run``); :meth:`WorkerPool.for_agent` hands it out for the same arguments. One left
     unused is closed by :func:`discard_early` (and at exit)."""
     global _early
     discard_early()
-    _early = WorkerPool(*pool_arguments(target, data_roots))
+    _early = WorkerPool(*pool_arguments(target, data_roots, outputs))
 
 
 def discard_early() -> None:
