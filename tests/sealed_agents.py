@@ -69,6 +69,12 @@ class SandboxProbe(Quiet):
             "capabilities": _effective_capabilities(),
             "zygote_memory_writable": _writable(f"/proc/{os.getppid()}/mem"),
             "pid_1_memory_writable": _writable("/proc/1/mem"),
+            # opened for writing, never written: that alone changes nothing
+            "sysctl_writable": [path for path in ("/proc/sys/kernel/core_pattern",
+                                                  "/proc/sys/kernel/hostname",
+                                                  "/proc/sys/kernel/msgmnb",
+                                                  "/proc/sysrq-trigger")
+                                if _opens_for_writing(path)],
             "harness_output_readable": any(_readable(f"/proc/{pid}/fd/{fd}") for pid in
                                            ("self", "1", str(os.getppid())) for fd in (1, 2)),
             "root_remountable": subprocess.run(
@@ -104,6 +110,15 @@ def _writable(path) -> bool:
     try:
         with open(path, "r+b"):
             return True
+    except OSError:
+        return False
+
+
+def _opens_for_writing(path) -> bool:
+    """Whether ``path`` opens write-only (nothing is written: a sysctl acts on write)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY))
+        return True
     except OSError:
         return False
 

@@ -114,6 +114,8 @@ def test_inside_the_sandbox_no_data_no_network_nothing_kept(monkeypatch):
         assert figures["capabilities"] == 0 and figures["root_remountable"] is False
         assert figures["zygote_memory_writable"] is False
         assert figures["pid_1_memory_writable"] is False  # bwrap's reaper's was
+        # as root, core_pattern ran any command as root outside the sandbox
+        assert figures["sysctl_writable"] == []
         assert figures["harness_output_readable"] is False  # a worker's stderr was the file
     assert second["leftover_seen"] is False  # what task 0's worker wrote to /tmp is gone
 

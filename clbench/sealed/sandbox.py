@@ -7,6 +7,10 @@ and every dataset source hidden: the data roots, Debian's ``/usr/share/datasets`
 folder of the installed mnist5k file. ``--die-with-parent`` ends the sandbox with the harness.
 ``--cap-drop ALL``: no capabilities, also where the harness runs as root (CI), whose workers
 otherwise kept them all and could remount ``/`` read-write or unmount what hides the data.
+``/proc/sys`` read-only: bwrap's fresh ``/proc`` leaves it writable, and a worker of a
+harness run as root could set ``kernel.core_pattern`` to a command, crash a process, and
+have the kernel run that command as root outside every namespace; other settings (the
+sandbox's hostname, its IPC and network limits) would carry numbers from call to call.
 ``--as-pid-1``: the zygote is the namespace's init, with no bwrap reaper beside it. That
 reaper ran as the workers' user and could be traced: a worker could write its data into the
 reaper's memory through ``/proc/1/mem`` for the next worker to read, or read the harness's
@@ -28,6 +32,8 @@ from pathlib import Path
 
 OPTIONS = (
     "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc",
+    "--ro-bind", "/proc/sys", "/proc/sys",
+    "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
     "--tmpfs", "/tmp", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
     "--new-session", "--die-with-parent", "--cap-drop", "ALL", "--as-pid-1",
 )
