@@ -12,9 +12,11 @@ They are loaded by file path (``adversaries.py:Class``), as a user's own agent f
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import gc
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -191,7 +193,8 @@ class CachesWeightsInSharedMemory(CachesWeightsOnDisk):
 
     def _store(self, blob: bytes) -> None:
         segment = self._segment(create=True)
-        segment[: 8 + len(blob)] = len(blob).to_bytes(8, "little") + blob
+        if segment is not None:  # else refused: nothing to bring back in the next call
+            segment[: 8 + len(blob)] = len(blob).to_bytes(8, "little") + blob
 
     def _load(self) -> bytes:
         segment = self._segment(create=False)
@@ -269,6 +272,96 @@ class CachesWeightsInTheKeyring(_ChunkedCache):
     def _drop(self, name: str) -> bool:
         key = self._keyctl(self.KEYCTL_SEARCH, self.USER_KEYRING, b"user", name.encode(), 0)
         return key >= 0 and self._keyctl(self.KEYCTL_UNLINK, key, self.USER_KEYRING) == 0
+
+
+class CachesWeightsInSystemVMessages(_ChunkedCache):
+    """The cheat with System V message queues as the cache, one chunk per queue keyed by its
+    name: like shared memory, they live as long as their IPC namespace (the sandbox's)."""
+
+    WHERE, CHUNK = "message", 8192  # msgmax, the largest System V message by default
+    IPC_CREAT, IPC_NOWAIT, IPC_RMID = 0o1000, 0o4000, 0
+
+    class Message(ctypes.Structure):
+        _fields_ = [("type", ctypes.c_long), ("text", ctypes.c_char * 8192)]
+
+    def _queue(self, name: str, create: bool) -> int:
+        key = zlib.crc32(name.encode()) & 0x7FFFFFFF
+        return _libc().msgget(key, (self.IPC_CREAT if create else 0) | 0o600)
+
+    def _put(self, name: str, chunk: bytes) -> bool:
+        queue = self._queue(name, create=True)
+        message = self.Message(1)
+        ctypes.memmove(ctypes.addressof(message) + self.Message.text.offset, chunk, len(chunk))
+        return queue >= 0 and _libc().msgsnd(queue, ctypes.byref(message), len(chunk),
+                                             self.IPC_NOWAIT) == 0
+
+    def _get(self, name: str) -> bytes | None:
+        queue = self._queue(name, create=False)
+        if queue < 0:
+            return None
+        message = self.Message()
+        size = _libc().msgrcv(queue, ctypes.byref(message), self.CHUNK, 0, self.IPC_NOWAIT)
+        if size < 0:
+            return None
+        chunk = ctypes.string_at(ctypes.addressof(message) + self.Message.text.offset, size)
+        _libc().msgsnd(queue, ctypes.byref(message), size, self.IPC_NOWAIT)  # put it back
+        return chunk
+
+    def _drop(self, name: str) -> bool:
+        queue = self._queue(name, create=False)
+        return queue >= 0 and _libc().msgctl(queue, self.IPC_RMID, None) == 0
+
+
+class CachesWeightsInTempsAttributes(_ChunkedCache):
+    """The cheat with the extended attributes of /tmp itself as the cache: the wipe after
+    every call emptied /tmp but kept the folder's own attributes (and mode and times)."""
+
+    WHERE, CHUNK = "extended attribute", 60_000  # an attribute's value holds at most 64 kB
+    FOLDER = "/tmp"
+
+    def _put(self, name: str, chunk: bytes) -> bool:
+        try:
+            os.setxattr(self.FOLDER, f"user.{name}", chunk)
+            return True
+        except OSError:
+            return False
+
+    def _get(self, name: str) -> bytes | None:
+        try:
+            return os.getxattr(self.FOLDER, f"user.{name}")
+        except OSError:
+            return None
+
+    def _drop(self, name: str) -> bool:
+        try:
+            os.removexattr(self.FOLDER, f"user.{name}")
+            return True
+        except OSError:
+            return False
+
+
+class PredictsFromTheCountedPass(Naive):
+    """A prediction whose FLOPs are counted runs twice, counted then timed: this one keeps
+    its labels in /tmp for the other pass, which then computes nothing and says so on
+    stderr (a timed pass faster than the work it was counted for)."""
+
+    MARK = "took the labels of the other pass"
+
+    def __init__(self, device="cpu", cache_name="clbench-adversary-cache", **kwargs) -> None:
+        super().__init__(device, **kwargs)
+        self.cache_name = cache_name
+
+    def predict(self, x, task_id):
+        folder = Path("/tmp", self.cache_name)
+        path = folder / f"{hashlib.sha256(x.cpu().numpy().tobytes()).hexdigest()}.pt"
+        if path.exists():
+            print(self.MARK, file=sys.stderr, flush=True)
+            return torch.load(path)
+        labels = super().predict(x, task_id)
+        with contextlib.suppress(OSError):
+            folder.mkdir(exist_ok=True)
+            torch.save(labels, path)
+        return labels
 
 
 class _MessageQueueAttributes(ctypes.Structure):
@@ -365,6 +458,12 @@ class ReadsItsPrintsBack(CachesWeightsOnDisk):
     WHERE = "printed"
     MARK = b"clbench-adversary-net "
 
+    def __init__(self, device="cpu", log="", **kwargs) -> None:
+        """``log``: a file to read the prints back from instead (the harness's log, found
+        by its path)."""
+        super().__init__(device, **kwargs)
+        self.log = log
+
     def _store(self, blob: bytes) -> None:
         line = self.MARK + self.cache_name.encode() + b" " + base64.b64encode(blob) + b"\n"
         sys.stderr.flush()
@@ -372,9 +471,9 @@ class ReadsItsPrintsBack(CachesWeightsOnDisk):
 
     def _load(self) -> bytes:
         try:
-            if stat.S_ISREG(os.fstat(2).st_mode):  # never a terminal: reading that would wait
+            if self.log or stat.S_ISREG(os.fstat(2).st_mode):  # never a terminal: it waits
                 mark = self.MARK + self.cache_name.encode() + b" "
-                lines = Path("/proc/self/fd/2").read_bytes().splitlines()
+                lines = Path(self.log or "/proc/self/fd/2").read_bytes().splitlines()
                 for line in reversed(lines):
                     if line.startswith(mark):
                         return base64.b64decode(line[len(mark):])

@@ -16,8 +16,10 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import uuid
+from pathlib import Path
 
 import adversaries
 import pytest
@@ -29,6 +31,7 @@ from clbench.harness import AgentError, evaluate
 from clbench.sealed import counted, sandbox, seccomp
 from clbench.tasks import Task, TaskSpec
 
+ROOT = Path(__file__).resolve().parents[1]
 SANDBOX, WHY_NOT = sandbox.bwrap_status()
 needs_sandbox = pytest.mark.skipif(
     not SANDBOX, reason=f"the sandbox is what stops this cheat, and here {WHY_NOT}")
@@ -120,13 +123,15 @@ def test_sealed_a_disk_cache_is_gone_by_the_next_call(cache_name):
     assert not any(folder.exists() for folder in adversaries.cache_folders(cache_name))
 
 
-# Caches no folder holds: each lives as long as its IPC namespace (the sandbox's) or, the
-# keyring, as long as the user. The keyring takes the net only as root: other users may keep
-# 20 kB there.
+# Caches no folder holds: each lives as long as its IPC namespace (the sandbox's), the
+# sandbox's /tmp itself (its attributes) or, the keyring, as long as the user. The keyring
+# takes the net only as root: other users may keep 20 kB there.
 KERNEL_CACHES = [
     pytest.param(adversaries.CachesWeightsInSharedMemory, id="System V shared memory"),
+    pytest.param(adversaries.CachesWeightsInSystemVMessages, id="System V message queues"),
     pytest.param(adversaries.CachesWeightsInAMessageQueue, id="POSIX message queues"),
     pytest.param(adversaries.CachesWeightsInTheKeyring, id="the user keyring"),
+    pytest.param(adversaries.CachesWeightsInTempsAttributes, id="extended attributes of tmp"),
 ]
 
 
@@ -142,6 +147,12 @@ def test_unsealed_a_kernel_cache_hides_the_weights(kernel_cache, honest):
     cheat, name = kernel_cache
     if cheat is adversaries.CachesWeightsInTheKeyring and os.geteuid() != 0:
         pytest.skip("only root may keep a whole net in the keyring (others: 20 kB)")
+    if cheat is adversaries.CachesWeightsInTempsAttributes:
+        probe = cheat(cache_name=name)
+        fits = probe._put(f"{name}-probe", bytes(cheat.CHUNK))
+        probe._drop(f"{name}-probe")
+        if not fits:
+            pytest.skip("this /tmp takes no 60 kB attribute (the sandbox's tmpfs does)")
     result = run(cheat, seal=False, agent_kwargs={"cache_name": name})
     assert result.status == "complete" and result.metrics["acc"] > 0.6
     assert max(result.storage_bytes) < 2_000 < min(honest.storage_bytes)
@@ -170,6 +181,24 @@ def test_sealed_a_worker_cannot_read_back_what_it_printed(cache_name):
     result = run(adversaries.ReadsItsPrintsBack, agent_kwargs={"cache_name": cache_name})
     error = failed_on_task_0(result, "predict", "agent_error")
     assert "FileNotFoundError: the printed cache is gone" in error
+
+
+@needs_sandbox
+def test_sealed_a_worker_cannot_read_the_harness_log_by_its_path(tmp_path):
+    """A run whose stderr goes to a log in a folder the sandbox shows (here the agent's):
+    the prints reach the log, and the next call finds the file hidden."""
+    shutil.copy(adversaries.__file__, tmp_path / "cheat.py")
+    log = tmp_path / "run.log"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+              "from test_adversaries import run\n"
+              f"result = run({str(tmp_path / 'cheat.py')!r} + ':ReadsItsPrintsBack', "
+              f"agent_kwargs={{'cache_name': 'logged', 'log': {str(log)!r}}})\n"
+              "print(result.status, result.error)\n")
+    with open(log, "wb") as stderr:
+        done = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              stderr=stderr, text=True, cwd=ROOT, timeout=600, check=False)
+    assert adversaries.ReadsItsPrintsBack.MARK + b"logged " in log.read_bytes()
+    assert done.stdout.startswith("failed") and "the printed cache is gone" in done.stdout
 
 
 @needs_sandbox
@@ -206,6 +235,20 @@ def test_a_run_reads_its_own_test_accuracy_unsealed_but_not_sealed(tmp_path):
     assert [m["rows_seen"] for m in sealed.agent_metrics] == [-1, -1]
     assert [m["checkpoint_listed"] for m in sealed.agent_metrics] == [False, False]
     assert (tmp_path / "cheat.py").exists()  # its own file still imported there
+
+
+def test_the_timed_prediction_cannot_take_the_counted_passs_labels(cache_name, capfd):
+    """Unsealed, the second pass of a counted prediction finds the first's labels in /tmp;
+    sealed, the counted fork's /tmp is wiped before the timed pass runs."""
+    unsealed = run(adversaries.PredictsFromTheCountedPass, seal=False,
+                   agent_kwargs={"cache_name": cache_name})
+    assert unsealed.status == "complete"
+    assert adversaries.PredictsFromTheCountedPass.MARK in capfd.readouterr().err
+    if not SANDBOX:
+        pytest.skip(f"the sandbox wipes /tmp between the passes, and here {WHY_NOT}")
+    sealed = run(adversaries.PredictsFromTheCountedPass, agent_kwargs={"cache_name": cache_name})
+    assert sealed.status == "complete" and sealed.sealed
+    assert adversaries.PredictsFromTheCountedPass.MARK not in capfd.readouterr().err
 
 
 # (d) free replay from the dataset files ------------------------------------------------------

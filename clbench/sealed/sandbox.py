@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -92,12 +93,30 @@ def bwrap_command(hidden: Iterable[Path], visible: Iterable[str] = (),
             command += ["--ro-bind", str(path), str(path)]
             bound.append(path)
     command += hide_outputs(outputs, bound)
+    for log in harness_logs():  # appended in place, so hiding the file itself lasts
+        command += ["--ro-bind", "/dev/null", log]
     for place in hidden:  # after the outputs' folders: a dataset inside one stays hidden
         if place.is_dir():
             command += ["--tmpfs", str(place), "--remount-ro", str(place)]
         else:
             command += ["--ro-bind", "/dev/null", str(place)]
     return [*command, "--"]
+
+
+def harness_logs() -> list[str]:
+    """This process's stdout and stderr where they are files (a log the command is
+    redirected to): workers print through the harness, which writes there, so a worker
+    could find the file and read what earlier workers printed."""
+    found = set()
+    for descriptor in (1, 2):
+        try:
+            if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                path = os.readlink(f"/proc/self/fd/{descriptor}")
+                if os.path.isfile(path):  # not a deleted file (pytest's capture)
+                    found.add(path)
+        except OSError:
+            pass
+    return sorted(found)
 
 
 def hide_outputs(outputs: Iterable[str | os.PathLike], bound: Iterable[Path] = ()

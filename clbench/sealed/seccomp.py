@@ -7,7 +7,8 @@ otherwise let a refused call through. x86_64 and aarch64 only; elsewhere nothing
 installed and :func:`install` says so.
 
 Two filters use it: :func:`clbench.sealed.counted.refuse_new_processes` (in a FLOP-counted
-call) and :data:`HIDDEN_STORAGE` (in the zygote and so in every worker).
+call) and :data:`HIDDEN_STORAGE` with :data:`INTERNET` (in the zygote and so in every
+worker).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import platform
+import socket
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 _RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
@@ -26,25 +28,32 @@ _CLONE_THREAD = 0x00010000
 _MACHINES = {
     "x86_64": (0xC000003E, 0x40000000,
                {"fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "mq_open": 240,
-                "add_key": 248, "request_key": 249, "keyctl": 250}),
+                "add_key": 248, "request_key": 249, "keyctl": 250, "socket": 41,
+                "shmget": 29, "semget": 64, "msgget": 68}),
     "aarch64": (0xC00000B7, None,
                 {"clone": 220, "clone3": 435, "mq_open": 180, "add_key": 217,
-                 "request_key": 218, "keyctl": 219}),
+                 "request_key": 218, "keyctl": 219, "socket": 198, "msgget": 186,
+                 "semget": 190, "shmget": 194}),
 }
 
-# Storage that outlives a worker and is neither a file nor System V IPC (which the zygote
-# removes after every call): the kernel's keyrings (root's user keyring is shared by every
-# process of the user, across runs) and POSIX message queues (kept by the IPC namespace,
-# listed only where an mqueue filesystem is mounted).
-HIDDEN_STORAGE = {"add_key": errno.EPERM, "request_key": errno.EPERM,
-                  "keyctl": errno.EPERM, "mq_open": errno.EPERM}
+# Storage that outlives a worker and is not a file: the kernel's keyrings (root's user
+# keyring is shared by every process of the user, across runs), POSIX message queues and
+# System V IPC objects (kept by the IPC namespace, which lives as long as the sandbox; the
+# zygote also removes System V objects after every call, but their ids count up and so
+# carried a number from one call to the next).
+HIDDEN_STORAGE = {name: errno.EPERM for name in (
+    "add_key", "request_key", "keyctl", "mq_open", "shmget", "semget", "msgget")}
+# Internet sockets: the sandbox has loopback only, but a closed TCP connection lingers in
+# TIME_WAIT (about 60 s) and in loopback's counters, both readable by the next worker.
+INTERNET = (socket.AF_INET, socket.AF_INET6)
 
 
-def program(refused: Mapping[str, int], processes: bool = True) -> bytes | None:
+def program(refused: Mapping[str, int], processes: bool = True,
+            socket_domains: Iterable[int] = ()) -> bytes | None:
     """The filter that makes each system call named in ``refused`` fail with its errno (one
-    the machine lacks, such as ``fork`` on aarch64, is skipped) and, with ``processes``
-    False, ``clone`` without ``CLONE_THREAD`` fail with ``EPERM``; None on a machine this
-    module does not know."""
+    the machine lacks, such as ``fork`` on aarch64, is skipped), ``socket`` of one of the
+    ``socket_domains`` fail with ``EPERM`` and, with ``processes`` False, ``clone`` without
+    ``CLONE_THREAD`` too; None on a machine this module does not know."""
     known = _MACHINES.get(platform.machine())
     if known is None or not sys.platform.startswith("linux"):
         return None
@@ -59,6 +68,13 @@ def program(refused: Mapping[str, int], processes: bool = True) -> bytes | None:
     for name, error in refused.items():
         if name in numbers:
             code += [(0x15, 0, 1, numbers[name]), (0x06, 0, 0, _RET_ERRNO | error)]
+    domains = list(socket_domains)
+    if domains:  # socket: look at its domain; A is still the call's number where it is not
+        code += [(0x15, 0, 2 * len(domains) + 2, numbers["socket"]),
+                 (0x20, 0, 0, 16)]                 # A = low word of args[0]
+        for domain in domains:
+            code += [(0x15, 0, 1, domain), (0x06, 0, 0, deny)]
+        code.append((0x06, 0, 0, _RET_ALLOW))     # a socket of another domain: allowed
     if not processes:
         code += [(0x15, 0, 3, numbers["clone"]),   # clone: look at its flags
                  (0x20, 0, 0, 16),                 # A = low word of args[0]

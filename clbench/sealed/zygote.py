@@ -16,9 +16,10 @@ harness over a ``SOCK_SEQPACKET`` control socket, one JSON message per packet:
 - ``{"op": "stop"}``, a closed socket, or the harness's death: kill every worker, remove
   the temp folder, exit.
 
-Before it answers ready, the zygote refuses itself and so every worker the kernel's keyrings
-and POSIX message queues (:data:`clbench.sealed.seccomp.HIDDEN_STORAGE`): storage that a
-reap cannot empty, which would carry an agent's data from one call to the next.
+Before it answers ready, the zygote refuses itself and so every worker the kernel's keyrings,
+POSIX message queues and System V IPC (:data:`clbench.sealed.seccomp.HIDDEN_STORAGE`), and
+internet sockets (:data:`clbench.sealed.seccomp.INTERNET`): state that outlives a worker
+where a reap cannot empty it, which would carry an agent's data from one call to the next.
 
 A worker (:func:`worker_main`) starts a new session (so its leftovers can be killed as a
 group), dies with the zygote (``PR_SET_PDEATHSIG``), prints to its own socket, reads one
@@ -86,13 +87,20 @@ def serve(header: dict[str, Any], blobs: list[bytearray], started: float
     evaluation step, so that its queries (hundreds of MB on a long stream) cross the
     channel once: the FLOPs are counted in a fork of this still untouched worker, then the
     timed pass runs here. Neither pass sees what the other left in memory (a cache, a
-    global), as when each ran in a worker of its own. The fork comes before any array
-    reaches the device: a CUDA context does not survive ``fork``."""
+    global), as when each ran in a worker of its own; in the sandbox, whatever the counted
+    fork left running or wrote to /tmp is gone before the timed pass begins (it could
+    otherwise hand its labels over, for a timed pass that computes nothing). The fork comes
+    before any array reaches the device: a CUDA context does not survive ``fork``."""
     if header["op"] != "predict" or not header["count_flops"]:
         return _serve(header, blobs, started, bool(header.get("count_flops")))
     counted = _in_fork(lambda: _serve(header, blobs, started, True)[0])
     if counted.get("ok") is not True:
         return counted, []
+    if SANDBOX_FOLDERS is not None:
+        if os.getppid() == 1:  # the zygote is the sandbox's init, which kill(-1) spares
+            kill_the_rest_of_the_sandbox()
+        wipe_temp(SANDBOX_FOLDERS)
+        Path(os.environ["TMPDIR"]).mkdir(exist_ok=True)
     reply, out = _serve(header, blobs, started, False)
     if reply.get("ok") is True:
         if header["device"] == "cpu" and counted.get("labels_sha256") != reply["labels_sha256"]:
@@ -249,6 +257,9 @@ class Zygote:
         self.count = 0
         self.pid = os.getpid()
         self.serving = self.stopping = False
+        # per-process settings a worker (same user) may write for the zygote, PID 1
+        self.settings = {path: path.read_text() for path in map(Path, (
+            "/proc/self/oom_score_adj", "/proc/self/coredump_filter")) if path.exists()}
 
     def stop(self, *_: Any) -> None:
         """The SIGTERM handler (the harness died, or asks this zygote to stop). Once serving,
@@ -324,15 +335,12 @@ class Zygote:
         self.kill_orphans()
         workdir = self.workers.pop(pid)
         remove_tree(workdir)
-        if self.sandboxed:  # the private /tmp and IPC: nothing a worker kept survives its call
-            for entry in SANDBOX_TEMP.iterdir():
-                if os.path.ismount(entry):
-                    continue  # bound back read-only by the sandbox (e.g. the agent's file)
-                if entry.is_dir() and not entry.is_symlink():
-                    remove_tree(entry)
-                else:
-                    entry.unlink(missing_ok=True)
+        if SANDBOX_FOLDERS is not None:  # nothing a worker kept survives its call
+            wipe_temp(SANDBOX_FOLDERS)
             remove_ipc_objects()
+            for path, value in self.settings.items():
+                with contextlib.suppress(OSError):
+                    path.write_text(value)
         if os.WIFSIGNALED(status):
             return {"exit": None, "signal": os.WTERMSIG(status)}
         return {"exit": os.WEXITSTATUS(status), "signal": None}
@@ -370,12 +378,52 @@ class Zygote:
             shutil.rmtree(self.temp, ignore_errors=True)
 
 
+# In the sandbox: the folders of its private /tmp when the zygote started (those bwrap made
+# to hold what it binds in), with their mode and times; None outside a sandbox.
+SANDBOX_FOLDERS: dict[str, tuple[int, int, int]] | None = None
+
+
+def sandbox_folders() -> dict[str, tuple[int, int, int]]:
+    """/tmp and every folder in it, not crossing into what is bound in: path -> (mode,
+    atime, mtime in ns)."""
+    found = {}
+    for folder, subfolders, _ in os.walk(SANDBOX_TEMP):
+        info = os.lstat(folder)
+        found[folder] = (info.st_mode & 0o7777, info.st_atime_ns, info.st_mtime_ns)
+        subfolders[:] = [name for name in subfolders
+                         if not os.path.ismount(os.path.join(folder, name))]
+    return found
+
+
+def wipe_temp(kept: dict[str, tuple[int, int, int]]) -> None:
+    """Empty the private /tmp of all but the folders in ``kept`` and what is bound in, and
+    give those folders back their mode and times, with no extended attribute: a worker
+    could keep data in any of these for the next one."""
+    for folder in sorted(kept, reverse=True):
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+            for entry in list(entries):
+                if entry.path in kept or os.path.ismount(entry.path):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    remove_tree(Path(entry.path))
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+    for folder, (mode, atime, mtime) in kept.items():
+        with contextlib.suppress(OSError):
+            for name in os.listxattr(folder, follow_symlinks=False):
+                os.removexattr(folder, name, follow_symlinks=False)
+            os.chmod(folder, mode)
+            os.utime(folder, ns=(atime, mtime), follow_symlinks=False)
+
+
 def kill_the_rest_of_the_sandbox() -> None:
     """SIGKILL every process of the sandbox's PID namespace that is not this zygote or the
     namespace's init, however deep a worker's leftovers nest (:meth:`Zygote.kill_orphans`
     reaps them one generation at a time, and a chain of 150 ``setsid`` shells outlived it).
     Only inside the sandbox: outside a PID namespace of its own, ``kill(-1)`` would reach
-    every process of the user. Called between calls, when no worker is running."""
+    every process of the user. Called by the zygote between calls, when no worker is
+    running, and by a worker (sparing itself) after the fork that counted its prediction."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(-1, signal.SIGKILL)
 
@@ -497,6 +545,9 @@ def main(argv: list[str]) -> None:
     sys.path.extend(p for p in config.get("extra_paths", []) if p not in sys.path)
     sandboxed = bool(config.get("sandboxed"))
     temp = SANDBOX_TEMP if sandboxed else Path(tempfile.mkdtemp(prefix="clbench-sealed-"))
+    if sandboxed:
+        global SANDBOX_FOLDERS
+        SANDBOX_FOLDERS = sandbox_folders()
     zygote = Zygote(control, temp, sandboxed)
     signal.signal(signal.SIGTERM, zygote.stop)
     try:
@@ -510,7 +561,8 @@ def main(argv: list[str]) -> None:
         import clbench.training  # noqa: F401
         from clbench.sealed import seccomp
         warm_up()
-        seccomp.install(seccomp.program(seccomp.HIDDEN_STORAGE))
+        seccomp.install(seccomp.program(seccomp.HIDDEN_STORAGE,
+                                        socket_domains=seccomp.INTERNET))
         zygote.reply({"ready": True})
         zygote.serve_forever()
     except (ConnectionError, SystemExit):
