@@ -4,7 +4,11 @@ worker can import them)."""
 from __future__ import annotations
 
 import atexit
+import ctypes
+import errno
 import os
+import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -69,6 +73,7 @@ class SandboxProbe(Quiet):
             "capabilities": _effective_capabilities(),
             "zygote_memory_writable": _writable(f"/proc/{os.getppid()}/mem"),
             "pid_1_memory_writable": _writable("/proc/1/mem"),
+            "refused_calls": _refused_calls(),
             # opened for writing, never written: that alone changes nothing
             "sysctl_writable": [path for path in ("/proc/sys/kernel/core_pattern",
                                                   "/proc/sys/kernel/hostname",
@@ -112,6 +117,40 @@ def _writable(path) -> bool:
             return True
     except OSError:
         return False
+
+
+def _refused_calls() -> list[str]:
+    """Which of the calls that would carry data to the next worker fail here: io_uring,
+    evicting a page of a readable file, and setting PID 1's limits (to what they are)."""
+    from clbench.sealed import seccomp
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    numbers = seccomp._MACHINES.get(platform.machine(), (0, 0, {}))[2]
+    attempts = {
+        "io_uring_setup": lambda: libc.syscall(numbers["io_uring_setup"], 1,
+                                               ctypes.create_string_buffer(120)) == 0
+        or ctypes.get_errno() != errno.EPERM,
+        "fadvise": lambda: _fadvise(sys.executable),
+        "prlimit of PID 1": lambda: resource.prlimit(
+            1, resource.RLIMIT_CORE, resource.prlimit(1, resource.RLIMIT_CORE)) or True,
+    }
+    refused = []
+    for name, attempt in attempts.items():
+        try:
+            if not attempt():
+                refused.append(name)
+        except (OSError, KeyError):
+            refused.append(name)
+    return refused
+
+
+def _fadvise(path) -> bool:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 4096, os.POSIX_FADV_DONTNEED)
+        return True
+    finally:
+        os.close(descriptor)
 
 
 def _opens_for_writing(path) -> bool:

@@ -18,7 +18,7 @@ import pytest
 
 from clbench.harness import AgentError, evaluate
 from clbench.results import load_result
-from clbench.sealed.sandbox import bwrap_status
+from clbench.sealed.sandbox import bwrap_status, hide_outputs
 
 SPLIT = "clbench/SplitMNIST5k-v0"
 TINY = {"max_train_per_task": 100, "max_test_per_task": 40, "n_tasks": 2}
@@ -116,8 +116,27 @@ def test_inside_the_sandbox_no_data_no_network_nothing_kept(monkeypatch):
         assert figures["pid_1_memory_writable"] is False  # bwrap's reaper's was
         # as root, core_pattern ran any command as root outside the sandbox
         assert figures["sysctl_writable"] == []
+        # io_uring opened internet sockets; evicted pages and PID 1's limits carried data
+        assert figures["refused_calls"] == ["io_uring_setup", "fadvise", "prlimit of PID 1"]
         assert figures["harness_output_readable"] is False  # a worker's stderr was the file
     assert second["leftover_seen"] is False  # what task 0's worker wrote to /tmp is gone
+
+
+def test_an_outputs_folder_is_made_then_hidden_and_the_root_folder_refused(tmp_path):
+    """A folder the harness would make later must exist when the sandbox is built, or the
+    sandbox (which shows the machine read-only) would show it once made."""
+    out = tmp_path / "new" / "deeper" / "r.json"
+    (tmp_path / "kept.txt").write_text("")
+    options = hide_outputs([out], bound=[tmp_path])
+    folder = str(out.parent.resolve())
+    assert out.parent.is_dir()
+    assert options == ["--tmpfs", folder, "--remount-ro", folder]  # nothing in it yet
+    shown = hide_outputs([tmp_path / "r.json"], bound=[tmp_path])
+    assert ["--ro-bind-try", str(tmp_path / "kept.txt"), str(tmp_path / "kept.txt")] == \
+        shown[2:5] and str(tmp_path / "new") in shown  # the rest is bound back
+    assert hide_outputs([tmp_path / "r.json"]) == []  # in the private /tmp: nothing to hide
+    with pytest.raises(ValueError, match=r"cannot hide a result file in / from its workers"):
+        hide_outputs(["/r.json"])
 
 
 @needs_bwrap

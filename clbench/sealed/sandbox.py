@@ -22,6 +22,7 @@ permitted, e.g. without user namespaces in a container).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -127,23 +128,29 @@ def hide_outputs(outputs: Iterable[str | os.PathLike], bound: Iterable[Path] = (
     empty read-only tmpfs into which everything else it held at the start is bound back
     read-only. Hiding the file alone would not do: it is written anew after every task (a
     new file renamed over the old), which the sandbox would then see. A folder in the
-    private /tmp is left alone unless it lies in a folder bound into the sandbox. Where
-    the folder does not exist yet, its nearest existing parent is treated so: the folder the
-    harness makes later never appears inside."""
+    private /tmp is left alone unless it lies in a folder bound into the sandbox. The
+    folder is made here where it does not exist yet (the harness would make it anyway);
+    where it cannot be, its nearest existing parent is treated so. A result file directly
+    in the root folder is refused: ``/`` cannot be hidden."""
     from clbench.checkpoint import folder_for
 
     names: dict[Path, set[str]] = {}
     for output in outputs:
         path = Path(output).absolute()
         folder = path.parent
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
         while not folder.is_dir() and folder != folder.parent:
             folder = folder.parent
+        if folder == folder.parent:
+            raise ValueError(f"out={output}: a sealed run cannot hide a result file in "
+                             f"{folder} from its workers; write it to a folder of its own")
         names.setdefault(folder.resolve(), set()).update({path.name, folder_for(path).name})
     options = []
     for folder, kept_out in sorted(names.items()):
         private = folder.is_relative_to(PRIVATE_TEMP) and not any(
             folder.is_relative_to(place) for place in bound)
-        if private or folder == Path(folder.anchor):
+        if private:
             continue
         options += ["--tmpfs", str(folder)]
         for entry in sorted(folder.iterdir()):

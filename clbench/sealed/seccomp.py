@@ -7,8 +7,8 @@ otherwise let a refused call through. x86_64 and aarch64 only; elsewhere nothing
 installed and :func:`install` says so.
 
 Two filters use it: :func:`clbench.sealed.counted.refuse_new_processes` (in a FLOP-counted
-call) and :data:`HIDDEN_STORAGE` with :data:`INTERNET` (in the zygote and so in every
-worker).
+call) and :data:`HIDDEN_STORAGE` with :data:`HIDDEN_STORAGE_CHECKS` (in the zygote and so in
+every worker).
 """
 
 from __future__ import annotations
@@ -19,41 +19,70 @@ import platform
 import socket
 import struct
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 _RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
 _CLONE_THREAD = 0x00010000
 # per machine: (audit arch, the x32 bit or None, system-call numbers)
 _MACHINES = {
-    "x86_64": (0xC000003E, 0x40000000,
-               {"fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "mq_open": 240,
-                "add_key": 248, "request_key": 249, "keyctl": 250, "socket": 41,
-                "shmget": 29, "semget": 64, "msgget": 68}),
-    "aarch64": (0xC00000B7, None,
-                {"clone": 220, "clone3": 435, "mq_open": 180, "add_key": 217,
-                 "request_key": 218, "keyctl": 219, "socket": 198, "msgget": 186,
-                 "semget": 190, "shmget": 194}),
+    "x86_64": (0xC000003E, 0x40000000, {
+        "fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "mq_open": 240, "add_key": 248,
+        "request_key": 249, "keyctl": 250, "socket": 41, "shmget": 29, "semget": 64,
+        "msgget": 68, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+        "fadvise64": 221, "readahead": 187, "mincore": 27, "cachestat": 451, "preadv2": 327,
+        "pwritev2": 328, "madvise": 28, "process_madvise": 440, "prlimit64": 302,
+        "setpriority": 141, "ioprio_set": 251, "sched_setparam": 142,
+        "sched_setscheduler": 144, "sched_setaffinity": 203, "sched_setattr": 314}),
+    "aarch64": (0xC00000B7, None, {
+        "clone": 220, "clone3": 435, "mq_open": 180, "add_key": 217, "request_key": 218,
+        "keyctl": 219, "socket": 198, "msgget": 186, "semget": 190, "shmget": 194,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+        "fadvise64": 223, "readahead": 213, "mincore": 232, "cachestat": 451, "preadv2": 286,
+        "pwritev2": 287, "madvise": 233, "process_madvise": 440, "prlimit64": 261,
+        "setpriority": 140, "ioprio_set": 30, "sched_setparam": 118,
+        "sched_setscheduler": 119, "sched_setaffinity": 122, "sched_setattr": 274}),
 }
 
-# Storage that outlives a worker and is not a file: the kernel's keyrings (root's user
-# keyring is shared by every process of the user, across runs), POSIX message queues and
-# System V IPC objects (kept by the IPC namespace, which lives as long as the sandbox; the
-# zygote also removes System V objects after every call, but their ids count up and so
-# carried a number from one call to the next).
+# A check of one argument: (its index, the values refused; None: every value but 0).
+Check = tuple[int, "tuple[int, ...] | None"]
+MADV_COLD, MADV_PAGEOUT = 20, 21
+
+# What would carry data from one call to the next, outside the state, and the reap cannot
+# empty or reset; refused to the zygote and so to every worker:
+# - keyrings (root's user keyring is shared by every process of the user, across runs),
+#   POSIX message queues and System V IPC (kept by the sandbox's IPC namespace; System V
+#   ids also count up, carrying a number even where the objects are removed);
+# - io_uring, whose operations bypass the system-call checks below (it opened internet
+#   sockets that ``socket`` refuses);
+# - the page cache, shared by the whole machine: a worker could evict chosen pages of any
+#   readable file (fadvise, madvise) and the next test which are cached (mincore,
+#   cachestat, preadv2 with RWF_NOWAIT), one bit per page;
+# - the zygote's own settings, which every later worker inherits: limits, priorities,
+#   scheduling and CPU affinity may be set for the caller only (pid 0).
 HIDDEN_STORAGE = {name: errno.EPERM for name in (
-    "add_key", "request_key", "keyctl", "mq_open", "shmget", "semget", "msgget")}
-# Internet sockets: the sandbox has loopback only, but a closed TCP connection lingers in
-# TIME_WAIT (about 60 s) and in loopback's counters, both readable by the next worker.
-INTERNET = (socket.AF_INET, socket.AF_INET6)
+    "add_key", "request_key", "keyctl", "mq_open", "shmget", "semget", "msgget",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "fadvise64", "readahead",
+    "mincore", "cachestat", "preadv2", "pwritev2", "process_madvise", "ioprio_set")}
+HIDDEN_STORAGE_CHECKS: dict[str, list[Check]] = {
+    # internet sockets: the sandbox has loopback only, but a closed TCP connection lingers
+    # in TIME_WAIT (about 60 s) and in loopback's counters, both readable by the next worker
+    "socket": [(0, (socket.AF_INET, socket.AF_INET6))],
+    "madvise": [(2, (MADV_COLD, MADV_PAGEOUT))],
+    "prlimit64": [(0, None)],
+    "setpriority": [(0, None), (1, None)],  # PRIO_PROCESS of the caller only
+    **{name: [(0, None)] for name in ("sched_setparam", "sched_setscheduler",
+                                      "sched_setaffinity", "sched_setattr")},
+}
 
 
 def program(refused: Mapping[str, int], processes: bool = True,
-            socket_domains: Iterable[int] = ()) -> bytes | None:
+            checks: Mapping[str, Sequence[Check]] | None = None) -> bytes | None:
     """The filter that makes each system call named in ``refused`` fail with its errno (one
-    the machine lacks, such as ``fork`` on aarch64, is skipped), ``socket`` of one of the
-    ``socket_domains`` fail with ``EPERM`` and, with ``processes`` False, ``clone`` without
-    ``CLONE_THREAD`` too; None on a machine this module does not know."""
+    the machine lacks, such as ``fork`` on aarch64, is skipped), each named in ``checks``
+    fail with ``EPERM`` where one of its arguments' low words is refused, and, with
+    ``processes`` False, ``clone`` without ``CLONE_THREAD`` too; None on a machine this
+    module does not know."""
     known = _MACHINES.get(platform.machine())
     if known is None or not sys.platform.startswith("linux"):
         return None
@@ -68,13 +97,18 @@ def program(refused: Mapping[str, int], processes: bool = True,
     for name, error in refused.items():
         if name in numbers:
             code += [(0x15, 0, 1, numbers[name]), (0x06, 0, 0, _RET_ERRNO | error)]
-    domains = list(socket_domains)
-    if domains:  # socket: look at its domain; A is still the call's number where it is not
-        code += [(0x15, 0, 2 * len(domains) + 2, numbers["socket"]),
-                 (0x20, 0, 0, 16)]                 # A = low word of args[0]
-        for domain in domains:
-            code += [(0x15, 0, 1, domain), (0x06, 0, 0, deny)]
-        code.append((0x06, 0, 0, _RET_ALLOW))     # a socket of another domain: allowed
+    for name, rules in (checks or {}).items():
+        body = []
+        for index, values in rules:
+            body.append((0x20, 0, 0, 16 + 8 * index))  # A = low word of args[index]
+            if values is None:
+                body += [(0x15, 1, 0, 0), (0x06, 0, 0, deny)]
+            else:
+                for value in values:
+                    body += [(0x15, 0, 1, value), (0x06, 0, 0, deny)]
+        body.append((0x06, 0, 0, _RET_ALLOW))
+        # another call skips the block, with A still its number
+        code += [(0x15, 0, len(body), numbers[name]), *body]
     if not processes:
         code += [(0x15, 0, 3, numbers["clone"]),   # clone: look at its flags
                  (0x20, 0, 0, 16),                 # A = low word of args[0]

@@ -16,10 +16,10 @@ harness over a ``SOCK_SEQPACKET`` control socket, one JSON message per packet:
 - ``{"op": "stop"}``, a closed socket, or the harness's death: kill every worker, remove
   the temp folder, exit.
 
-Before it answers ready, the zygote refuses itself and so every worker the kernel's keyrings,
-POSIX message queues and System V IPC (:data:`clbench.sealed.seccomp.HIDDEN_STORAGE`), and
-internet sockets (:data:`clbench.sealed.seccomp.INTERNET`): state that outlives a worker
-where a reap cannot empty it, which would carry an agent's data from one call to the next.
+Before it answers ready, the zygote refuses itself and so every worker what would carry an
+agent's data from one call to the next where a reap cannot empty it: the kernel's keyrings,
+message queues, System V IPC, internet sockets, io_uring, control of the page cache, and
+settings of other processes (:data:`clbench.sealed.seccomp.HIDDEN_STORAGE`).
 
 A worker (:func:`worker_main`) starts a new session (so its leftovers can be killed as a
 group), dies with the zygote (``PR_SET_PDEATHSIG``), prints to its own socket, reads one
@@ -257,9 +257,12 @@ class Zygote:
         self.count = 0
         self.pid = os.getpid()
         self.serving = self.stopping = False
-        # per-process settings a worker (same user) may write for the zygote, PID 1
-        self.settings = {path: path.read_text() for path in map(Path, (
-            "/proc/self/oom_score_adj", "/proc/self/coredump_filter")) if path.exists()}
+        # per-process settings a worker (same user) may write for the zygote, PID 1, through
+        # /proc (seccomp refuses the system calls that set another process's): put back
+        # after every call, as far as a process without capabilities can
+        self.settings = {path: path.read_text().split()[-1] for path in map(Path, (
+            "/proc/self/oom_score_adj", "/proc/self/coredump_filter", "/proc/self/autogroup"))
+            if path.exists()}
 
     def stop(self, *_: Any) -> None:
         """The SIGTERM handler (the harness died, or asks this zygote to stop). Once serving,
@@ -562,7 +565,7 @@ def main(argv: list[str]) -> None:
         from clbench.sealed import seccomp
         warm_up()
         seccomp.install(seccomp.program(seccomp.HIDDEN_STORAGE,
-                                        socket_domains=seccomp.INTERNET))
+                                        checks=seccomp.HIDDEN_STORAGE_CHECKS))
         zygote.reply({"ready": True})
         zygote.serve_forever()
     except (ConnectionError, SystemExit):
