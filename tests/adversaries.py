@@ -340,6 +340,39 @@ class CachesWeightsInTempsAttributes(_ChunkedCache):
             return False
 
 
+class LocksTheTempFolder(CachesWeightsOnDisk):
+    """The disk cheat in a file of /tmp itself, then /tmp made writable and searchable but
+    not readable (again on every read): the wipe after a call could not list /tmp, removed
+    nothing, and put the folder's mode back. Only ever in the sandbox's /tmp (never a
+    machine's)."""
+
+    def _path(self) -> Path:
+        return Path("/tmp", f"{self.cache_name}.pt")
+
+    def _store(self, blob: bytes) -> None:
+        if b"clbench.sealed.zygote" not in _pid_1_command():
+            return  # not in a sandbox: the cheat would lock the machine's /tmp
+        with contextlib.suppress(OSError):
+            os.chmod("/tmp", 0o1777)
+            self._path().write_bytes(blob)
+            os.chmod("/tmp", 0o300)
+
+    def _load(self) -> bytes:
+        try:
+            blob = self._path().read_bytes()
+        except OSError:
+            raise FileNotFoundError("the locked cache is gone") from None
+        os.chmod("/tmp", 0o300)
+        return blob
+
+
+def _pid_1_command() -> bytes:
+    try:
+        return Path("/proc/1/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 class PredictsFromTheCountedPass(Naive):
     """A prediction whose FLOPs are counted runs twice, counted then timed: this one keeps
     its labels in /tmp for the other pass, which then computes nothing and says so on

@@ -74,6 +74,8 @@ class SandboxProbe(Quiet):
             "zygote_memory_writable": _writable(f"/proc/{os.getppid()}/mem"),
             "pid_1_memory_writable": _writable("/proc/1/mem"),
             "refused_calls": _refused_calls(),
+            "zygote_counters_readable": [name for name in ("stat", "status", "sched")
+                                         if _readable(f"/proc/1/{name}")],
             # opened for writing, never written: that alone changes nothing
             "sysctl_writable": [path for path in ("/proc/sys/kernel/core_pattern",
                                                   "/proc/sys/kernel/hostname",

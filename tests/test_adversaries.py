@@ -202,6 +202,15 @@ def test_sealed_a_worker_cannot_read_the_harness_log_by_its_path(tmp_path):
 
 
 @needs_sandbox
+def test_sealed_a_temp_folder_made_unreadable_is_still_emptied(cache_name):
+    """/tmp set to write and search only: the wipe could not list it, kept the cheat's
+    net, and restored the mode; it now makes every kept folder readable first."""
+    result = run(adversaries.LocksTheTempFolder, agent_kwargs={"cache_name": cache_name})
+    error = failed_on_task_0(result, "predict", "agent_error")
+    assert "FileNotFoundError: the locked cache is gone" in error
+
+
+@needs_sandbox
 def test_sealed_the_sandbox_init_keeps_nothing(cache_name, monkeypatch):
     """The zygote is the sandbox's PID 1 (``--as-pid-1``). With bwrap's reaper there, the
     cheat kept its net in the reaper's memory from one worker to the next."""

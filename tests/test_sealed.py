@@ -118,6 +118,7 @@ def test_inside_the_sandbox_no_data_no_network_nothing_kept(monkeypatch):
         assert figures["sysctl_writable"] == []
         # io_uring opened internet sockets; evicted pages and PID 1's limits carried data
         assert figures["refused_calls"] == ["io_uring_setup", "fadvise", "prlimit of PID 1"]
+        assert figures["zygote_counters_readable"] == []  # its children's page faults
         assert figures["harness_output_readable"] is False  # a worker's stderr was the file
     assert second["leftover_seen"] is False  # what task 0's worker wrote to /tmp is gone
 
@@ -421,3 +422,18 @@ def test_the_wipe_removes_a_folder_a_worker_made_read_only():
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_wipe_removes_a_chain_deeper_than_the_recursion_limit(tmp_path):
+    """Python 3.11's rmtree recurses: a worker's chain of 1,200 nested folders raised
+    RecursionError in the zygote's wipe."""
+    from clbench.sealed.zygote import remove_tree
+
+    deepest = tmp_path / "top"
+    deepest.mkdir()
+    for _ in range(sys.getrecursionlimit() + 200):
+        deepest /= "d"
+        os.mkdir(deepest)
+    (deepest / "data").write_text("kept?")
+    remove_tree(tmp_path / "top")
+    assert not (tmp_path / "top").exists()

@@ -39,6 +39,10 @@ OPTIONS = (
     "--tmpfs", "/tmp", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
     "--new-session", "--die-with-parent", "--cap-drop", "ALL", "--as-pid-1",
 )
+# The zygote's (PID 1's) statistics, readable though it is not dumpable: each call's worker
+# could set counters there for the next (page faults and CPU time the zygote inherits when
+# it reaps a worker, memory and time its wipe spends on what a worker left): hidden.
+ZYGOTE_COUNTERS = ("stat", "status", "statm", "sched", "schedstat", "oom_score")
 DEBIAN_DATASETS = Path("/usr/share/datasets")
 PRIVATE_TEMP = Path("/tmp")
 
@@ -84,6 +88,10 @@ def bwrap_command(hidden: Iterable[Path], visible: Iterable[str] = (),
     from /tmp puts it on the import path): the workers' /tmp stays private and writable, and
     an agent file directly in it is bound alone."""
     command = [shutil.which("bwrap") or "bwrap", *OPTIONS]
+    for name in ZYGOTE_COUNTERS:  # those this kernel has
+        if os.path.exists(f"/proc/self/{name}"):
+            command += [option for folder in ("/proc/1", "/proc/1/task/1")
+                        for option in ("--ro-bind", "/dev/null", f"{folder}/{name}")]
     # the interpreter, its environment and this checkout stay visible too (all may lie
     # under /tmp: a virtualenv, an editable install whose finder points at the checkout)
     interpreter = [sys.prefix, sys.base_prefix, str(Path(sys.executable).parent),

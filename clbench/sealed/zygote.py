@@ -337,13 +337,18 @@ class Zygote:
             kill_the_rest_of_the_sandbox()
         self.kill_orphans()
         workdir = self.workers.pop(pid)
-        remove_tree(workdir)
         if SANDBOX_FOLDERS is not None:  # nothing a worker kept survives its call
-            wipe_temp(SANDBOX_FOLDERS)
+            wipe_temp(SANDBOX_FOLDERS)  # the worker's folder with the rest
             remove_ipc_objects()
             for path, value in self.settings.items():
                 with contextlib.suppress(OSError):
                     path.write_text(value)
+        else:
+            try:
+                remove_tree(workdir)
+            except OSError as error:
+                raise WipeFailed(f"the worker's temp folder {workdir} could not be removed "
+                                 f"({error}); the run stops") from None
         if os.WIFSIGNALED(status):
             return {"exit": None, "signal": os.WTERMSIG(status)}
         return {"exit": os.WEXITSTATUS(status), "signal": None}
@@ -401,17 +406,27 @@ def sandbox_folders() -> dict[str, tuple[int, int, int]]:
 def wipe_temp(kept: dict[str, tuple[int, int, int]]) -> None:
     """Empty the private /tmp of all but the folders in ``kept`` and what is bound in, and
     give those folders back their mode and times, with no extended attribute: a worker
-    could keep data in any of these for the next one."""
-    for folder in sorted(kept, reverse=True):
-        with contextlib.suppress(OSError), os.scandir(folder) as entries:
-            for entry in list(entries):
-                if entry.path in kept or os.path.ismount(entry.path):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    remove_tree(Path(entry.path))
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
+    could keep data in any of these for the next one. Each kept folder is first made
+    readable again (a worker that made /tmp unreadable kept all of it through a wipe that
+    could not list it); raises :class:`WipeFailed` where anything is left."""
+    def leftovers() -> list[str]:
+        return sorted(path for folder in kept for path in
+                      (os.path.join(folder, name) for name in os.listdir(folder))
+                      if path not in kept and not os.path.ismount(path))
+
+    try:
+        for folder in sorted(kept):  # parents first: each must be searchable for the next
+            os.chmod(folder, 0o700)
+        for path in leftovers():
+            remove_tree(Path(path))
+        left = leftovers()
+    except OSError as error:
+        raise WipeFailed(f"the sandbox's /tmp could not be emptied after a call ({error}); "
+                         "the run stops, so that nothing left there reaches the next call"
+                         ) from None
+    if left:
+        raise WipeFailed(f"the sandbox's /tmp kept {left[:3]} after a call; the run stops, so "
+                         "that nothing left there reaches the next call")
     for folder, (mode, atime, mtime) in kept.items():
         with contextlib.suppress(OSError):
             for name in os.listxattr(folder, follow_symlinks=False):
@@ -452,19 +467,37 @@ def remove_ipc_objects() -> None:
 
 
 def remove_tree(folder: Path) -> None:
-    """``rm -rf folder``, also where a worker made a folder in it read-only (which stops a
-    plain rmtree of a user without CAP_DAC_OVERRIDE, and kept the folder's files)."""
-    def writable_then_again(function, path, _error) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(path), 0o700)
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.chmod(path, 0o700)
-            function(path)
+    """``rm -rf folder`` for what a worker made: each folder is made searchable and writable
+    before it is emptied (a worker's read-only folder stops a user without
+    CAP_DAC_OVERRIDE), and the walk keeps its own stack (Python 3.11's rmtree recurses: a
+    chain of 1,200 nested folders raised RecursionError). Raises OSError where something
+    cannot be removed."""
+    if not os.path.lexists(folder):
+        return
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        os.unlink(folder)
+        return
+    stack = [os.fspath(folder)]
+    while stack:
+        path = stack[-1]
+        os.chmod(path, 0o700)
+        deeper = []
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    deeper.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+        if deeper:
+            stack += deeper
+        else:
+            os.rmdir(path)
+            stack.pop()
 
-    handler = "onexc" if sys.version_info >= (3, 12) else "onerror"  # onerror: deprecated
-    shutil.rmtree(folder, **{handler: writable_then_again})
-    with contextlib.suppress(OSError):
-        shutil.rmtree(folder)
+
+class WipeFailed(Exception):
+    """The private /tmp could not be emptied: the run must stop, or what is left in it would
+    reach the next call."""
 
 
 def _kill_group(pid: int) -> None:
@@ -572,6 +605,8 @@ def main(argv: list[str]) -> None:
         pass  # the harness went away, or stopped this zygote while it was importing
     except OSError:
         traceback.print_exc()  # reaches the harness's stderr; it reports the exit
+    except WipeFailed as error:
+        print(f"clbench: {error}", file=sys.stderr)
     finally:
         zygote.shutdown()
     # Leave without the interpreter's teardown: with torch and torch._dynamo imported it
