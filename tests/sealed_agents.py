@@ -76,6 +76,9 @@ class SandboxProbe(Quiet):
             "refused_calls": _refused_calls(),
             "zygote_counters_readable": [name for name in ("stat", "status", "sched")
                                          if _readable(f"/proc/1/{name}")],
+            "page_files_open": [path for path in ("/proc/1/clear_refs", "/proc/kpageflags",
+                                                  "/proc/kpagecount")
+                                if _readable(path) or _opens_for_writing(path)],
             # opened for writing, never written: that alone changes nothing
             "sysctl_writable": [path for path in ("/proc/sys/kernel/core_pattern",
                                                   "/proc/sys/kernel/hostname",

@@ -119,6 +119,7 @@ def test_inside_the_sandbox_no_data_no_network_nothing_kept(monkeypatch):
         # io_uring opened internet sockets; evicted pages and PID 1's limits carried data
         assert figures["refused_calls"] == ["io_uring_setup", "fadvise", "prlimit of PID 1"]
         assert figures["zygote_counters_readable"] == []  # its children's page faults
+        assert figures["page_files_open"] == []  # page flags, set and read across calls
         assert figures["harness_output_readable"] is False  # a worker's stderr was the file
     assert second["leftover_seen"] is False  # what task 0's worker wrote to /tmp is gone
 

@@ -41,8 +41,12 @@ OPTIONS = (
 )
 # The zygote's (PID 1's) statistics, readable though it is not dumpable: each call's worker
 # could set counters there for the next (page faults and CPU time the zygote inherits when
-# it reaps a worker, memory and time its wipe spends on what a worker left): hidden.
-ZYGOTE_COUNTERS = ("stat", "status", "statm", "sched", "schedstat", "oom_score")
+# it reaps a worker, memory and time its wipe spends on what a worker left): hidden, with
+# clear_refs, which a worker of a root harness could write.
+ZYGOTE_COUNTERS = ("stat", "status", "statm", "sched", "schedstat", "oom_score", "clear_refs")
+# The machine's page tables by physical page (readable by a root harness's workers): which
+# pages are cached and referenced, set by one worker and read by the next: hidden.
+PAGE_FILES = ("/proc/kpageflags", "/proc/kpagecount", "/proc/kpagecgroup")
 DEBIAN_DATASETS = Path("/usr/share/datasets")
 PRIVATE_TEMP = Path("/tmp")
 
@@ -92,6 +96,9 @@ def bwrap_command(hidden: Iterable[Path], visible: Iterable[str] = (),
         if os.path.exists(f"/proc/self/{name}"):
             command += [option for folder in ("/proc/1", "/proc/1/task/1")
                         for option in ("--ro-bind", "/dev/null", f"{folder}/{name}")]
+    for path in PAGE_FILES:
+        if os.path.exists(path):
+            command += ["--ro-bind", "/dev/null", path]
     # the interpreter, its environment and this checkout stay visible too (all may lie
     # under /tmp: a virtualenv, an editable install whose finder points at the checkout)
     interpreter = [sys.prefix, sys.base_prefix, str(Path(sys.executable).parent),
