@@ -450,10 +450,10 @@ class CachesWeightsInTheSandboxInit(CachesWeightsOnDisk):
 
     def _stack(self) -> int | None:
         """The lowest address of PID 1's stack, where it is a sandbox's process."""
+        command = _pid_1_command()
+        if not (command.startswith(b"bwrap") or b"clbench.sealed.zygote" in command):
+            return None
         try:
-            command = Path("/proc/1/cmdline").read_bytes()
-            if not (command.startswith(b"bwrap") or b"clbench.sealed.zygote" in command):
-                return None
             for line in Path("/proc/1/maps").read_text().splitlines():
                 if line.endswith("[stack]"):
                     return int(line.split("-")[0], 16)

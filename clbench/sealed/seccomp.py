@@ -80,7 +80,8 @@ def program(refused: Mapping[str, int], processes: bool = True,
             checks: Mapping[str, Sequence[Check]] | None = None) -> bytes | None:
     """The filter that makes each system call named in ``refused`` fail with its errno (one
     the machine lacks, such as ``fork`` on aarch64, is skipped), each named in ``checks``
-    fail with ``EPERM`` where one of its arguments' low words is refused, and, with
+    (skipped likewise) fail with ``EPERM`` where one of its arguments' low words is
+    refused, and, with
     ``processes`` False, ``clone`` without ``CLONE_THREAD`` too; None on a machine this
     module does not know."""
     known = _MACHINES.get(platform.machine())
@@ -98,6 +99,8 @@ def program(refused: Mapping[str, int], processes: bool = True,
         if name in numbers:
             code += [(0x15, 0, 1, numbers[name]), (0x06, 0, 0, _RET_ERRNO | error)]
     for name, rules in (checks or {}).items():
+        if name not in numbers:
+            continue  # as for a refused call the machine lacks
         body = []
         for index, values in rules:
             body.append((0x20, 0, 0, 16 + 8 * index))  # A = low word of args[index]
