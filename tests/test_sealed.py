@@ -296,6 +296,19 @@ def test_signals_end_the_run_and_leave_nothing_behind(tmp_path, number, sandboxe
     assert list(temp.iterdir()) == []
 
 
+def test_the_zygote_skips_a_setting_file_that_is_missing_or_reads_empty(tmp_path):
+    """A CI machine's /proc/self/autogroup read empty and the zygote's start raised
+    IndexError: every sealed run there failed. Such a file has no value to put back."""
+    from clbench.sealed.zygote import _own_settings
+
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "autogroup").write_text("/autogroup-7 nice 0\n")
+    (tmp_path / "folder").mkdir()
+    found = _own_settings(*(str(tmp_path / name) for name in
+                            ("empty", "autogroup", "folder", "missing")))
+    assert found == {tmp_path / "autogroup": "0"}
+
+
 def test_a_sigterm_ends_the_zygotes_loop_without_raising_so_its_cleanup_runs(tmp_path):
     """The zygote's SIGTERM handler (the harness's death) only shuts the control socket: the
     serving loop returns and the cleanup that kills the workers follows. A handler that raised

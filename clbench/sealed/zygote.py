@@ -249,6 +249,22 @@ def worker_main(fd: int, prints: int, workdir: Path, zygote_pid: int) -> None:
         os._exit(code)
 
 
+def _own_settings(*paths: str) -> dict[Path, str]:
+    """The current value (the last word) of each per-process setting file that reads.
+    Some kernels or containers leave one out, refuse to read it or read it empty
+    (as ``/proc/self/autogroup`` did on a CI machine, which crashed the zygote's start): such a
+    file is skipped, as there is no value to put back."""
+    settings = {}
+    for path in map(Path, paths):
+        try:
+            words = path.read_text().split()
+        except OSError:
+            continue
+        if words:
+            settings[path] = words[-1]
+    return settings
+
+
 # --------------------------------------------------------------------------- zygote side
 class Zygote:
     def __init__(self, control: socket.socket, temp: Path, sandboxed: bool) -> None:
@@ -260,9 +276,8 @@ class Zygote:
         # per-process settings a worker (same user) may write for the zygote, PID 1, through
         # /proc (seccomp refuses the system calls that set another process's): put back
         # after every call, as far as a process without capabilities can
-        self.settings = {path: path.read_text().split()[-1] for path in map(Path, (
-            "/proc/self/oom_score_adj", "/proc/self/coredump_filter", "/proc/self/autogroup"))
-            if path.exists()}
+        self.settings = _own_settings(
+            "/proc/self/oom_score_adj", "/proc/self/coredump_filter", "/proc/self/autogroup")
 
     def stop(self, *_: Any) -> None:
         """The SIGTERM handler (the harness died, or asks this zygote to stop). Once serving,
