@@ -32,7 +32,10 @@ class TemplateAgent:
     scenarios = ("task",)
 
     # The harness builds the agent as TemplateAgent(device=..., **agent_args), again after
-    # every task, so the constructor must take the same arguments each time.
+    # every task, so the constructor must take the same arguments each time. Do the work in
+    # learn and predict, which are timed: the constructor, load_state_dict and state_dict
+    # are not, and a call whose CPU time its seconds cannot hold fails (implausible_cost).
+    # Import libraries at the top of the file: those imports are not held against you.
     def __init__(self, device: str | torch.device = "cpu", epochs: int = 1) -> None:
         self.device = torch.device(device)
         self.epochs = epochs

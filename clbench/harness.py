@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -86,7 +87,7 @@ from clbench.sealed.calls import (
 )
 from clbench.sealed.channel import array_blob, blob_array
 from clbench.sealed.counted import counted_on_one_thread
-from clbench.sealed.workers import WorkerFailure, WorkerPool
+from clbench.sealed.workers import CallResult, WorkerFailure, WorkerPool, check_seconds
 from clbench.sealed.zygote import UNEQUAL_PREDICTIONS, WORKER_FLAG
 
 # The state helpers stay importable from here (tests and benchmarks use them).
@@ -174,6 +175,9 @@ class SealedRunner:
         self.sealed = pool.sandboxed
         self.base = {"agent": target, "kwargs": kwargs, "device": str(device), "seed": seed,
                      "threads": torch.get_num_threads()}
+        self.device_type = device.type
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
         self.shapes = [list(shape) for shape in input_shapes]
         self.isolation = {"mode": "workers", "sandbox": "bwrap" if self.sealed else None,
                           "reason": sandbox.bwrap_status()[1],
@@ -186,20 +190,23 @@ class SealedRunner:
                   "scenario": task.scenario, "count_flops": count_flops,
                   "has_state": previous is not None,
                   "arrays": [meta for meta, _ in arrays]}
-        reply, blobs = self.pool.call(header, [previous or b"", *(b for _, b in arrays)],
-                                      "learn", timeout)
+        request = [previous or b"", *(b for _, b in arrays)]
+        answer = self.pool.call(header, request, "learn", timeout)
         self._note_starts()
+        reply = answer.header
         try:
-            return LearnOutcome(bytes(blobs[0]), _number(reply, "seconds"),
-                                _number(reply, "peak_memory_bytes"), _number(reply, "flops"),
-                                jsonable(reply.get("metrics") or {}, "metrics()"))
+            outcome = LearnOutcome(bytes(answer.blobs[0]), _number(reply, "seconds"),
+                                   _number(reply, "peak_memory_bytes"), _number(reply, "flops"),
+                                   jsonable(reply.get("metrics") or {}, "metrics()"))
         except (IndexError, TypeError, ValueError) as error:
             raise WorkerFailure("protocol", "learn", f"malformed reply: {error}") from None
+        self._check_seconds(outcome.seconds, answer, "learn", request)
+        return outcome
 
     def scenarios(self) -> tuple[str, ...]:
         """The scenarios the agent class declares, read in a worker (which imports it)."""
         header = {**self.base, "op": "describe", "has_state": False, "arrays": []}
-        reply, _ = self.pool.call(header, [b""], "describe")
+        reply = self.pool.call(header, [b""], "describe").header
         self._note_starts()
         declared = reply.get("scenarios")
         if not (isinstance(declared, list) and all(isinstance(s, str) for s in declared)):
@@ -212,9 +219,10 @@ class SealedRunner:
         header = {**self.base, "op": "predict", "task_id": seed_task, "purpose": purpose,
                   "count_flops": count_flops, "has_state": state is not None,
                   "input_shapes": self.shapes, "arrays": [meta for meta, _ in arrays]}
-        reply, blobs = self.pool.call(header, [state or b"", *(b for _, b in arrays)],
-                                      "predict")
+        request = [state or b"", *(b for _, b in arrays)]
+        answer = self.pool.call(header, request, "predict")
         self._note_starts()
+        reply, blobs = answer.header, answer.blobs
         try:
             labels = blob_array(reply.get("labels"), blobs[0])
             if labels.dtype != torch.int64 or tuple(labels.shape) != (len(task_ids),):
@@ -222,10 +230,21 @@ class SealedRunner:
                                  f"{tuple(labels.shape)} for {len(task_ids)} queries")
             if ((labels != 0) & (labels != 1)).any():
                 raise ValueError("labels other than 0 and 1")
-            return PredictOutcome(labels.to(task_ids.device), _number(reply, "seconds"),
-                                  _number(reply, "flops"))
+            outcome = PredictOutcome(labels.to(task_ids.device), _number(reply, "seconds"),
+                                     None if answer.counted is None
+                                     else _number(answer.counted, "flops"))
         except (IndexError, TypeError, ValueError) as error:
             raise WorkerFailure("protocol", "predict", f"malformed reply: {error}") from None
+        if (answer.counted is not None and self.device_type == "cpu"
+                and answer.counted.get("labels_sha256") != hashlib.sha256(blobs[0]).hexdigest()):
+            raise WorkerFailure("irreproducible", "predict (FLOP count)", UNEQUAL_PREDICTIONS)
+        self._check_seconds(outcome.seconds, answer, "predict", request)
+        return outcome
+
+    def _check_seconds(self, seconds: float | None, answer: CallResult, stage: str,
+                       request: list) -> None:
+        size = sum(memoryview(blob).nbytes for blob in [*request, *answer.blobs])
+        check_seconds(seconds, answer.cpu_seconds, self.cores, stage, size, self.device_type)
 
     def _note_starts(self) -> None:
         self.isolation["worker_start_median_seconds"] = self.pool.median_start_seconds

@@ -33,7 +33,8 @@ from clbench.metrics import full_row
 SCHEMA = "clbench.result/2"
 STATUSES = ("running", "complete", "failed", "interrupted")
 FAILURE_KINDS = ("agent_error", "contract", "worker_died", "timeout", "protocol",
-                 "irreproducible", "interrupted", "harness_error")
+                 "irreproducible", "uncounted_work", "implausible_cost", "interrupted",
+                 "harness_error")
 
 
 class ResultFormatError(ValueError):

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import platform
+import signal
 import socket
 import stat
 import sys
@@ -789,3 +790,122 @@ class ReadsTheHarnessThroughProc(_KnowsItsTasks):
             if stolen is not None:
                 return stolen
         return super().predict(x, task_id)
+
+
+# (j) the costs a worker reports ---------------------------------------------------------------
+def _busy(seconds: float, call):
+    """``call()``, repeated until this process has used ``seconds`` of CPU; its first value.
+    (The CPU clock, not the wall clock the harness's timer reads, which a cheat rewrites.)"""
+    start = time.process_time()
+    value = call()
+    while time.process_time() - start < seconds:
+        call()
+    return value
+
+
+class StopsItsClock(Naive):
+    """Does ``busy`` CPU seconds of real work in ``where`` (learn or predict), having first
+    stopped the clock its worker times calls by (``time.perf_counter`` as ``clbench.costs``
+    reads it) when ``stop`` is set: the call would report about zero seconds."""
+
+    def __init__(self, device="cpu", where="learn", busy=1.0, stop=True, **kwargs) -> None:
+        super().__init__(device, **kwargs)
+        self.where, self.busy, self.stop = where, busy, stop
+
+    def _work(self, call):
+        if self.stop:
+            import types
+
+            import clbench.costs
+
+            frozen = time.perf_counter()
+            clbench.costs.time = types.SimpleNamespace(perf_counter=lambda: frozen)
+        return _busy(self.busy, call)
+
+    def learn(self, task):
+        if self.where != "learn":
+            return super().learn(task)
+        return self._work(lambda: Naive.learn(self, task))
+
+    def predict(self, x, task_id):
+        if self.where != "predict":
+            return super().predict(x, task_id)
+        return self._work(lambda: Naive.predict(self, x, task_id))
+
+
+class TrainsInStateDict(Naive):
+    """Keeps the task in ``learn``, which is timed and FLOP-counted, and trains on it in
+    ``state_dict``, which is neither, until it has used ``busy`` CPU seconds."""
+
+    def __init__(self, device="cpu", busy=1.0, **kwargs) -> None:
+        super().__init__(device, **kwargs)
+        self.busy, self.pending = busy, None
+
+    def learn(self, task):
+        self.pending = task
+
+    def state_dict(self):
+        if self.pending is not None:
+            task, self.pending = self.pending, None
+            _busy(self.busy, lambda: Naive.learn(self, task))
+        return super().state_dict()
+
+
+class HidesWorkInAnIgnoredChild(Naive):
+    """Stops its clock and learns in a child forked with SIGCHLD ignored: the kernel reaps
+    such a child itself, and its CPU time is added to no process's count."""
+
+    def learn(self, task):
+        import types
+
+        import clbench.costs
+
+        frozen = time.perf_counter()
+        clbench.costs.time = types.SimpleNamespace(perf_counter=lambda: frozen)
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        read, write = os.pipe()
+        if os.fork() == 0:
+            try:
+                _busy(1.0, lambda: Naive.learn(Naive(self.device), task))
+                Naive.learn(self, task)
+                blob = io.BytesIO()
+                torch.save(super().state_dict(), blob)
+                with os.fdopen(write, "wb") as stream:
+                    stream.write(blob.getvalue())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as stream:
+            self.load_state_dict(torch.load(io.BytesIO(stream.read()), weights_only=True))
+
+
+class AnswersForTheTimedPass(Naive):
+    """In the fork that counts a prediction's FLOPs, sends on the first socket it holds
+    besides its prints what the worker would send: 1e6 untimed CPU seconds, then a reply
+    of 1e-6 s with the labels the fork just computed (on task 0 they are all the queries).
+    Taken for the worker's, it would set the step's seconds and pass every check."""
+
+    forged = False
+
+    def predict(self, x, task_id):
+        labels = super().predict(x, task_id)
+        if _get_current_dispatch_mode_stack() and not self.forged:  # the counted pass's fork
+            from clbench.sealed.channel import array_blob, send_message
+
+            self.forged = True
+            sockets = [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2
+                       and _is_socket(fd)]
+            if sockets:
+                sock = socket.socket(fileno=os.dup(min(sockets)))
+                meta, raw = array_blob(labels.to(torch.int64))
+                send_message(sock, {"excused_cpu_seconds": 1e6})
+                send_message(sock, {"ok": True, "started": 0.0, "seconds": 1e-6, "flops": None,
+                                    "labels": meta}, [raw])
+        return labels
+
+
+def _is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False

@@ -9,6 +9,8 @@ the sealed tests cannot pass because a cheat was broken.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -28,6 +30,7 @@ from tiny_runs import SPLIT, TINY_STREAM
 
 from clbench import costs
 from clbench.harness import AgentError, evaluate
+from clbench.results import validate_result
 from clbench.sealed import counted, sandbox, seccomp
 from clbench.tasks import Task, TaskSpec
 
@@ -63,6 +66,7 @@ def failed_on_task_0(result, stage: str, kind: str):
     assert result.status == "failed"
     assert result.failure["kind"] == kind and result.failure["task_id"] == 0
     assert f"failed in {stage} on task 0 (mnist5k:0|1)" in result.error
+    validate_result(json.loads(json.dumps(result.to_dict())))  # its file is a valid result
     return result.error
 
 
@@ -447,3 +451,83 @@ def test_unsealed_the_network_is_reached():
         pytest.skip("this machine cannot reach pypi.org itself, so there is no control")
     result = run(adversaries.ReachesTheNetwork, seal=False)
     assert [m["network"] for m in result.agent_metrics] == ["reached pypi.org:443"] * 2
+
+
+# (j) the costs a worker reports -----------------------------------------------------------
+@pytest.mark.parametrize(("cheat", "kwargs", "flops", "stage"), [
+    (adversaries.StopsItsClock, {"where": "learn"}, False, "learn"),
+    (adversaries.StopsItsClock, {"where": "predict"}, True, "predict"),
+    (adversaries.TrainsInStateDict, {}, False, "learn")], ids=["clock-learn", "clock-predict",
+                                                              "state_dict"])
+def test_seconds_the_kernel_cannot_account_for_fail_the_run(cheat, kwargs, flops, stage):
+    """A worker's seconds are measured in its own process, where the agent's code can stop
+    the clock, or do its work where no clock runs; the zygote's count of the worker's CPU
+    (with that of the fork counting a prediction's FLOPs taken out) bounds them."""
+    result = run(cheat, agent_kwargs=kwargs, flops=flops)
+    error = failed_on_task_0(result, stage, "implausible_cost")
+    assert "s of CPU" in error and "changed how it is timed" in error
+
+
+def test_the_same_work_timed_honestly_passes_the_check():
+    """The cheats' honest twin: the same second of CPU per prediction, clock running, FLOPs
+    counted (so the counted fork's CPU, taken out, is a second as well)."""
+    result = run(adversaries.StopsItsClock,
+                 agent_kwargs={"where": "predict", "busy": 1.0, "stop": False})
+    assert result.status == "complete", result.error
+    assert min(result.costs["predict_seconds"]) >= 1.0 / os.cpu_count()
+
+
+def test_the_fork_counting_a_prediction_cannot_answer_for_the_worker():
+    """The fork that counts a prediction's FLOPs held the channel to the harness and could
+    answer first, for the worker (1e-6 s, its own labels, any untimed CPU). It closes the
+    channel before the agent's code runs; what it sends on the socket it keeps, for its own
+    reply, is malformed there and fails the run."""
+    result = run(adversaries.AnswersForTheTimedPass)
+    assert result.costs["predict_seconds"][:1] != [1e-6]
+    failed_on_task_0(result, "predict (FLOP count)", "protocol")
+
+
+def test_work_in_a_child_the_kernel_reaps_fails_the_run():
+    """With SIGCHLD ignored the kernel reaps a child itself and its CPU reaches no count,
+    the zygote's included: setting SIGCHLD's action is refused to every worker."""
+    result = run(adversaries.HidesWorkInAnIgnoredChild, flops=False)
+    error = failed_on_task_0(result, "learn", "agent_error")
+    assert "Operation not permitted" in error
+
+
+AGENT_BESIDE_A_SHADOW = """
+import os
+from baselines.naive import Naive
+{imports}
+
+class Probe(Naive):
+    def metrics(self):
+        return {{"shadow_ran_in": os.environ.get("CLBENCH_TEST_SHADOW")}}
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("opt_einsum") is not None,
+                    reason="opt_einsum is installed, so torch's import of it finds no shadow")
+def test_a_file_beside_the_agent_never_runs_in_the_zygote(tmp_path):
+    """torch tries optional imports (opt_einsum, ...) when the zygote imports it; with the
+    agent's folder on the zygote's path, a file of that name beside the agent ran there,
+    in the process every later worker is forked from (a thread it left could work for them,
+    unseen by the CPU count, and keep data between calls)."""
+    (tmp_path / "agent.py").write_text(AGENT_BESIDE_A_SHADOW.format(imports=""))
+    (tmp_path / "opt_einsum.py").write_text(
+        "import os\nos.environ['CLBENCH_TEST_SHADOW'] = str(os.getpid())\n"
+        "raise ImportError('a shadow')\n")
+    result = run(f"{tmp_path / 'agent.py'}:Probe", flops=False)
+    assert result.status == "complete", result.error
+    assert result.agent_metrics[0]["shadow_ran_in"] is None
+
+
+def test_an_agent_importing_a_heavy_library_passes_the_cost_check(tmp_path):
+    """scikit-learn takes about 2 s of CPU to import, in every fresh worker (with scipy):
+    the modules an agent's file imports from the environment are imported before its code
+    runs, and their CPU is not held against its seconds."""
+    (tmp_path / "agent.py").write_text(
+        AGENT_BESIDE_A_SHADOW.format(imports="import sklearn.metrics"))
+    result = evaluate(f"{tmp_path / 'agent.py'}:Probe", SPLIT, seed=0, device="cpu",
+                      env_kwargs={**STREAM, "n_tasks": 1}, agent_kwargs=TRAINING, flops=False)
+    assert result.status == "complete", result.error

@@ -451,3 +451,25 @@ def test_the_wipe_removes_a_chain_deeper_than_the_recursion_limit(tmp_path):
     (deepest / "data").write_text("kept?")
     remove_tree(tmp_path / "top")
     assert not (tmp_path / "top").exists()
+
+
+def test_agent_imports_lists_the_environments_modules_a_file_imports_at_its_top(tmp_path):
+    """What a worker imports (and excuses) before the agent's code: top-level imports, in
+    ``if`` and ``try`` blocks too, never relative ones, inside functions, or a name that a
+    file or folder beside the agent's would give (its own code)."""
+    from clbench.sealed.workers import agent_imports
+
+    source = tmp_path / "agent.py"
+    source.write_text(
+        "import os, numpy as np\nfrom sklearn import metrics\nfrom . import sibling\n"
+        "import helper\nimport package.inner\n"
+        "try:\n    import scipy.stats\nexcept ImportError:\n    import json\n"
+        "if True:\n    from torch import nn\n"
+        "def later():\n    import pandas\n")
+    (tmp_path / "helper.py").write_text("")
+    (tmp_path / "package").mkdir()
+    assert agent_imports([str(source)]) == ["os", "numpy", "sklearn", "scipy.stats", "json",
+                                            "torch"]
+    assert agent_imports([]) == []  # a module agent: its package's imports are its own code
+    source.write_text("import (")
+    assert agent_imports([str(source)]) == []  # its own import reports the syntax error

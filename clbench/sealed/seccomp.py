@@ -33,7 +33,8 @@ _MACHINES = {
         "fadvise64": 221, "readahead": 187, "mincore": 27, "cachestat": 451, "preadv2": 327,
         "pwritev2": 328, "madvise": 28, "process_madvise": 440, "prlimit64": 302,
         "setpriority": 141, "ioprio_set": 251, "sched_setparam": 142,
-        "sched_setscheduler": 144, "sched_setaffinity": 203, "sched_setattr": 314}),
+        "sched_setscheduler": 144, "sched_setaffinity": 203, "sched_setattr": 314,
+        "rt_sigaction": 13}),
     "aarch64": (0xC00000B7, None, {
         "clone": 220, "clone3": 435, "mq_open": 180, "add_key": 217, "request_key": 218,
         "keyctl": 219, "socket": 198, "msgget": 186, "semget": 190, "shmget": 194,
@@ -41,12 +42,17 @@ _MACHINES = {
         "fadvise64": 223, "readahead": 213, "mincore": 232, "cachestat": 451, "preadv2": 286,
         "pwritev2": 287, "madvise": 233, "process_madvise": 440, "prlimit64": 261,
         "setpriority": 140, "ioprio_set": 30, "sched_setparam": 118,
-        "sched_setscheduler": 119, "sched_setaffinity": 122, "sched_setattr": 274}),
+        "sched_setscheduler": 119, "sched_setaffinity": 122, "sched_setattr": 274,
+        "rt_sigaction": 134}),
 }
 
-# A check of one argument: (its index, the values refused; None: every value but 0).
-Check = tuple[int, "tuple[int, ...] | None"]
+# A condition on one argument: (its index, the values it matches; None: every value but 0).
+# A check is one condition, or a tuple of conditions that must all hold; a call is refused
+# where any of its checks holds.
+Condition = tuple[int, "tuple[int, ...] | None"]
+Check = "Condition | tuple[Condition, ...]"
 MADV_COLD, MADV_PAGEOUT = 20, 21
+SIGCHLD = 17  # on x86_64 and aarch64 alike
 
 # What would carry data from one call to the next, outside the state, and the reap cannot
 # empty or reset; refused to the zygote and so to every worker:
@@ -59,7 +65,11 @@ MADV_COLD, MADV_PAGEOUT = 20, 21
 #   readable file (fadvise, madvise) and the next test which are cached (mincore,
 #   cachestat, preadv2 with RWF_NOWAIT), one bit per page;
 # - the zygote's own settings, which every later worker inherits: limits, priorities,
-#   scheduling and CPU affinity may be set for the caller only (pid 0).
+#   scheduling and CPU affinity may be set for the caller only (pid 0);
+# - and one that hides work from the CPU count of a call: a process whose SIGCHLD is ignored
+#   (or has SA_NOCLDWAIT) has its children reaped by the kernel, and their CPU time is added
+#   to no process's count (getrusage's RUSAGE_CHILDREN), so SIGCHLD's action may be read but
+#   not set.
 HIDDEN_STORAGE = {name: errno.EPERM for name in (
     "add_key", "request_key", "keyctl", "mq_open", "shmget", "semget", "msgget",
     "io_uring_setup", "io_uring_enter", "io_uring_register", "fadvise64", "readahead",
@@ -73,6 +83,7 @@ HIDDEN_STORAGE_CHECKS: dict[str, list[Check]] = {
     "setpriority": [(0, None), (1, None)],  # PRIO_PROCESS of the caller only
     **{name: [(0, None)] for name in ("sched_setparam", "sched_setscheduler",
                                       "sched_setaffinity", "sched_setattr")},
+    "rt_sigaction": [((0, (SIGCHLD,)), (1, None))],  # SIGCHLD, with a new action
 }
 
 
@@ -101,14 +112,7 @@ def program(refused: Mapping[str, int], processes: bool = True,
     for name, rules in (checks or {}).items():
         if name not in numbers:
             continue  # as for a refused call the machine lacks
-        body = []
-        for index, values in rules:
-            body.append((0x20, 0, 0, 16 + 8 * index))  # A = low word of args[index]
-            if values is None:
-                body += [(0x15, 1, 0, 0), (0x06, 0, 0, deny)]
-            else:
-                for value in values:
-                    body += [(0x15, 0, 1, value), (0x06, 0, 0, deny)]
+        body = [instruction for rule in rules for instruction in _refuse_where(rule, deny)]
         body.append((0x06, 0, 0, _RET_ALLOW))
         # another call skips the block, with A still its number
         code += [(0x15, 0, len(body), numbers[name]), *body]
@@ -119,6 +123,22 @@ def program(refused: Mapping[str, int], processes: bool = True,
                  (0x06, 0, 0, deny)]
     code.append((0x06, 0, 0, _RET_ALLOW))
     return b"".join(struct.pack("=HBBI", *instruction) for instruction in code)
+
+
+def _refuse_where(check: Check, deny: int) -> list[tuple[int, int, int, int]]:
+    """Instructions that return ``deny`` where every condition of ``check`` holds, and
+    otherwise go on past their end."""
+    conditions = (check,) if isinstance(check[0], int) else check
+    code = [(0x06, 0, 0, deny)]
+    for index, values in reversed(conditions):  # built from the end: jumps skip what follows
+        after = len(code) - 1  # a failed condition skips the rest, up to and with the deny
+        if values is None:
+            test = [(0x15, after + 1, 0, 0)]  # 0: the condition fails
+        else:
+            test = [(0x15, len(values) - i, 0, value) for i, value in enumerate(values)]
+            test.append((0x05, 0, 0, after + 1))  # none matched: it fails (jump always)
+        code = [(0x20, 0, 0, 16 + 8 * index), *test, *code]  # A = low word of args[index]
+    return code
 
 
 def install(code: bytes | None) -> bool:

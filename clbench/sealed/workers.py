@@ -10,6 +10,7 @@ run's zygote (:func:`start_early`) before it imports torch itself.
 
 from __future__ import annotations
 
+import ast
 import atexit
 import contextlib
 import json
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,19 @@ from clbench.sealed.channel import ChannelClosed, MalformedMessage, receive_mess
 EXIT_GRACE_SECONDS = 5.0
 # Seconds the harness waits, after a reap, for the rest of a worker's printed output.
 FORWARD_GRACE_SECONDS = 5.0
+# CPU seconds a call may spend outside the seconds it reports, on every core it may use
+# (see check_seconds): a floor for starting the worker, importing the agent, building it and
+# serialising its state (the built-in agents' calls measured 0.04 to 0.18 s beyond their
+# seconds, on 2 CPU cores), seconds per GB of the request and reply (reading and writing
+# them, loading and saving the state, moving the arrays to the device: a review measured 3.5
+# to 9 s per GB for states of 0.3 to 1 GB; an agent that pads its state for the allowance
+# pays for it in the storage figure), a share of the call's CPU, and on CUDA a margin for the
+# device's start in each worker (a margin, not measured here).
+UNTIMED_FLOOR_SECONDS, UNTIMED_SECONDS_PER_GB, UNTIMED_SHARE = 0.5, 10.0, 0.1
+UNTIMED_CUDA_SECONDS = 5.0
+# Seconds the harness waits for the reply of a prediction's FLOP-counted pass, which has
+# ended before the worker's reply comes.
+COUNTED_REPLY_SECONDS = 10.0
 
 
 class WorkerFailure(Exception):
@@ -44,6 +59,19 @@ class WorkerFailure(Exception):
                  task_id: int | None = None) -> None:
         super().__init__(message)
         self.kind, self.stage, self.traceback, self.task_id = kind, stage, traceback, task_id
+
+
+@dataclass
+class CallResult:
+    """A call's successful reply (``header``, ``blobs``), the kernel's CPU seconds of its
+    timed part (``cpu_seconds``: the worker and all it started, less what the worker
+    excused before the agent's code ran) and, for a prediction with FLOPs, the reply of the
+    pass that counted them (``counted``)."""
+
+    header: dict[str, Any]
+    blobs: list[bytes]
+    cpu_seconds: float
+    counted: dict[str, Any] | None = None
 
 
 class WorkerPool:
@@ -61,6 +89,7 @@ class WorkerPool:
         the first :meth:`call` waits for it."""
         self.sandboxed = sandboxed
         self.arguments = _arguments(sandboxed, hidden, extra_paths, files, outputs)
+        agent_paths = [str(Path(file).parent) for file in files]
         self.ready = False
         self.start_seconds: list[float] = []
         self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -75,7 +104,8 @@ class WorkerPool:
         finally:
             child.close()
         try:
-            self._send({"extra_paths": list(extra_paths), "sandboxed": sandboxed})
+            self._send({"extra_paths": list(extra_paths), "agent_paths": agent_paths,
+                        "preload": agent_imports(files), "sandboxed": sandboxed})
         except BaseException:
             self.close()
             raise
@@ -114,39 +144,51 @@ class WorkerPool:
         return json.loads(data)
 
     def call(self, header: dict[str, Any], blobs: Sequence[bytes], stage: str,
-             timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
-        """Run one call in a fresh worker; return its successful reply or raise
-        :class:`WorkerFailure`."""
+             timeout: float | None = None) -> CallResult:
+        """Run one call in a fresh worker; return its successful reply, or raise
+        :class:`WorkerFailure` (the counted pass's failure first, as it ran first).
+
+        The CPU seconds are the kernel's count for the worker and everything it started
+        (the zygote's, which no worker can reach), less what the worker excused before the
+        agent's code ran (see :func:`clbench.sealed.zygote.serve`)."""
         self.wait_ready()
         mine, theirs = socket.socketpair()
         printed, prints = socket.socketpair()
+        counted_mine, counted_theirs = socket.socketpair()
         began = time.perf_counter()
         try:
-            self._send({"op": "spawn"}, [theirs.fileno(), prints.fileno()])
+            self._send({"op": "spawn"}, [theirs.fileno(), prints.fileno(),
+                                         counted_theirs.fileno()])
         finally:
-            theirs.close()
-            prints.close()
+            for end in (theirs, prints, counted_theirs):
+                end.close()
         forwarder = Forwarder(printed)
         try:
-            reply, out = self._exchange(mine, header, blobs, stage, timeout)
+            result = self._exchange(mine, header, blobs, stage, timeout)
+            if header.get("op") == "predict" and header.get("count_flops"):
+                result.counted = _counted_reply(counted_mine)
         finally:
             forwarder.finish()
+            counted_mine.close()
+        reply = result.header
         if isinstance(reply.get("started"), (int, float)):
             self.start_seconds.append(reply["started"] - began)
-        if reply.get("ok") is not True:
-            raise WorkerFailure(str(reply.get("kind", "agent_error")),
-                                str(reply.get("stage", stage)), str(reply.get("message")),
-                                reply.get("traceback"), reply.get("task_id"))
-        return reply, out
+        for answer in (result.counted, reply):
+            if answer is not None and answer.get("ok") is not True:
+                raise WorkerFailure(str(answer.get("kind", "agent_error")),
+                                    str(answer.get("stage", stage)), str(answer.get("message")),
+                                    answer.get("traceback"), answer.get("task_id"))
+        return result
 
     def _exchange(self, mine: socket.socket, header: dict[str, Any], blobs: Sequence[bytes],
-                  stage: str, timeout: float | None) -> tuple[dict[str, Any], list[bytes]]:
+                  stage: str, timeout: float | None) -> CallResult:
         """Send the request to the worker just spawned, read its reply and reap it."""
         pid = self._receive()["pid"]
         try:
             mine.settimeout(timeout)
             try:
                 send_message(mine, header, blobs)
+                excused = _excused_seconds(receive_message(mine)[0])
                 reply, out = receive_message(mine)
             except TimeoutError:
                 self._reap(pid, 0.0)
@@ -162,8 +204,8 @@ class WorkerPool:
                                     f"{error}") from None
         finally:
             mine.close()
-        self._reap(pid, EXIT_GRACE_SECONDS)
-        return reply, out
+        status = self._reap(pid, EXIT_GRACE_SECONDS)
+        return CallResult(reply, out, float(status["cpu_seconds"]) - excused)
 
     def _reap(self, pid: int, grace: float) -> dict[str, Any]:
         self._send({"op": "reap", "pid": pid, "grace": grace})
@@ -276,6 +318,100 @@ def discard_early() -> None:
 
 
 atexit.register(discard_early)
+
+
+def untimed_allowance(cpu_seconds: float, request_bytes: int, device_type: str) -> float:
+    """The CPU seconds a call may spend beyond what its reported seconds hold (see the
+    constants above)."""
+    return (UNTIMED_FLOOR_SECONDS + UNTIMED_SECONDS_PER_GB * request_bytes / 1e9
+            + UNTIMED_SHARE * cpu_seconds + (UNTIMED_CUDA_SECONDS if device_type == "cuda"
+                                             else 0.0))
+
+
+def check_seconds(seconds: float | None, cpu_seconds: float, cores: int, stage: str,
+                  request_bytes: int = 0, device_type: str = "cpu") -> None:
+    """Fail a call whose reported wall ``seconds`` cannot hold the CPU time the kernel
+    counted for it (``cpu_seconds``, from :meth:`WorkerPool.call`): in ``s`` wall seconds
+    ``cores`` cores do at most ``cores * s`` seconds of work, and the rest of the call
+    (worker start, request, imports, building the agent, its state) gets
+    :func:`untimed_allowance`.
+
+    The seconds are measured inside the worker, where the agent's code runs and can rewrite
+    the clock or clbench's own functions; the CPU count cannot be reached from there. An
+    agent can understate its seconds by at most the allowance (and by running on fewer
+    cores than it may use); work on a GPU, which is not CPU time, is not bounded here."""
+    if seconds is None:
+        return
+    limit = cores * seconds + untimed_allowance(cpu_seconds, request_bytes, device_type)
+    if cpu_seconds > limit:
+        raise WorkerFailure(
+            "implausible_cost", stage,
+            f"the worker reported {seconds:.3g} s for {stage} but used {cpu_seconds:.3g} s of "
+            f"CPU, more than {cores} core(s) do in that time with the allowance for the rest "
+            f"of the call ({limit:.3g} s): the agent's code changed how it is timed (e.g. "
+            "time.perf_counter or clbench's functions), or worked outside the timed call "
+            "(in its constructor, load_state_dict or state_dict, or in processes it left "
+            "running). Imports at the top of an agent's file are not held against it; a "
+            "library imported elsewhere is: import it at the top of the file")
+
+
+def _excused_seconds(interim: dict[str, Any]) -> float:
+    """The CPU seconds the worker excused before the agent's code ran, from the message it
+    sends before its reply."""
+    seconds = interim.get("excused_cpu_seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise MalformedMessage(f"the untimed CPU seconds are {seconds!r}, not a number of "
+                               "seconds")
+    return float(seconds)
+
+
+def _counted_reply(sock: socket.socket) -> dict[str, Any]:
+    """The reply of a prediction's FLOP-counted pass, or a ``worker_died`` reply where it
+    sent none (the pass ended before the worker's reply came)."""
+    sock.settimeout(COUNTED_REPLY_SECONDS)
+    try:
+        reply, _ = receive_message(sock)
+    except (ChannelClosed, MalformedMessage, OSError) as error:
+        return {"ok": False, "kind": "worker_died", "stage": "predict (FLOP count)",
+                "message": f"the fork counting the prediction's FLOPs ended without an "
+                           f"answer ({error}): the agent called os._exit, or its process "
+                           "ended"}
+    if not isinstance(reply.get("ok"), bool):
+        return {"ok": False, "kind": "protocol", "stage": "predict (FLOP count)",
+                "message": f"the reply of the pass counting the prediction's FLOPs is "
+                           f"malformed (keys {sorted(reply)[:6]})"}
+    return reply
+
+
+def agent_imports(files: Sequence[str]) -> list[str]:
+    """The modules an agent's source file imports at its top level (in ``if`` and ``try``
+    blocks too) from the environment: not relative imports, and none that a file or folder
+    beside the agent's own would give. A worker imports them before the agent's code runs
+    and excuses their CPU (torchvision takes seconds to import, in every worker).
+
+    The source is ``files[0]`` (a ``file.py:Class`` agent), else nothing: an agent given as
+    a module sits in a package, whose top-level imports are taken as its own code."""
+    if not files:
+        return []
+    source = Path(files[0])
+    try:
+        tree = ast.parse(source.read_text(), str(source))
+        beside = {entry.name.removesuffix(".py") for entry in source.parent.iterdir()}
+    except (OSError, SyntaxError, ValueError):
+        return []
+    found: list[str] = []
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop(0)
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append(node.module)
+        elif isinstance(node, (ast.If, ast.Try)):
+            pending += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
+                        *(line for handler in getattr(node, "handlers", [])
+                          for line in handler.body)]
+    return [name for name in dict.fromkeys(found) if name.partition(".")[0] not in beside]
 
 
 def _describe_exit(status: dict[str, Any]) -> str:

@@ -5,14 +5,19 @@ Started by :class:`clbench.sealed.workers.WorkerPool` as
 sandbox works; ``-P``: the current directory is not on the import path). It talks to the
 harness over a ``SOCK_SEQPACKET`` control socket, one JSON message per packet:
 
-- first the harness sends ``{"extra_paths": [...], "sandboxed": bool}``; the zygote
-  answers ``{"ready": true}`` once its imports are done;
-- ``{"op": "spawn"}`` with two sockets passed as file descriptors: fork a worker that
-  serves one call on the first and prints to the second (its stdout and stderr, which the
-  harness forwards to its own stderr); answer ``{"pid": ...}``;
+- first the harness sends ``{"extra_paths": [...], "agent_paths": [...], "preload": [...],
+  "sandboxed": bool}``; the zygote answers ``{"ready": true}`` once its imports are done.
+  The agent's own folder (``agent_paths``) is never on the zygote's import path, only on
+  its workers': torch and clbench try optional imports, and a file of that name beside the
+  agent would otherwise run in the zygote, which outlives every call;
+- ``{"op": "spawn"}`` with three sockets passed as file descriptors: fork a worker that
+  serves one call on the first, prints to the second (its stdout and stderr, which the
+  harness forwards to its own stderr) and hands the third to the fork that counts a
+  prediction's FLOPs, for that pass's reply; answer ``{"pid": ...}``;
 - ``{"op": "reap", "pid": ..., "grace": seconds}``: let the worker exit (or kill it after
   ``grace``), kill whatever it left running, wipe its temp folder (and, sandboxed, the
-  private /tmp and the namespace's System V IPC objects); answer its exit status;
+  private /tmp and the namespace's System V IPC objects); answer its exit status and the CPU
+  seconds of the worker and all it started (see :meth:`Zygote.reap`);
 - ``{"op": "stop"}``, a closed socket, or the harness's death: kill every worker, remove
   the temp folder, exit.
 
@@ -24,7 +29,8 @@ settings of other processes (:data:`clbench.sealed.seccomp.HIDDEN_STORAGE`).
 A worker (:func:`worker_main`) starts a new session (so its leftovers can be killed as a
 group), dies with the zygote (``PR_SET_PDEATHSIG``), prints to its own socket, reads one
 request from its socket, runs the agent call (:func:`serve`) and answers with state bytes
-or labels as raw arrays (see :mod:`clbench.sealed.channel`).
+or labels as raw arrays (see :mod:`clbench.sealed.channel`). Before the agent's code is
+imported it sends the CPU seconds the call may spend untimed (see :func:`serve`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import ctypes
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -49,6 +56,11 @@ PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt options
 WORKER_FLAG = "CLBENCH_SEALED_WORKER"
+WAIT_ALL = 0x40000000  # waitpid's __WALL: children whose exit signal is not SIGCHLD too
+# What a worker adds before it imports the agent: the agent's folder on the import path and
+# the modules the agent's source imports from the environment (from the zygote's config).
+AGENT_PATHS: list[str] = []
+PRELOAD: list[str] = []
 SANDBOX_TEMP = Path("/tmp")
 # On the CPU the two passes of a prediction must agree to the label (on CUDA kernels may
 # differ between processes, and a query at the decision boundary flip: not checked there).
@@ -79,71 +91,88 @@ def keep_freed_memory() -> None:
 
 
 # --------------------------------------------------------------------------- worker side
-def serve(header: dict[str, Any], blobs: list[bytearray], started: float
-          ) -> tuple[dict[str, Any], list[bytes]]:
+def serve(header: dict[str, Any], blobs: list[bytearray], started: float,
+          channel: socket.socket, counted_channel: int) -> tuple[dict[str, Any], list[bytes]]:
     """Run one agent call described by ``header``; return the reply (header, blobs).
+
+    First, before any of the agent's own code runs, this worker sends the harness the CPU
+    seconds the call may spend outside what it times (``excused_cpu_seconds``): importing
+    the modules the agent's source imports from the environment (:data:`PRELOAD`; a
+    library such as torchvision takes seconds) and, for a prediction with FLOPs, the pass
+    that counts them. The agent's code could rewrite anything sent later; the harness
+    checks the timed seconds against the rest of the call's CPU
+    (:func:`clbench.sealed.workers.check_seconds`).
 
     A ``predict`` with ``count_flops`` answers both the seconds and the FLOPs of one
     evaluation step, so that its queries (hundreds of MB on a long stream) cross the
-    channel once: the FLOPs are counted in a fork of this still untouched worker, then the
-    timed pass runs here. Neither pass sees what the other left in memory (a cache, a
-    global), as when each ran in a worker of its own; in the sandbox, whatever the counted
-    fork left running or wrote to /tmp is gone before the timed pass begins (it could
-    otherwise hand its labels over, for a timed pass that computes nothing). The fork comes
-    before any array reaches the device: a CUDA context does not survive ``fork``."""
-    if header["op"] != "predict" or not header["count_flops"]:
-        return _serve(header, blobs, started, bool(header.get("count_flops")))
-    counted = _in_fork(lambda: _serve(header, blobs, started, True)[0])
-    if counted.get("ok") is not True:
-        return counted, []
-    if SANDBOX_FOLDERS is not None:
+    channel once: the FLOPs are counted in a fork of this still untouched worker, which
+    answers the harness on ``counted_channel`` (never on ``channel``, which it closes: it
+    could answer for this worker), then the timed pass runs here. This worker reads
+    nothing of the fork's reply, so the timed pass cannot take its labels; the harness
+    compares both passes' labels. Neither pass sees what the other left in memory (a
+    cache, a global), as when each ran in a worker of its own; in the sandbox, whatever the
+    counted fork left running or wrote to /tmp is gone before the timed pass begins. The
+    fork comes before any array reaches the device: a CUDA context does not survive
+    ``fork``."""
+    from clbench.sealed.channel import send_message
+
+    excused = _preload()
+    sys.path.extend(path for path in AGENT_PATHS if path not in sys.path)
+    counting = header["op"] == "predict" and bool(header["count_flops"])
+    if counting:
+        excused += _in_fork(lambda: _serve(header, blobs, started, True)[0], channel.fileno(),
+                            counted_channel)
+    else:
+        os.close(counted_channel)
+    send_message(channel, {"excused_cpu_seconds": excused})
+    if counting and SANDBOX_FOLDERS is not None:
         if os.getppid() == 1:  # the zygote is the sandbox's init, which kill(-1) spares
             kill_the_rest_of_the_sandbox()
         wipe_temp(SANDBOX_FOLDERS)
         Path(os.environ["TMPDIR"]).mkdir(exist_ok=True)
-    reply, out = _serve(header, blobs, started, False)
-    if reply.get("ok") is True:
-        if header["device"] == "cpu" and counted.get("labels_sha256") != reply["labels_sha256"]:
-            return {"ok": False, "started": started, "kind": "irreproducible",
-                    "stage": "predict (FLOP count)", "task_id": None, "traceback": None,
-                    "message": UNEQUAL_PREDICTIONS}, []
-        reply["flops"] = counted.get("flops")
-    return reply, out
+    return _serve(header, blobs, started, bool(header.get("count_flops")) and not counting)
 
 
-def _in_fork(call: Any) -> dict[str, Any]:
-    """The reply header ``call()`` returns in a forked child of this worker, or a
-    ``worker_died`` reply when the child ends without one."""
-    read, write = os.pipe()
+def _preload() -> float:
+    """Import :data:`PRELOAD` (what fails to import is left to the agent's own import to
+    report); the CPU seconds it took."""
+    import importlib
+
+    begun = time.process_time()
+    for name in PRELOAD:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    return time.process_time() - begun
+
+
+def _in_fork(call: Any, channel: int, answer: int) -> float:
+    """Run ``call()`` in a forked child of this worker, which sends the reply header it
+    returns on socket ``answer`` (a ``worker_died`` reply where it fails to) and closes
+    file ``channel`` first; this process closes ``answer`` at once. The child's CPU
+    seconds, with those of the processes it waited for."""
+    from clbench.sealed.channel import send_message
+
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
-            os.close(read)
+            os.close(channel)
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            payload = json.dumps(call()).encode()
-            with os.fdopen(write, "wb") as stream:
-                stream.write(payload)
-        except BaseException:  # noqa: BLE001  (the parent reports a child without answer)
+            reply = call()
+        except BaseException as error:  # noqa: BLE001  (reported as the pass's death)
             code = 70
+            reply = {"ok": False, "kind": "worker_died", "stage": "predict (FLOP count)",
+                     "task_id": None, "traceback": None,
+                     "message": f"the fork counting the prediction's FLOPs ended with "
+                                f"{type(error).__name__} before it answered (the agent "
+                                "called sys.exit, or broke the worker's code)"}
+        try:
+            send_message(socket.socket(fileno=answer), reply)
         finally:
             os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as stream:
-        data = stream.read()
-    _, status = os.waitpid(pid, 0)
-    try:
-        reply = json.loads(data)
-        if isinstance(reply, dict):
-            return reply
-    except ValueError:
-        pass
-    ended = (f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-             if os.WIFSIGNALED(status) else f"exited with code {os.WEXITSTATUS(status)}")
-    return {"ok": False, "kind": "worker_died", "stage": "predict (FLOP count)",
-            "task_id": None, "traceback": None,
-            "message": f"the fork counting the prediction's FLOPs {ended} before it answered "
-                       "(the agent called os._exit, or its process ended)"}
+    os.close(answer)
+    _, _, usage = os.wait4(pid, 0)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _serve(header: dict[str, Any], blobs: list[bytearray], started: float, count_flops: bool
@@ -207,9 +236,10 @@ def _call(header: dict[str, Any], state: bytearray | None, arrays: list, started
              "labels_sha256": hashlib.sha256(raw).hexdigest()}, [raw])
 
 
-def worker_main(fd: int, prints: int, workdir: Path, zygote_pid: int) -> None:
+def worker_main(fd: int, prints: int, counted: int, workdir: Path, zygote_pid: int) -> None:
     """The forked worker: one request in on socket ``fd``, one reply out, then exit (never
-    returns). Its stdout and stderr become socket ``prints``."""
+    returns). Its stdout and stderr become socket ``prints``; ``counted`` is for the reply
+    of a prediction's FLOP-counted pass (see :func:`serve`)."""
     started = time.perf_counter()
     os.setsid()
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -231,7 +261,7 @@ def worker_main(fd: int, prints: int, workdir: Path, zygote_pid: int) -> None:
     try:
         header, blobs = receive_message(sock)
         try:
-            reply, out = serve(header, blobs, started)
+            reply, out = serve(header, blobs, started, sock, counted)
         except Exception as error:  # noqa: BLE001  (e.g. the agent broke the worker's code)
             reply, out = {"ok": False, "started": started, "kind": "agent_error",
                           "stage": header.get("op", "worker"), "task_id": None,
@@ -270,6 +300,7 @@ class Zygote:
     def __init__(self, control: socket.socket, temp: Path, sandboxed: bool) -> None:
         self.control, self.temp, self.sandboxed = control, temp, sandboxed
         self.workers: dict[int, Path] = {}
+        self.cpu_before: dict[int, float] = {}
         self.count = 0
         self.pid = os.getpid()
         self.serving = self.stopping = False
@@ -307,7 +338,7 @@ class Zygote:
     def serve_forever(self) -> None:
         self.serving = True
         while not self.stopping:
-            data, fds, _, _ = socket.recv_fds(self.control, 65536, 2)
+            data, fds, _, _ = socket.recv_fds(self.control, 65536, 3)
             if not data:
                 return
             request = json.loads(data)
@@ -318,25 +349,32 @@ class Zygote:
             else:
                 return
 
-    def spawn(self, fd: int, prints: int) -> int:
+    def spawn(self, fd: int, prints: int, counted: int) -> int:
         self.count += 1
         workdir = self.temp / f"worker-{self.count}"
         workdir.mkdir()
         zygote_pid = os.getpid()
+        cpu_before = children_cpu_seconds()
         pid = os.fork()
         if pid == 0:
             try:
                 self.control.close()
-                worker_main(fd, prints, workdir, zygote_pid)
+                worker_main(fd, prints, counted, workdir, zygote_pid)
             finally:
                 os._exit(71)
-        os.close(fd)
-        os.close(prints)
+        for end in (fd, prints, counted):
+            os.close(end)
         self.workers[pid] = workdir
+        self.cpu_before[pid] = cpu_before
         return pid
 
     def reap(self, pid: int, grace: float) -> dict[str, Any]:
-        """Wait up to ``grace`` seconds for the worker, then kill it and all it started."""
+        """Wait up to ``grace`` seconds for the worker, then kill it and all it started.
+        The reply gives how it ended and its ``cpu_seconds``: the kernel's count of the CPU
+        time of the worker and of every process it started, threads included, since the
+        fork (what this zygote's reaped children used meanwhile: a worker's leftovers are
+        reparented to this subreaper, or PID 1, and reaped here). Workers run one at a
+        time, and a worker cannot reach this figure: the zygote is not dumpable."""
         deadline = time.monotonic() + grace
         status = None
         while status is None and time.monotonic() < deadline:
@@ -364,9 +402,10 @@ class Zygote:
             except OSError as error:
                 raise WipeFailed(f"the worker's temp folder {workdir} could not be removed "
                                  f"({error}); the run stops") from None
+        cpu = children_cpu_seconds() - self.cpu_before.pop(pid)
         if os.WIFSIGNALED(status):
-            return {"exit": None, "signal": os.WTERMSIG(status)}
-        return {"exit": os.WEXITSTATUS(status), "signal": None}
+            return {"exit": None, "signal": os.WTERMSIG(status), "cpu_seconds": cpu}
+        return {"exit": os.WEXITSTATUS(status), "signal": None, "cpu_seconds": cpu}
 
     def kill_orphans(self) -> None:
         """Kill the processes a worker left behind (reparented to this subreaper)."""
@@ -379,7 +418,7 @@ class Zygote:
                 _kill_group(pid)
                 try:
                     os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
+                    os.waitpid(pid, WAIT_ALL)
                 except (ProcessLookupError, ChildProcessError):
                     pass
 
@@ -396,6 +435,7 @@ class Zygote:
             except ChildProcessError:
                 pass
         self.workers.clear()
+        self.cpu_before.clear()
         self.kill_orphans()
         if not self.sandboxed:
             shutil.rmtree(self.temp, ignore_errors=True)
@@ -510,6 +550,12 @@ def remove_tree(folder: Path) -> None:
             stack.pop()
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of every child this process has waited for, with theirs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class WipeFailed(Exception):
     """The private /tmp could not be emptied: the run must stop, or what is left in it would
     reach the next call."""
@@ -593,7 +639,13 @@ def main(argv: list[str]) -> None:
     os.environ[WORKER_FLAG] = "1"
     control = socket.socket(fileno=control_fd)
     config = json.loads(control.recv(65536) or b"{}")
-    sys.path.extend(p for p in config.get("extra_paths", []) if p not in sys.path)
+    AGENT_PATHS[:] = config.get("agent_paths", [])
+    PRELOAD[:] = config.get("preload", [])
+    sys.path.extend(p for p in config.get("extra_paths", [])
+                    if p not in sys.path and p not in AGENT_PATHS)
+    # a SIGCHLD ignored in the harness would be inherited: the kernel would reap workers and
+    # their children, and their CPU would reach no count (see Zygote.reap)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sandboxed = bool(config.get("sandboxed"))
     temp = SANDBOX_TEMP if sandboxed else Path(tempfile.mkdtemp(prefix="clbench-sealed-"))
     if sandboxed:
