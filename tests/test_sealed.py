@@ -453,23 +453,32 @@ def test_the_wipe_removes_a_chain_deeper_than_the_recursion_limit(tmp_path):
     assert not (tmp_path / "top").exists()
 
 
-def test_agent_imports_lists_the_environments_modules_a_file_imports_at_its_top(tmp_path):
-    """What a worker imports (and excuses) before the agent's code: top-level imports, in
-    ``if`` and ``try`` blocks too, never relative ones, inside functions, or a name that a
-    file or folder beside the agent's would give (its own code)."""
+def test_agent_imports_lists_the_environments_modules_the_agents_code_imports(tmp_path,
+                                                                              monkeypatch):
+    """What a worker imports (and excuses) before the agent's code: top-level imports of
+    the agent's file and of the files of its own tree it imports, in ``if`` and ``try``
+    blocks too; never one inside a function, and never a module of the agent's own tree,
+    however it is named (through a package on the path, its own file ran in the worker
+    before the excuse was measured and could set the clock it is measured by)."""
     from clbench.sealed.workers import agent_imports
 
     source = tmp_path / "agent.py"
     source.write_text(
         "import os, numpy as np\nfrom sklearn import metrics\nfrom . import sibling\n"
-        "import helper\nimport package.inner\n"
+        "import helper\n"
         "try:\n    import scipy.stats\nexcept ImportError:\n    import json\n"
         "if True:\n    from torch import nn\n"
         "def later():\n    import pandas\n")
-    (tmp_path / "helper.py").write_text("")
-    (tmp_path / "package").mkdir()
-    assert agent_imports([str(source)]) == ["os", "numpy", "sklearn", "scipy.stats", "json",
-                                            "torch"]
-    assert agent_imports([]) == []  # a module agent: its package's imports are its own code
+    (tmp_path / "helper.py").write_text("import sklearn.metrics\nimport unrelated_missing\n")
+    (tmp_path / "unused.py").write_text("import pandas\n")
+    assert agent_imports(f"{source}:Agent") == [
+        "os", "numpy", "sklearn", "scipy.stats", "json", "torch", "sklearn.metrics"]
+    package = tmp_path / "evilpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "agent.py").write_text("import evilpkg.agent\nimport evilpkg\nimport os\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert agent_imports(f"{package / 'agent.py'}:Agent") == ["os"]
+    assert agent_imports("evilpkg.agent:Agent") == ["os"]
     source.write_text("import (")
-    assert agent_imports([str(source)]) == []  # its own import reports the syntax error
+    assert agent_imports(f"{source}:Agent") == []  # its own import reports the error

@@ -131,13 +131,15 @@ def _refuse_where(check: Check, deny: int) -> list[tuple[int, int, int, int]]:
     conditions = (check,) if isinstance(check[0], int) else check
     code = [(0x06, 0, 0, deny)]
     for index, values in reversed(conditions):  # built from the end: jumps skip what follows
-        after = len(code) - 1  # a failed condition skips the rest, up to and with the deny
-        if values is None:
-            test = [(0x15, after + 1, 0, 0)]  # 0: the condition fails
-        else:
-            test = [(0x15, len(values) - i, 0, value) for i, value in enumerate(values)]
-            test.append((0x05, 0, 0, after + 1))  # none matched: it fails (jump always)
-        code = [(0x20, 0, 0, 16 + 8 * index), *test, *code]  # A = low word of args[index]
+        low, high = 16 + 8 * index, 20 + 8 * index  # offsets of args[index]'s two words
+        if values is None:  # not 0: either word (a pointer's low word alone can be 0)
+            test = [(0x20, 0, 0, low), (0x15, 0, 2, 0),
+                    (0x20, 0, 0, high), (0x15, len(code), 0, 0)]  # both 0: it fails
+        else:  # an int argument: its low word
+            test = [(0x20, 0, 0, low),
+                    *((0x15, len(values) - i, 0, value) for i, value in enumerate(values)),
+                    (0x05, 0, 0, len(code))]  # none matched: it fails (jump always)
+        code = [*test, *code]
     return code
 
 

@@ -79,7 +79,7 @@ class WorkerPool:
 
     def __init__(self, sandboxed: bool, hidden: Sequence[Path] = (),
                  extra_paths: Sequence[str] = (), files: Sequence[str] = (),
-                 outputs: Sequence[str] = ()) -> None:
+                 outputs: Sequence[str] = (), preload: Sequence[str] = ()) -> None:
         """``extra_paths``: import paths the workers need beyond the interpreter's own (the
         agent file's folder first); inside the sandbox they stay visible, read-only, as do
         ``files`` (the agent's file); ``outputs`` (the run's result file) are hidden there.
@@ -88,7 +88,7 @@ class WorkerPool:
         up (about 2 s of one core) while the caller goes on, e.g. loading the stream's data;
         the first :meth:`call` waits for it."""
         self.sandboxed = sandboxed
-        self.arguments = _arguments(sandboxed, hidden, extra_paths, files, outputs)
+        self.arguments = _arguments(sandboxed, hidden, extra_paths, files, outputs, preload)
         agent_paths = [str(Path(file).parent) for file in files]
         self.ready = False
         self.start_seconds: list[float] = []
@@ -105,7 +105,7 @@ class WorkerPool:
             child.close()
         try:
             self._send({"extra_paths": list(extra_paths), "agent_paths": agent_paths,
-                        "preload": agent_imports(files), "sandboxed": sandboxed})
+                        "preload": list(preload), "sandboxed": sandboxed})
         except BaseException:
             self.close()
             raise
@@ -275,23 +275,24 @@ def worker_import_paths() -> list[str]:
 
 def pool_arguments(target: str, data_roots: Iterable[str | os.PathLike | None],
                    outputs: Sequence[str | os.PathLike] = ()
-                   ) -> tuple[bool, list[Path], list[str], list[str], list[str]]:
+                   ) -> tuple[bool, list[Path], list[str], list[str], list[str], list[str]]:
     """:class:`WorkerPool`'s arguments for ``target``: whether bubblewrap works, the dataset
-    places to hide, the import paths (the agent file's folder first), the agent's file and
-    the run's output files (absolute)."""
+    places to hide, the import paths (the agent file's folder first), the agent's file,
+    the run's output files (absolute) and what workers import first (:func:`agent_imports`)."""
     usable, _ = sandbox.bwrap_status()
     hidden = sandbox.dataset_sources(data_roots) if usable else []
     module = target.rpartition(":")[0]
     own_file = [module] if module.endswith(".py") else []
     own_folder = [str(Path(file).parent) for file in own_file]
     return (usable, hidden, own_folder + worker_import_paths(), own_file,
-            [os.path.abspath(output) for output in outputs])
+            [os.path.abspath(output) for output in outputs], agent_imports(target))
 
 
 def _arguments(sandboxed: bool, hidden: Sequence[Path], extra_paths: Sequence[str],
-               files: Sequence[str], outputs: Sequence[str] = ()) -> tuple:
+               files: Sequence[str], outputs: Sequence[str] = (),
+               preload: Sequence[str] = ()) -> tuple:
     return (bool(sandboxed), tuple(map(str, hidden)), tuple(extra_paths), tuple(files),
-            tuple(outputs))
+            tuple(outputs), tuple(preload))
 
 
 # The pool start_early launched, until WorkerPool.for_agent takes it (or closes it).
@@ -383,35 +384,119 @@ def _counted_reply(sock: socket.socket) -> dict[str, Any]:
     return reply
 
 
-def agent_imports(files: Sequence[str]) -> list[str]:
-    """The modules an agent's source file imports at its top level (in ``if`` and ``try``
-    blocks too) from the environment: not relative imports, and none that a file or folder
-    beside the agent's own would give. A worker imports them before the agent's code runs
-    and excuses their CPU (torchvision takes seconds to import, in every worker).
+def agent_imports(target: str) -> list[str]:
+    """The modules the agent's own code imports at its top level (in ``if`` and ``try``
+    blocks too) from the environment. A worker imports them before any of the agent's code
+    runs and excuses their CPU (scikit-learn takes 2 s to import, in every worker).
 
-    The source is ``files[0]`` (a ``file.py:Class`` agent), else nothing: an agent given as
-    a module sits in a package, whose top-level imports are taken as its own code."""
-    if not files:
-        return []
-    source = Path(files[0])
-    try:
-        tree = ast.parse(source.read_text(), str(source))
-        beside = {entry.name.removesuffix(".py") for entry in source.parent.iterdir()}
-    except (OSError, SyntaxError, ValueError):
+    The agent's code is its source file (a ``file.py:Class`` agent's, or a module agent's,
+    found without importing it) and, followed from there, the files of its own tree that
+    it imports (its folder's, or its top-level package's). A name is kept where it
+    resolves, from the environment's import path, to somewhere neither inside that tree
+    nor above it: importing it runs no code of the agent's (its own module, named through
+    a package, once did, and set the CPU clock its excuse is measured by)."""
+    source, own, package = _agent_source(target.rpartition(":")[0])
+    if source is None:
         return []
     found: list[str] = []
-    pending = list(tree.body)
-    while pending:
-        node = pending.pop(0)
-        if isinstance(node, ast.Import):
-            found += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append(node.module)
-        elif isinstance(node, (ast.If, ast.Try)):
-            pending += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
-                        *(line for handler in getattr(node, "handlers", [])
-                          for line in handler.body)]
-    return [name for name in dict.fromkeys(found) if name.partition(".")[0] not in beside]
+    pending, seen = [source], {source}
+    while pending and len(seen) <= 200:
+        path = pending.pop(0)
+        try:
+            statements = list(ast.parse(path.read_text(), str(path)).body)
+        except (OSError, SyntaxError, ValueError):
+            continue
+        while statements:
+            node = statements.pop(0)
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [_absolute(node, path, own, package)]
+            elif isinstance(node, (ast.If, ast.Try)):
+                statements += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
+                               *(line for handler in getattr(node, "handlers", [])
+                                 for line in handler.body)]
+            for name in filter(None, names):
+                mine = _own_file(name, own, package)
+                if mine is not None and mine not in seen:
+                    seen.add(mine)
+                    pending.append(mine)
+                elif mine is None and _from_the_environment(name, own):
+                    found.append(name)
+    return list(dict.fromkeys(found))
+
+
+def _absolute(node: ast.ImportFrom, path: Path, own: Path, package: str | None) -> str | None:
+    """The absolute name of a ``from`` import in file ``path`` of the agent's tree."""
+    if node.level == 0:
+        return node.module
+    base = path.parent
+    for _ in range(node.level - 1):
+        base = base.parent
+    try:
+        parts = list(base.relative_to(own).parts)
+    except ValueError:
+        return None
+    return ".".join([*([package] if package else []), *parts,
+                     *([node.module] if node.module else [])]) or None
+
+
+def _own_file(name: str, own: Path, package: str | None) -> Path | None:
+    """The file of module ``name`` where it is in the agent's own tree, else None."""
+    parts = name.split(".")
+    if package is not None:
+        if parts[0] != package:
+            return None
+        parts = parts[1:]
+    base = own.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if parts and candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def _agent_source(module: str) -> tuple[Path | None, Path, str | None]:
+    """The agent's source file, the root of its own tree (the file's folder, or its
+    top-level package's) and that package's name (None for a file or a lone module),
+    located without running any of it; the file is None where none is found."""
+    if module.endswith(".py"):
+        source = Path(module).resolve()
+        return source, source.parent, None
+    parts = module.split(".")
+    spec = _spec(parts[0])
+    if spec is None:
+        return None, Path(), None
+    if not spec.submodule_search_locations:  # a module of its own, beside others
+        origin = Path(spec.origin or "").resolve()
+        return (origin if origin.is_file() else None), origin.parent, None
+    root = Path(next(iter(spec.submodule_search_locations))).resolve()
+    return _own_file(module, root, parts[0]) if len(parts) > 1 else (
+        root / "__init__.py"), root, parts[0]
+
+
+def _spec(name: str) -> Any:
+    """``importlib.util.find_spec`` of a top-level name (which imports nothing), or None."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
+def _from_the_environment(name: str, own: Path) -> bool:
+    """Whether ``name``'s top-level module resolves to a place outside the agent's tree
+    ``own`` and not above it."""
+    spec = _spec(name.partition(".")[0])
+    if spec is None:
+        return False
+    places = [*(spec.submodule_search_locations or []),
+              *([spec.origin] if spec.has_location and spec.origin else [])]
+    for place in map(lambda p: Path(p).resolve(), places):
+        if place == own or own in place.parents or place in own.parents:
+            return False
+    return True
 
 
 def _describe_exit(status: dict[str, Any]) -> str:
