@@ -236,10 +236,12 @@ def _run_local(requests: list[dict], workers: int) -> Iterable[tuple[int, dict]]
             for future in concurrent.futures.as_completed(futures):
                 yield futures[future], future.result()
         except BaseException:
-            # interrupted: drop the queued runs; the running ones end with the pool
-            for future in futures:
-                future.cancel()
-            for process in list(getattr(pool, "_processes", {}).values()):
+            # interrupted: drop the queued runs (the pool cancels them itself: a future
+            # cancelled here raised InvalidStateError in its thread once the pool broke);
+            # the running ones end with the pool
+            running = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in running:
                 process.terminate()
             raise
 
