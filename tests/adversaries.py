@@ -932,3 +932,20 @@ def _is_socket(fd: int) -> bool:
         return stat.S_ISSOCK(os.fstat(fd).st_mode)
     except OSError:
         return False
+
+
+class ReadsTheCountedPassUsage(Naive):
+    """Makes 20,000 page faults in the pass that counts its prediction's FLOPs, and prints
+    what the timed pass can see of that pass's resource usage (a channel of tens of bits a
+    call: the labels of a small query set)."""
+
+    def predict(self, x, task_id):
+        import resource
+
+        if _get_current_dispatch_mode_stack():  # the counting pass
+            pages = bytearray(20_000 * 4096)
+            pages[::4096] = b"\x01" * 20_000  # one fault a page
+        else:
+            seen = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+            print(f"counted pass's page faults seen: {seen}", file=sys.stderr, flush=True)
+        return super().predict(x, task_id)

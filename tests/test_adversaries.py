@@ -535,3 +535,14 @@ def test_an_agent_importing_a_heavy_library_passes_the_cost_check(tmp_path):
     result = evaluate(f"{tmp_path / 'agent.py'}:Probe", SPLIT, seed=0, device="cpu",
                       env_kwargs={**STREAM, "n_tasks": 1}, agent_kwargs=TRAINING, flops=False)
     assert result.status == "complete", result.error
+
+
+def test_the_timed_pass_cannot_read_the_counted_pass_usage(capfd):
+    """The process counting a prediction's FLOPs is reaped by the zygote, not the worker:
+    the worker's children's usage, which its timed pass reads, holds none of that pass's
+    page faults (a review sent a small query set's labels through them)."""
+    result = run(adversaries.ReadsTheCountedPassUsage)
+    assert result.status == "complete", result.error
+    seen = [int(line.rpartition(" ")[2]) for line in capfd.readouterr().err.splitlines()
+            if line.startswith("counted pass's page faults seen:")]
+    assert seen and max(seen) < 5_000, seen

@@ -188,7 +188,11 @@ class WorkerPool:
             mine.settimeout(timeout)
             try:
                 send_message(mine, header, blobs)
-                excused = _excused_seconds(receive_message(mine)[0])
+                interim = receive_message(mine)[0]
+                excused = _excused_seconds(interim)
+                if interim.get("counted_pid") is not None:
+                    excused += self._reap_counted(interim["counted_pid"])
+                    send_message(mine, {"go": True})
                 reply, out = receive_message(mine)
             except TimeoutError:
                 self._reap(pid, 0.0)
@@ -206,6 +210,13 @@ class WorkerPool:
             mine.close()
         status = self._reap(pid, EXIT_GRACE_SECONDS)
         return CallResult(reply, out, float(status["cpu_seconds"]) - excused)
+
+    def _reap_counted(self, pid: Any) -> float:
+        """Have the zygote reap the process that counted a prediction's FLOPs; its CPU."""
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise MalformedMessage(f"the counting process's pid is {pid!r}")
+        self._send({"op": "reap_counted", "pid": pid})
+        return float(self._receive()["cpu_seconds"])
 
     def _reap(self, pid: int, grace: float) -> dict[str, Any]:
         self._send({"op": "reap", "pid": pid, "grace": grace})

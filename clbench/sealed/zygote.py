@@ -14,6 +14,9 @@ harness over a ``SOCK_SEQPACKET`` control socket, one JSON message per packet:
   serves one call on the first, prints to the second (its stdout and stderr, which the
   harness forwards to its own stderr) and hands the third to the fork that counts a
   prediction's FLOPs, for that pass's reply; answer ``{"pid": ...}``;
+- ``{"op": "reap_counted", "pid": ...}``: reap the process that counted a prediction's
+  FLOPs (a worker's grandchild, left to the zygote: see :func:`serve`); answer its CPU
+  seconds;
 - ``{"op": "reap", "pid": ..., "grace": seconds}``: let the worker exit (or kill it after
   ``grace``), kill whatever it left running, wipe its temp folder (and, sandboxed, the
   private /tmp and the namespace's System V IPC objects); answer its exit status and the CPU
@@ -105,32 +108,37 @@ def serve(header: dict[str, Any], blobs: list[bytearray], started: float,
 
     A ``predict`` with ``count_flops`` answers both the seconds and the FLOPs of one
     evaluation step, so that its queries (hundreds of MB on a long stream) cross the
-    channel once: the FLOPs are counted in a fork of this still untouched worker, which
-    answers the harness on ``counted_channel`` (never on ``channel``, which it closes: it
-    could answer for this worker), then the timed pass runs here. This worker reads
-    nothing of the fork's reply, so the timed pass cannot take its labels; the harness
-    compares both passes' labels. Neither pass sees what the other left in memory (a
-    cache, a global), as when each ran in a worker of its own; in the sandbox, whatever the
-    counted fork left running or wrote to /tmp is gone before the timed pass begins. The
-    fork comes before any array reaches the device: a CUDA context does not survive
-    ``fork``."""
-    from clbench.sealed.channel import send_message
+    channel once: the FLOPs are counted in a grandchild of this still untouched worker,
+    which answers the harness on ``counted_channel`` (never on ``channel``, which it
+    closes: it could answer for this worker), then the timed pass runs here. This worker
+    reads nothing of that reply, so the timed pass cannot take its labels; the harness
+    compares both passes' labels. Nor does this worker reap the counting process, whose
+    resource usage (page faults, context switches) the timed pass could then read, a
+    channel of tens of bits: its parent leaves it to the zygote, which the harness asks to
+    reap it (and count its CPU) before it lets the timed pass begin. Neither pass sees
+    what the other left in memory (a cache, a global), as when each ran in a worker of its
+    own; in the sandbox, whatever the counting process left in /tmp is gone before the
+    timed pass begins. The fork comes before any array reaches the device: a CUDA context
+    does not survive ``fork``."""
+    from clbench.sealed.channel import receive_message, send_message
 
     excused = _preload()
     sys.path.extend(path for path in AGENT_PATHS if path not in sys.path)
     counting = header["op"] == "predict" and bool(header["count_flops"])
-    if counting:
-        excused += _in_fork(lambda: _serve(header, blobs, started, True)[0], channel.fileno(),
-                            counted_channel)
-    else:
+    if not counting:
         os.close(counted_channel)
-    send_message(channel, {"excused_cpu_seconds": excused})
-    if counting and SANDBOX_FOLDERS is not None:
+        send_message(channel, {"excused_cpu_seconds": excused})
+        return _serve(header, blobs, started, bool(header.get("count_flops")))
+    counter = _in_grandchild(lambda: _serve(header, blobs, started, True)[0],
+                             channel.fileno(), counted_channel)
+    send_message(channel, {"excused_cpu_seconds": excused, "counted_pid": counter})
+    receive_message(channel)  # the harness had the zygote reap the counting process
+    if SANDBOX_FOLDERS is not None:
         if os.getppid() == 1:  # the zygote is the sandbox's init, which kill(-1) spares
             kill_the_rest_of_the_sandbox()
         wipe_temp(SANDBOX_FOLDERS)
         Path(os.environ["TMPDIR"]).mkdir(exist_ok=True)
-    return _serve(header, blobs, started, bool(header.get("count_flops")) and not counting)
+    return _serve(header, blobs, started, False)
 
 
 def _preload() -> float:
@@ -145,34 +153,54 @@ def _preload() -> float:
     return time.process_time() - begun
 
 
-def _in_fork(call: Any, channel: int, answer: int) -> float:
-    """Run ``call()`` in a forked child of this worker, which sends the reply header it
+def _in_grandchild(call: Any, channel: int, answer: int) -> int:
+    """Run ``call()`` in a grandchild of this worker, which sends the reply header it
     returns on socket ``answer`` (a ``worker_died`` reply where it fails to) and closes
-    file ``channel`` first; this process closes ``answer`` at once. The child's CPU
-    seconds, with those of the processes it waited for."""
+    file ``channel`` first; its parent exits at once, leaving it to the zygote (the
+    subreaper, or the sandbox's PID 1), so that this process never reaps it. Returns its
+    pid once it has ended; this process closes ``answer`` at once."""
+    pid_read, pid_write = os.pipe()
+    done_read, done_write = os.pipe()  # the grandchild alone holds the write end
+    if os.fork() == 0:
+        try:
+            os.close(pid_read)
+            os.close(done_read)
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.close(pid_write)
+                _answer(call, channel, answer)
+            os.write(pid_write, str(grandchild).encode())
+        finally:
+            os._exit(0)
+    for end in (pid_write, done_write, answer):
+        os.close(end)
+    with os.fdopen(pid_read, "rb") as stream:
+        grandchild = int(stream.read() or 0)
+    with os.fdopen(done_read, "rb") as stream:
+        stream.read()  # end of file: the grandchild has ended
+    return grandchild
+
+
+def _answer(call: Any, channel: int, answer: int) -> None:
+    """In the process counting a prediction: run ``call()``, send its reply header on
+    ``answer`` and exit (never returns)."""
     from clbench.sealed.channel import send_message
 
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(channel)
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            reply = call()
-        except BaseException as error:  # noqa: BLE001  (reported as the pass's death)
-            code = 70
-            reply = {"ok": False, "kind": "worker_died", "stage": "predict (FLOP count)",
-                     "task_id": None, "traceback": None,
-                     "message": f"the fork counting the prediction's FLOPs ended with "
-                                f"{type(error).__name__} before it answered (the agent "
-                                "called sys.exit, or broke the worker's code)"}
-        try:
-            send_message(socket.socket(fileno=answer), reply)
-        finally:
-            os._exit(code)
-    os.close(answer)
-    _, _, usage = os.wait4(pid, 0)
-    return usage.ru_utime + usage.ru_stime
+    code = 0
+    try:
+        os.close(channel)
+        reply = call()
+    except BaseException as error:  # noqa: BLE001  (reported as the pass's death)
+        code = 70
+        reply = {"ok": False, "kind": "worker_died", "stage": "predict (FLOP count)",
+                 "task_id": None, "traceback": None,
+                 "message": f"the process counting the prediction's FLOPs ended with "
+                            f"{type(error).__name__} before it answered (the agent called "
+                            "sys.exit, or broke the worker's code)"}
+    try:
+        send_message(socket.socket(fileno=answer), reply)
+    finally:
+        os._exit(code)
 
 
 def _serve(header: dict[str, Any], blobs: list[bytearray], started: float, count_flops: bool
@@ -346,6 +374,8 @@ class Zygote:
                 self.reply({"pid": self.spawn(*fds)})
             elif request["op"] == "reap":
                 self.reply(self.reap(int(request["pid"]), float(request["grace"])))
+            elif request["op"] == "reap_counted":
+                self.reply(self.reap_counted(int(request["pid"])))
             else:
                 return
 
@@ -406,6 +436,18 @@ class Zygote:
         if os.WIFSIGNALED(status):
             return {"exit": None, "signal": os.WTERMSIG(status), "cpu_seconds": cpu}
         return {"exit": os.WEXITSTATUS(status), "signal": None, "cpu_seconds": cpu}
+
+    def reap_counted(self, pid: int) -> dict[str, Any]:
+        """Reap the process that counted a prediction's FLOPs (ended; never a worker);
+        answer its CPU seconds, with those of the processes it waited for (0 where it is
+        not this zygote's child)."""
+        if pid <= 0 or pid in self.workers:
+            return {"cpu_seconds": 0.0}
+        try:
+            _, _, usage = os.wait4(pid, WAIT_ALL)
+        except ChildProcessError:
+            return {"cpu_seconds": 0.0}
+        return {"cpu_seconds": usage.ru_utime + usage.ru_stime}
 
     def kill_orphans(self) -> None:
         """Kill the processes a worker left behind (reparented to this subreaper)."""
