@@ -949,3 +949,33 @@ class ReadsTheCountedPassUsage(Naive):
             seen = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
             print(f"counted pass's page faults seen: {seen}", file=sys.stderr, flush=True)
         return super().predict(x, task_id)
+
+
+class SetsOptionsOnItsPrints(Naive):
+    """Sets a socket option on its stdout in the pass that counts its prediction's FLOPs
+    and prints what the timed pass reads back: shared with the worker, that socket carried
+    32 bits an option."""
+
+    def predict(self, x, task_id):
+        with contextlib.suppress(OSError):
+            prints = socket.socket(fileno=os.dup(1))
+            if _get_current_dispatch_mode_stack():  # the counting pass
+                prints.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 123457)
+            else:
+                seen = prints.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+                print(f"option seen: {seen}", file=sys.stderr, flush=True)
+        return super().predict(x, task_id)
+
+
+class KeepsTheZygoteWaiting(Naive):
+    """In the pass that counts its prediction's FLOPs, closes every pipe it holds (among
+    them the one whose end tells the worker the pass is over) and runs on."""
+
+    def predict(self, x, task_id):
+        if _get_current_dispatch_mode_stack():
+            for fd in map(int, os.listdir("/proc/self/fd")):
+                with contextlib.suppress(OSError):
+                    if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                        os.close(fd)
+            time.sleep(3600)
+        return super().predict(x, task_id)

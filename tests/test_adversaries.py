@@ -546,3 +546,27 @@ def test_the_timed_pass_cannot_read_the_counted_pass_usage(capfd):
     seen = [int(line.rpartition(" ")[2]) for line in capfd.readouterr().err.splitlines()
             if line.startswith("counted pass's page faults seen:")]
     assert seen and max(seen) < 5_000, seen
+
+
+def test_the_counted_pass_shares_no_file_with_the_timed_pass(capfd):
+    """The counting process opens files of its own for stdin, stdout and stderr: options set
+    on the worker's prints socket reached the timed pass (60 bits a call in a review)."""
+    result = run(adversaries.SetsOptionsOnItsPrints)
+    assert result.status == "complete", result.error
+    seen = [line for line in capfd.readouterr().err.splitlines()
+            if line.startswith("option seen:")]
+    assert seen and "123457" not in "".join(seen), seen
+
+
+def test_a_counted_pass_that_runs_on_cannot_keep_the_zygote_waiting(tmp_path):
+    """A counting process that closed its end-of-pass pipe early and ran on kept the
+    zygote in wait4 for good, past the harness's stop and death: it is killed instead."""
+    script = tmp_path / "keeps_waiting.py"
+    script.write_text(
+        "import sys\nsys.path.insert(0, sys.argv[1])\nimport adversaries\n"
+        "from test_adversaries import run\n"
+        "result = run(adversaries.KeepsTheZygoteWaiting)\n"
+        "print(result.status, result.failure['kind'], result.failure['stage'])\n")
+    done = subprocess.run([sys.executable, str(script), str(ROOT / "tests")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split("\n")[0] == "failed worker_died predict (FLOP count)", done.stderr
