@@ -35,13 +35,16 @@ EXIT_GRACE_SECONDS = 5.0
 # Seconds the harness waits, after a reap, for the rest of a worker's printed output.
 FORWARD_GRACE_SECONDS = 5.0
 # CPU seconds a call may spend outside the seconds it reports, on every core it may use
-# (see check_seconds): a floor for starting the worker, importing the agent, building it and
-# serialising its state (the built-in agents' calls measured 0.04 to 0.18 s beyond their
-# seconds, on 2 CPU cores), seconds per GB of the request and reply (reading and writing
-# them, loading and saving the state, moving the arrays to the device: a review measured 3.5
-# to 9 s per GB for states of 0.3 to 1 GB; an agent that pads its state for the allowance
-# pays for it in the storage figure), a share of the call's CPU, and on CUDA a margin for the
-# device's start in each worker (a margin, not measured here).
+# (see check_seconds):
+# - a floor, for starting the worker, importing the agent, building it and serialising its
+#   state (benchmarks/untimed_cpu.py: built-in agents' calls used at most 0.13 s beyond
+#   their seconds, on 2 CPU cores);
+# - seconds per GB of the request and reply, for reading and writing them, loading and
+#   saving the state and moving the arrays to the device (a review measured 3.5 to 9 s per
+#   GB for states of 0.3 to 1 GB; an agent that pads its state for the allowance pays for it
+#   in the storage figure);
+# - a share of the call's CPU;
+# - on CUDA, a margin for the device's start in each worker (a margin, not measured here).
 UNTIMED_FLOOR_SECONDS, UNTIMED_SECONDS_PER_GB, UNTIMED_SHARE = 0.5, 10.0, 0.1
 UNTIMED_CUDA_SECONDS = 5.0
 # Seconds the harness waits for the reply of a prediction's FLOP-counted pass, which has
