@@ -803,6 +803,17 @@ def _busy(seconds: float, call):
     return value
 
 
+def _stop_the_clock() -> None:
+    """Stop the clock this worker times calls by (``time.perf_counter`` as
+    ``clbench.costs`` reads it): a call ending now reports about zero seconds."""
+    import types
+
+    import clbench.costs
+
+    frozen = time.perf_counter()
+    clbench.costs.time = types.SimpleNamespace(perf_counter=lambda: frozen)
+
+
 class StopsItsClock(Naive):
     """Does ``busy`` CPU seconds of real work in ``where`` (learn or predict), having first
     stopped the clock its worker times calls by (``time.perf_counter`` as ``clbench.costs``
@@ -814,12 +825,7 @@ class StopsItsClock(Naive):
 
     def _work(self, call):
         if self.stop:
-            import types
-
-            import clbench.costs
-
-            frozen = time.perf_counter()
-            clbench.costs.time = types.SimpleNamespace(perf_counter=lambda: frozen)
+            _stop_the_clock()
         return _busy(self.busy, call)
 
     def learn(self, task):
@@ -876,12 +882,7 @@ class HidesWorkInAnIgnoredChild(Naive):
         self.raw = raw
 
     def learn(self, task):
-        import types
-
-        import clbench.costs
-
-        frozen = time.perf_counter()
-        clbench.costs.time = types.SimpleNamespace(perf_counter=lambda: frozen)
+        _stop_the_clock()
         if self.raw:
             _ignore_sigchld_from_a_high_address()
         else:
