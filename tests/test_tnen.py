@@ -21,7 +21,7 @@ from agents.tnen.chunks import (
     to_chunks,
     unpack_latents,
 )
-from agents.tnen.consolidation import refine_codes, step_loss
+from agents.tnen.consolidation import Candidate, consolidate, refine_codes, step_loss
 from agents.tnen.task_network import (
     accuracy,
     build_task_network,
@@ -367,6 +367,57 @@ def test_code_refinement_trains_only_the_new_skills_codes():
     assert torch.equal(quantize_latents(refined, agent.config["latent_bits"]), refined)
     assert not torch.equal(refined, codes)
     assert training_loss(refined) < training_loss(codes)
+
+
+def _consolidate_one(accuracies, **settings):
+    """Consolidate one random new skill whose held-out accuracy reads ``accuracies`` in turn
+    (the last one from then on) against a TN's 0.99; weights always pass (min_cosine -1), so
+    only the accuracy decides. Returns the report."""
+    config = {**PRESETS["default"], "chunk_size": 16, "latent_size": 4, "en_max_steps": 200,
+              "en_check_every": 5, "min_cosine": -1.0, "max_relative_error": None, **settings}
+    torch.manual_seed(0)
+    en = ContractiveAutoencoder.from_config(config)
+    reads = iter(accuracies)
+    last = [accuracies[-1]]
+
+    def held_out_accuracy(_chunks):
+        return next(reads, last[0])
+
+    skill = Candidate(torch.randn(3, 16), 0.99, held_out_accuracy, None)
+    codes, report = consolidate(en, config, torch.zeros(0, 16), None, [], [skill],
+                                torch.Generator().manual_seed(0))
+    assert codes.shape == (3, 4)
+    return report
+
+
+def test_en_training_stops_when_progress_stalls():
+    """An accuracy that never improves: with en_patience=3, the first check sets the best
+    and three checks without progress end training (3 x 5 iterations); without patience it
+    runs to en_max_steps. Either way the rule is reported not met."""
+    stalled = _consolidate_one([0.5], en_patience=3)
+    assert (stalled["en_iterations"], stalled["en_stalled"]) == (15, True)
+    capped = _consolidate_one([0.5], en_patience=None)
+    assert (capped["en_iterations"], capped["en_stalled"]) == (200, False)
+    assert not stalled["stopping_rule_met"] and not capped["stopping_rule_met"]
+
+
+def test_progress_restarts_the_patience_and_meeting_the_rule_ends_training():
+    """Shortfall shrinking by more than 1% at each of 8 checks, then flat: training runs those
+    8 checks and then 3 flat ones; a change under 1% of the shortfall is no progress; an
+    accuracy that reaches the TN's (minus the tolerance) ends training with the rule met."""
+    rising = [0.5 + 0.02 * i for i in range(8)]
+    assert _consolidate_one(rising, en_patience=3)["en_iterations"] == (7 + 3) * 5
+    creeping = [0.5 + 0.0001 * i for i in range(20)]
+    assert _consolidate_one(creeping, en_patience=3)["en_iterations"] == 15
+    met = _consolidate_one([0.5, 0.6, 0.99], en_patience=1)
+    assert (met["en_iterations"], met["stopping_rule_met"], met["en_stalled"]) == (10, True,
+                                                                                  False)
+
+
+@pytest.mark.parametrize("patience", [0, -1, 2.5, True, "10"])
+def test_bad_patience_is_named(patience):
+    with pytest.raises(ValueError, match=f"en_patience={patience!r}"):
+        TNEN(en_patience=patience)
 
 
 def test_mnist_and_cifar_skills_share_one_encoding_network(fake_full_data):

@@ -17,7 +17,10 @@ holds every part of EN training:
   stored (EN rounded to ``en_dtype``, latents to their grid): every new skill against its
   TN (cosine >= ``min_cosine``, relative error <= ``max_relative_error``, held-out accuracy
   within ``accuracy_tolerance``), and, once they pass, every recalled skill against its
-  recall (cosine, drift <= ``max_recall_drift``); at most ``en_max_steps`` iterations;
+  recall (cosine, drift <= ``max_recall_drift``); at most ``en_max_steps`` iterations, and
+  with ``en_patience`` training also ends when progress stalls: when that many checks in a
+  row brought the rule's shortfall (:func:`shortfall`) no closer to being met. Either way
+  what is stored is the check's state, and the report says the rule was not met;
 - **code refinement**: a new skill close in weights but short in held-out accuracy has
   its codes trained on its task through the fixed decoder (``refine_epochs``; the caller
   supplies how), at most ``max_refinements`` times;
@@ -85,6 +88,45 @@ def recalled_ok(cosine: torch.Tensor, error: torch.Tensor, config: dict[str, Any
     drift = config["max_recall_drift"]
     return cosine.min().item() >= config["min_cosine"] and (
         drift is None or error.max().item() <= drift)
+
+
+# A shortfall improves when it falls below this fraction of the best one so far: smaller
+# changes are noise of the check (a held-out accuracy moves by whole examples).
+PROGRESS = 0.99
+
+
+def shortfall(cosine: float, error: float, accuracy: float | None, tn_accuracy: float | None,
+              config: dict[str, Any], drift_limit: float | None) -> float:
+    """How far one skill is from the stopping rule: 0 where it passes, else the sum of its
+    gaps (cosine below ``min_cosine``, error above ``drift_limit``, held-out accuracy below
+    its TN's minus ``accuracy_tolerance``), each in its own unit, which is a fraction."""
+    gap = max(0.0, config["min_cosine"] - cosine)
+    if drift_limit is not None:
+        gap += max(0.0, error - drift_limit)
+    tolerance = config["accuracy_tolerance"]
+    if None not in (tolerance, accuracy, tn_accuracy):
+        gap += max(0.0, tn_accuracy - tolerance - accuracy)
+    return gap
+
+
+class Progress:
+    """The stall detector of ``en_patience``: counts checks since either shortfall (the new
+    skills', the recalled skills') last fell below :data:`PROGRESS` of its best."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.best = {"new": float("inf"), "recalled": float("inf")}
+        self.checks_without = 0
+
+    def improved(self, part: str, value: float) -> bool:
+        better = value < PROGRESS * self.best[part] or self.best[part] == float("inf")
+        self.best[part] = min(self.best[part], value)
+        return better
+
+    def stalled(self, improved: bool) -> bool:
+        """Count one check; whether ``patience`` checks in a row brought no progress."""
+        self.checks_without = 0 if improved else self.checks_without + 1
+        return self.patience is not None and self.checks_without >= self.patience
 
 
 def step_loss(en: ContractiveAutoencoder, config: dict[str, Any], new: torch.Tensor,
@@ -175,6 +217,19 @@ def _check_new(en: ContractiveAutoencoder, candidate: Candidate, config: dict[st
     return fit, True
 
 
+def _full_check(en: ContractiveAutoencoder, recalled: torch.Tensor,
+                old_codes: torch.Tensor | None, fits: list[Fit], targets: torch.Tensor,
+                owner: torch.Tensor, n_skills: int, config: dict[str, Any]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every chunk's code as it would be stored (recalled then new), and every skill's
+    cosine and relative error against its target."""
+    codes, recon = _encode_old(en, recalled, old_codes, config)
+    codes = torch.cat([codes, *(f.codes for f in fits)])
+    recon = torch.cat([recon, *(f.recon for f in fits)])
+    cosine, error = cosine_and_error(recon, targets, owner, n_skills)
+    return codes, cosine, error
+
+
 def _rows(sizes: list[int], start: int = 0) -> list[range]:
     rows = []
     for size in sizes:
@@ -203,6 +258,7 @@ def consolidate(en: ContractiveAutoencoder, config: dict[str, Any], recalled: to
     optimizer = torch.optim.Adam(en.parameters(), lr=config["en_lr"])
     refinements = [0] * len(new)
     steps, adam_steps, full_checks, met, seconds = 0, 0, 0, False, 0.0
+    progress = Progress(config["en_patience"])
     while True:
         last = steps == config["en_max_steps"]
         if steps % config["en_check_every"] == 0 or last:
@@ -221,16 +277,27 @@ def consolidate(en: ContractiveAutoencoder, config: dict[str, Any], recalled: to
             new_ok = all(weights_ok(f.cosine, f.relative_error, config)
                          and accuracy_ok(f.accuracy, c.tn_accuracy, config)
                          for f, c in zip(fits, new, strict=True))
-            if new_ok or last:
+            improved = progress.improved("new", sum(
+                shortfall(f.cosine, f.relative_error, f.accuracy, c.tn_accuracy, config,
+                          config["max_relative_error"]) for f, c in zip(fits, new, strict=True)))
+            full = new_ok or last
+            if full:
                 full_checks += 1
-                codes, recon = _encode_old(en, recalled, old_codes, config)
-                codes = torch.cat([codes, *(f.codes for f in fits)])
-                recon = torch.cat([recon, *(f.recon for f in fits)])
-                cosine, error = cosine_and_error(recon, targets, owner, n_skills)
-                met = new_ok and recalled_ok(cosine[: len(old_rows)], error[: len(old_rows)],
-                                             config)
-                if met or last:
-                    break
+                codes, cosine, error = _full_check(en, recalled, old_codes, fits, targets,
+                                                   owner, n_skills, config)
+                old_cosine, old_error = cosine[: len(old_rows)], error[: len(old_rows)]
+                met = new_ok and recalled_ok(old_cosine, old_error, config)
+                if len(old_rows):
+                    improved |= progress.improved("recalled", shortfall(
+                        old_cosine.min().item(), old_error.max().item(), None, None, config,
+                        config["max_recall_drift"]))
+            stalled = progress.stalled(improved) and not (met or last)
+            if stalled and not full:
+                full_checks += 1
+                codes, cosine, error = _full_check(en, recalled, old_codes, fits, targets,
+                                                   owner, n_skills, config)
+            if met or last or stalled:
+                break
             vector_to_parameters(master, en.parameters())
         start = time.perf_counter()
         for new_index, old_index in iteration_batches(config, new_rows, old_rows, generator,
@@ -251,6 +318,7 @@ def consolidate(en: ContractiveAutoencoder, config: dict[str, Any], recalled: to
         "en_full_checks": full_checks,
         "code_refinements": sum(refinements),
         "stopping_rule_met": bool(met),
+        "en_stalled": bool(stalled),
         "new_accuracies": [f.accuracy for f in fits],
         "max_recall_drift": error[old].max().item() if n_old else 0.0,
         "mean_recall_drift": error[old].mean().item() if n_old else 0.0,

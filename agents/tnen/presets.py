@@ -55,6 +55,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # consolidation and its stopping rule
         "en_max_steps": 800,          # EN iterations at most
         "en_check_every": 10,
+        "en_patience": None,          # checks without progress before training stops
         "adam_step_per_skill": False,  # one iteration: one step per skill, or one step on
         "replay_chunks": 256,         # the new chunks + this many recalled (None: all)
         "min_cosine": 0.96,           # every skill, against its target
@@ -84,6 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "recall_weight": 0.0,
         "en_max_steps": 3000,
         "en_check_every": 10,
+        "en_patience": None,
         "adam_step_per_skill": True,
         "replay_chunks": None,
         "min_cosine": 0.99,
@@ -117,6 +119,11 @@ def check_config(config: dict[str, Any], recipe: Recipe) -> None:
     if config["latent_bits"] not in LATENT_BITS:
         raise ValueError(f"latent_bits={config['latent_bits']!r}: choose one of "
                          f"{', '.join(map(str, LATENT_BITS))}")
+    patience = config["en_patience"]
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int)
+                                 or patience < 1):
+        raise ValueError(f"en_patience={patience!r}: give a whole number of checks >= 1, or "
+                         "None to train until the stopping rule holds or en_max_steps")
     needs_held_out = {key: config[key] for key, used in (
         ("accuracy_tolerance", config["accuracy_tolerance"] is not None),
         ("refine_epochs", bool(config["refine_epochs"]))) if used}
