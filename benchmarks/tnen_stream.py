@@ -57,11 +57,12 @@ def window(values: list, k: int) -> float | None:
 def figures(timed: dict, counted: dict | None, at: list[int]) -> list[list[object]]:
     costs = timed["costs"]
     flops = (counted or timed)["costs"]["learn_flops"]
+    iterations = [m["en_iterations"] for m in timed["agent_metrics"]]
     rows = []
     for k in [k for k in at if k <= len(costs["learn_seconds"])]:
         single_flops = flops[k - 1]
         rows.append([k, f"{costs['learn_seconds'][k - 1]:.2f}",
-                     f"{window(costs['learn_seconds'], k):.2f}",
+                     f"{window(costs['learn_seconds'], k):.2f}", f"{window(iterations, k):.0f}",
                      "-" if single_flops is None else f"{single_flops / 1e9:.1f}",
                      "-" if window(flops, k) is None else f"{window(flops, k) / 1e9:.1f}",
                      f"{costs['predict_seconds'][k - 1]:.2f}"])
@@ -92,7 +93,15 @@ def report(timed: dict, counted: dict | None, at: list[int], wall: dict[str, flo
           f"{sum(costs['predict_seconds']):.0f} s (timed calls, without worker starts)")
     print(f"- {accuracy_summary(timed)}")
     print()
-    print(markdown(["k", "learn s, skill k", "learn s, mean k-9..k", "learn GFLOP, skill k",
+    metrics = timed["agent_metrics"]
+    met = sum(m["stopping_rule_met"] for m in metrics)
+    stalled = sum(m.get("en_stalled", False) for m in metrics)
+    print(f"- EN training of the {len(metrics)} skills: stopping rule met on {met}, stopped "
+          f"by stalled progress on {stalled}, at the iteration cap on "
+          f"{len(metrics) - met - stalled}")
+    print()
+    print(markdown(["k", "learn s, skill k", "learn s, mean k-9..k",
+                    "EN iterations, mean k-9..k", "learn GFLOP, skill k",
                     "learn GFLOP, mean k-9..k", "evaluation step s after skill k"],
                    figures(timed, counted, at)))
 
@@ -105,6 +114,9 @@ def main() -> None:
                         help="comma-separated skill counts k for the table")
     parser.add_argument("--no-flop-run", action="store_true",
                         help="skip the second run that counts learn FLOPs")
+    parser.add_argument("--keep", type=Path, metavar="FOLDER",
+                        help="write the result files here (timed.json, counted.json) instead "
+                             "of a temporary folder, to read again with --from-results")
     parser.add_argument("--from-results", nargs="+", type=Path, metavar="RESULT",
                         help="read these result files (timed, then optionally FLOP-counted) "
                              "instead of running")
@@ -115,14 +127,17 @@ def main() -> None:
         print("read from existing result files; their seconds are as measured in those runs")
         report(loaded[0], loaded[1] if len(loaded) > 1 else None, at, {})
         return
-    with tempfile.TemporaryDirectory() as folder:
-        wall = {"clbench run --no-flops": run(args.n_tasks, args.seed, Path(folder, "t.json"),
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = args.keep or Path(temporary)
+        folder.mkdir(parents=True, exist_ok=True)
+        wall = {"clbench run --no-flops": run(args.n_tasks, args.seed, folder / "timed.json",
                                               flops=False)}
         if not args.no_flop_run:
             wall["clbench run (FLOPs counted)"] = run(args.n_tasks, args.seed,
-                                                      Path(folder, "f.json"), flops=True)
-        timed = json.loads(Path(folder, "t.json").read_text())
-        counted = None if args.no_flop_run else json.loads(Path(folder, "f.json").read_text())
+                                                      folder / "counted.json", flops=True)
+        timed = json.loads((folder / "timed.json").read_text())
+        counted = (None if args.no_flop_run
+                   else json.loads((folder / "counted.json").read_text()))
     report(timed, counted, at, wall)
 
 

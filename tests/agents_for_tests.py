@@ -169,9 +169,10 @@ class Centroids(ConstantZero):
 
 
 class SlowRandom(RandomAgent):
-    """The random agent, 0.3 s slower in every learn: a sweep of it is still
-    running when a test stops it just after its first run finished."""
+    """The random agent, 1 s slower in every learn: a sweep of it is still running when a
+    test stops it just after its first run finished (with 0.3 s, a test process starved by a
+    loaded machine once saw the other two runs finish before it could stop them)."""
 
     def learn(self, task) -> None:
-        time.sleep(0.3)
+        time.sleep(1.0)
         super().learn(task)

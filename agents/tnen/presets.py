@@ -55,7 +55,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # consolidation and its stopping rule
         "en_max_steps": 800,          # EN iterations at most
         "en_check_every": 10,
-        "en_patience": None,          # checks without progress before training stops
+        "en_patience": 5,             # checks without progress before training stops
+                                      # (leaderboard/tuning/tnen_patience.json)
         "adam_step_per_skill": False,  # one iteration: one step per skill, or one step on
         "replay_chunks": 256,         # the new chunks + this many recalled (None: all)
         "min_cosine": 0.96,           # every skill, against its target

@@ -80,7 +80,15 @@ def describe_preset(preset: str) -> str:
             f"lambda {config['contractive_weight']:g}, Adam lr {config['en_lr']:g}), "
             f"{config['latent_bits']}-bit latents; one EN iteration is {iteration}; EN "
             f"training stops when {', '.join(rule)} (at most {config['en_max_steps']:,} "
-            "iterations).")
+            f"iterations{_stall(config)}).")
+
+
+def _stall(config: dict[str, Any]) -> str:
+    patience = config.get("en_patience")
+    if patience is None:
+        return ""
+    return (f", or once {patience} checks in a row, every {config['en_check_every']} "
+            "iterations, bring no progress")
 
 
 def _record_line(records: list[dict[str, Any]]) -> str:
