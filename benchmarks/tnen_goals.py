@@ -43,7 +43,7 @@ from clbench.harness import build_agent, serialize_state
 from clbench.nets import count_parameters, reference_net
 from clbench.quantize import quantize
 
-WINDOW_ENDS = (10, 50, 100)
+WINDOW_ENDS = (10, 50, 100, 333)
 
 
 def run(env_id: str, n_tasks: int | None, agent_kwargs: dict, seed: int,
