@@ -84,7 +84,7 @@ def describe_preset(preset: str) -> str:
 
 
 def _stall(config: dict[str, Any]) -> str:
-    patience = config.get("en_patience")
+    patience = config["en_patience"]
     if patience is None:
         return ""
     return (f", or once {patience} checks in a row, every {config['en_check_every']} "
