@@ -7,9 +7,12 @@ together and their ratio is what to read.
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import gymnasium
 
@@ -30,6 +33,19 @@ def stream_tasks(env_id: str, seed: int = 0, **env_kwargs) -> list[Task] | None:
         return [env.task(i) for i in range(env.n_tasks)]
     except DatasetNotFoundError:
         return None
+
+
+def host() -> str:
+    """The CPU this benchmark runs on and the cores it may use: timings from different sessions
+    compare only on the same host, and result files do not record it."""
+    model = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(line.split(":", 1)[1].strip() for line in lines
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} cores usable"
 
 
 def interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

@@ -9,7 +9,10 @@ process, and prints from the two result files:
 - at k = 10, 50, 100, ... (``--at``): learn seconds and learn FLOPs of skill k, and their
   mean over the ten skills up to k (how many EN iterations a skill needs varies with its
   task, so one skill's figure says more about that task than about the growth with k), and
-  the seconds of the evaluation step after skill k (every stored task's test queries);
+  the seconds of the evaluation step after skill k (every stored task's test queries) and,
+  where FLOPs were counted, the GFLOP/s it ran at: the step is the reference net's
+  convolutions over every query, so that rate, set beside the host's matrix-multiply rate
+  (``training_speed.py``), says how much faster it could be on the host (printed);
 - accuracy: ACC of the final state, its worst skill, and the mean held-out accuracy of the
   TNs it encoded next to their stored reconstructions' (both measured by the agent when it
   stored each skill, on the held-out part of that task's training data).
@@ -33,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import markdown
+from timing import host, markdown
 
 ENV = "clbench/TupleMNIST5k-v0"
 
@@ -57,6 +60,7 @@ def window(values: list, k: int) -> float | None:
 def figures(timed: dict, counted: dict | None, at: list[int]) -> list[list[object]]:
     costs = timed["costs"]
     flops = (counted or timed)["costs"]["learn_flops"]
+    predict_flops = (counted or timed)["costs"]["predict_flops"]
     iterations = [m["en_iterations"] for m in timed["agent_metrics"]]
     rows = []
     for k in [k for k in at if k <= len(costs["learn_seconds"])]:
@@ -65,7 +69,9 @@ def figures(timed: dict, counted: dict | None, at: list[int]) -> list[list[objec
                      f"{window(costs['learn_seconds'], k):.2f}", f"{window(iterations, k):.0f}",
                      "-" if single_flops is None else f"{single_flops / 1e9:.1f}",
                      "-" if window(flops, k) is None else f"{window(flops, k) / 1e9:.1f}",
-                     f"{costs['predict_seconds'][k - 1]:.2f}"])
+                     f"{costs['predict_seconds'][k - 1]:.2f}",
+                     "-" if predict_flops[k - 1] is None else
+                     f"{predict_flops[k - 1] / 1e9 / costs['predict_seconds'][k - 1]:.0f}"])
     return rows
 
 
@@ -86,6 +92,8 @@ def report(timed: dict, counted: dict | None, at: list[int], wall: dict[str, flo
     costs = timed["costs"]
     print(f"{timed['env']['id']} n_tasks={len(costs['learn_seconds'])}, seed {timed['seed']}, "
           f"sealed {timed['sealed']}, clbench commit {timed['git_commit']}")
+    if wall:
+        print(f"- host: {host()}")
     for name, seconds in wall.items():
         print(f"- {name}: {seconds:.0f} s end to end ({seconds / 60:.1f} min)")
     print(f"- harness wall {timed['wall_seconds']:.0f} s: learn "
@@ -102,7 +110,8 @@ def report(timed: dict, counted: dict | None, at: list[int], wall: dict[str, flo
     print()
     print(markdown(["k", "learn s, skill k", "learn s, mean k-9..k",
                     "EN iterations, mean k-9..k", "learn GFLOP, skill k",
-                    "learn GFLOP, mean k-9..k", "evaluation step s after skill k"],
+                    "learn GFLOP, mean k-9..k", "evaluation step s after skill k",
+                    "its GFLOP/s"],
                    figures(timed, counted, at)))
 
 
