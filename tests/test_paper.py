@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,18 @@ def test_seeds_option_is_checked(capsys):
         with pytest.raises(SystemExit):
             main(["paper", "batch", "--seeds", bad])
         assert "--seeds" in capsys.readouterr().err
+
+
+def test_committed_report_is_what_report_writes(tmp_path):
+    """leaderboard/paper/ is what `clbench paper report` writes from its committed records, so
+    a change of a preset's description (read from today's code) that the records did not run
+    under fails here until the experiments are run again."""
+    committed = Path(__file__).resolve().parents[1] / "leaderboard" / "paper"
+    for record in committed.glob("*-seed*.json"):
+        shutil.copy(record, tmp_path)
+    assert main(["paper", "report", "--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".md", ".png"))
+    assert written == sorted(p.name for p in committed.iterdir() if p.suffix in (".md", ".png"))
+    for name in written:
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), \
+            f"leaderboard/paper/{name} is stale: rerun the experiments or `clbench paper report`"
