@@ -7,7 +7,6 @@ together and their ratio is what to read.
 
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import time
@@ -18,6 +17,7 @@ import gymnasium
 
 import clbench  # noqa: F401  (registers the environments)
 from clbench.data.sources import DatasetNotFoundError
+from clbench.harness import usable_cores
 from clbench.tasks import Task
 
 OFFLINE_STREAM = "clbench/SplitMNIST5k-v0"
@@ -45,7 +45,7 @@ def host() -> str:
                      if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{model}, {len(os.sched_getaffinity(0))} cores usable"
+    return f"{model}, {usable_cores()} cores usable"
 
 
 def interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

@@ -176,8 +176,7 @@ class SealedRunner:
         self.base = {"agent": target, "kwargs": kwargs, "device": str(device), "seed": seed,
                      "threads": torch.get_num_threads()}
         self.device_type = device.type
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        self.cores = usable_cores()
         self.shapes = [list(shape) for shape in input_shapes]
         self.isolation = {"mode": "workers", "sandbox": "bwrap" if self.sealed else None,
                           "reason": sandbox.bwrap_status()[1],
@@ -318,6 +317,13 @@ def _reproduction_problem(runner, timed: LearnOutcome, replay: LearnOutcome, tas
 
 
 # ----------------------------------------------------------------------------- run facts
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def versions() -> dict[str, str | None]:
     return {
         "python": platform.python_version(),
