@@ -678,3 +678,54 @@ def test_the_accuracy_bytes_plot_draws_its_own_front_and_stars_the_tables():
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert legend == ["big ★", "small ★", "beaten ★", "worse"]
     plots.plt.close(figure)
+
+
+def test_plot_texts_stay_inside_their_figure_and_apart():
+    """The plots' geometry is fixed, not found by a layout engine: on the committed
+    results' largest grid (16 panels) and longest streams (100 tasks), with a label longer
+    than any agent's, no title, tick label or axis label leaves its figure or runs into
+    another panel or its texts."""
+    from itertools import combinations
+
+    from clbench.leaderboard import plots
+    from clbench.leaderboard.build import collect, section_of
+
+    def shown_tick_labels(axis) -> list:  # a locator may place ticks beyond the limits
+        low, high = sorted(axis.get_view_interval())
+        return [tick.label1 for tick in axis.get_major_ticks()
+                if low - 1e-9 <= tick.get_loc() <= high + 1e-9]
+
+    runs, _ = collect(ROOT / "leaderboard" / "results", allow_unsealed=False)
+    rows, _ = aggregate.group(runs, lambda run: section_of(run.path))
+    by_section: dict[str, list] = {}
+    for row in rows:
+        by_section.setdefault(row.section, []).append(row)
+    widest = max(by_section.values(), key=len)
+    longest = max(by_section.values(), key=lambda members: len(members[0].task_names))
+    assert len(widest) >= 16 and len(longest[0].task_names) >= 100
+    widest[0].arguments = {"a_long_argument_name": "a long value", "another": 12345}
+    for members in (widest, longest):
+        for make in (plots.heatmaps, plots.curves, plots.bytes_plot, plots.pareto_plot):
+            with plots.matplotlib.rc_context(plots.STYLE):
+                figure = make(members)
+                figure.canvas.draw()  # places the axis labels beside their tick labels
+                renderer = figure.canvas.get_renderer()
+                page = figure.bbox
+                boxes = []
+                for index, axis in enumerate(figure.axes):
+                    texts = [axis.title, axis.xaxis.label, axis.yaxis.label,
+                             *shown_tick_labels(axis.xaxis), *shown_tick_labels(axis.yaxis)]
+                    for text in texts:
+                        if text.get_visible() and text.get_text():
+                            box = text.get_window_extent(renderer)
+                            assert page.x0 <= box.x0 and box.x1 <= page.x1 and \
+                                page.y0 <= box.y0 and box.y1 <= page.y1, \
+                                (make.__name__, text.get_text())
+                            boxes.append((index, text.get_text(), box))
+                panels = [axis.get_window_extent(renderer) for axis in figure.axes]
+                plots.plt.close(figure)
+            for (one, text, box), (two, other, box2) in combinations(boxes, 2):
+                assert one == two or not box.overlaps(box2), (make.__name__, text, other)
+            for index, text, box in boxes:
+                assert not any(box.overlaps(panel) for other, panel in enumerate(panels)
+                               if other != index), (make.__name__, text)

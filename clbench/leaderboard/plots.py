@@ -7,6 +7,7 @@ PNGs are deterministic: a fixed style, font and dpi, and no metadata that varies
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,29 +51,66 @@ def _colours(rows: Sequence[Row]) -> dict[str, tuple]:
     return {row.label: palette[i % len(palette)] for i, row in enumerate(rows)}
 
 
-def _grid(n: int) -> tuple[plt.Figure, list]:
+# The grids' geometry in inches, fixed rather than found by a layout engine: constrained
+# layout measured every tick label of every panel twice and took half of a build's time.
+# The left gap holds a panel's tick labels and y label, the top one a title of two lines.
+PANEL = (2.2, 2.2)
+GAP = (0.8, 0.95)
+MARGINS = {"left": 0.65, "right": 0.15, "top": 0.5, "bottom": 0.5}
+COLORBAR = (0.15, 0.85)  # width, and the margin it and its label take on the right
+TITLE_CHARACTERS = 34  # a longer label wraps: it would run into the next panel's title
+
+
+def _grid(n: int, colorbar: bool = False) -> tuple[plt.Figure, list]:
+    """``n`` panels of ``PANEL`` inches, four to a line, with room on the right for a
+    colour bar if asked (the figure's last axes, then)."""
     columns = min(4, n)
     lines = math.ceil(n / columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 2.9 * lines),
-                                squeeze=False, layout="constrained")
+    right = MARGINS["right"] + (COLORBAR[1] if colorbar else 0)
+    width = MARGINS["left"] + right + columns * PANEL[0] + (columns - 1) * GAP[0]
+    height = MARGINS["top"] + MARGINS["bottom"] + lines * PANEL[1] + (lines - 1) * GAP[1]
+    figure, axes = plt.subplots(lines, columns, figsize=(width, height), squeeze=False,
+                                gridspec_kw={"left": MARGINS["left"] / width,
+                                             "right": 1 - right / width,
+                                             "top": 1 - MARGINS["top"] / height,
+                                             "bottom": MARGINS["bottom"] / height,
+                                             "wspace": GAP[0] / PANEL[0],
+                                             "hspace": GAP[1] / PANEL[1]})
     flat = list(axes.flat)
     for axis in flat[n:]:
         axis.set_visible(False)
+    if colorbar:
+        bar_height = min(height - MARGINS["top"] - MARGINS["bottom"], 6.0)
+        figure.add_axes(((width - right + 0.3) / width, (height - bar_height) / 2 / height,
+                         COLORBAR[0] / width, bar_height / height))
     return figure, flat[:n]
 
 
+def _single() -> tuple[plt.Figure, plt.Axes]:
+    """One panel of 6.4 x 4.2 inches, its margins fixed as the grids' are."""
+    width, height = 6.4, 4.2
+    figure, axis = plt.subplots(figsize=(width, height))
+    figure.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, top=1 - 0.2 / height,
+                           bottom=0.55 / height)
+    return figure, axis
+
+
+def _title(axis, label: str) -> None:
+    axis.set_title(textwrap.fill(label, TITLE_CHARACTERS))
+
+
 def heatmaps(rows: Sequence[Row]) -> plt.Figure:
-    figure, axes = _grid(len(rows))
+    figure, axes = _grid(len(rows), colorbar=True)
     for axis, row in zip(axes, rows, strict=True):
         image = axis.imshow(mean_matrix(row), vmin=0.4, vmax=1.0, cmap="viridis",
                             interpolation="nearest")
-        axis.set_title(row.label)
+        _title(axis, row.label)
         axis.set_xlabel("task j")
         axis.set_ylabel("after learning task i")
         axis.grid(False)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.colorbar(image, ax=axes, shrink=0.8, label="accuracy")
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        axis.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    figure.colorbar(image, cax=figure.axes[-1], label="accuracy")
     return figure
 
 
@@ -97,16 +135,16 @@ def curves(rows: Sequence[Row]) -> plt.Figure:
         _evaluated_line(axis, range(1, n_tasks + 1), seen, color="black", linewidth=2,
                         label="mean over tasks seen")
         axis.set_ylim(min(0.4, np.nanmin(matrix) - 0.02), 1.02)
-        axis.set_title(row.label)
+        _title(axis, row.label)
         axis.set_xlabel("tasks learned")
         axis.set_ylabel("accuracy")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     axes[0].legend(loc="lower left", fontsize=7)
     return figure
 
 
 def bytes_plot(rows: Sequence[Row]) -> plt.Figure:
-    figure, axis = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    figure, axis = _single()
     colours = _colours(rows)
     for row in rows:
         per_task = np.mean([run.result.storage["bytes"] for run in row.runs], axis=0)
@@ -116,7 +154,7 @@ def bytes_plot(rows: Sequence[Row]) -> plt.Figure:
     axis.plot(range(1, len(reference) + 1), reference, color="grey", linestyle="--",
               label="one fp32 network per task")
     axis.set_yscale("log")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     axis.set_xlabel("tasks learned")
     axis.set_ylabel("state bytes")
     axis.legend(fontsize=7, ncol=2)
@@ -128,7 +166,7 @@ def pareto_plot(rows: Sequence[Row]) -> plt.Figure:
     plane's own front (no other agent has higher ACC and fewer bytes); the legend's ★ is
     the table's mark, which also counts learn FLOPs, so an agent can carry ★ off this
     line (cheaper to learn than every agent that beats it here)."""
-    figure, axis = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    figure, axis = _single()
     colours = _colours(rows)
     points = {row.label: (row.figures["acc"].mean, row.figures["bytes"].mean, None)
               for row in rows}
@@ -163,8 +201,7 @@ def write_plots(rows: Sequence[Row], folder: Path) -> dict[str, Path]:
         for name, make in MAKERS.items():
             figure = make(rows)
             path = folder / f"{name}.png"
-            figure.savefig(path, format="png", metadata={"Software": None},
-                           bbox_inches="tight", pad_inches=0.1)
+            figure.savefig(path, format="png", metadata={"Software": None})
             plt.close(figure)
             written[name] = path
     return written
