@@ -7,17 +7,15 @@ together and their ratio is what to read.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import gymnasium
 
 import clbench  # noqa: F401  (registers the environments)
 from clbench.data.sources import DatasetNotFoundError
-from clbench.harness import usable_cores
+from clbench.harness import cpu_model, usable_cores
 from clbench.tasks import Task
 
 OFFLINE_STREAM = "clbench/SplitMNIST5k-v0"
@@ -37,15 +35,8 @@ def stream_tasks(env_id: str, seed: int = 0, **env_kwargs) -> list[Task] | None:
 
 def host() -> str:
     """The CPU this benchmark runs on and the cores it may use: timings from different sessions
-    compare only on the same host, and result files do not record it."""
-    model = platform.processor() or platform.machine()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in lines
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {usable_cores()} cores usable"
+    compare only on the same host (result files record theirs in ``hosts``)."""
+    return f"{cpu_model()}, {usable_cores()} cores usable"
 
 
 def interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

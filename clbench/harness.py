@@ -324,6 +324,24 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what the platform says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def host(device: torch.device) -> dict[str, Any]:
+    """The machine a session runs on, as a result's ``hosts`` entry records it (less its
+    ``first_task``): seconds compare only between runs on the same one."""
+    return {"cpu": cpu_model(), "cores": usable_cores(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
 def versions() -> dict[str, str | None]:
     return {
         "python": platform.python_version(),
@@ -525,6 +543,7 @@ def evaluate(
                                  if flops else "not checked: FLOPs off (no replay of learn)"))
             if resumed_after:
                 result.isolation["resumed_after_tasks"] = resumed_after
+            result.hosts = [*result.hosts, {"first_task": start, **host(dev)}]
             if out is not None and earlier is None:
                 checkpoint = Checkpoint.start(out, identity)
             save()

@@ -15,6 +15,10 @@ later gained ``eval_every`` (the evaluation schedule, :func:`clbench.metrics.ful
 ``eval_note`` (what a sparse schedule means for the metrics, null for 1); files written
 before them lack both and read as ``eval_every`` 1. Null entries in ``accuracy`` (tasks not
 evaluated) are valid only with ``eval_every`` > 1, and only in rows off the schedule.
+Then ``hosts``: the machine of each session of the run (a resumed run has several), as
+``{"first_task", "cpu", "cores", "gpu"}``: the first task that session ran, the CPU model,
+the cores the run could use, the GPU's name on CUDA (else null). Seconds compare only on
+one host; files written before it lack it and read as ``[]`` (not recorded).
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class Result:
     wall_seconds: float | None = None
     eval_every: int = 1
     eval_note: str | None = None
+    hosts: list[dict[str, Any]] = field(default_factory=list)
     schema: str = SCHEMA
 
     @property
@@ -153,7 +158,8 @@ STORAGE_KEYS = ("bytes", "reference_fp32_bytes", "compression")
 # costs per task (lists), plus the scalars the harness adds at the end of a run
 COST_SCALARS = ("process_peak_memory_bytes",)
 # fields a file may lack (written before they existed): read as their defaults
-OPTIONAL_FIELDS = ("eval_every", "eval_note")
+OPTIONAL_FIELDS = ("eval_every", "eval_note", "hosts")
+HOST_KEYS = ("first_task", "cpu", "cores", "gpu")
 
 
 def _fail(path: str, message: str) -> None:
@@ -339,8 +345,25 @@ def validate_result(data: Any) -> dict[str, Any]:
     for index, figures in enumerate(data["agent_metrics"]):
         _expect(figures, dict, f"agent_metrics[{index}]")
     _validate_isolation(data, len(rows), len(task_names))
+    _check_hosts(data.get("hosts", []), len(rows))
     _expect_number(data["wall_seconds"], "wall_seconds", nullable=True, low=0)
     return data
+
+
+def _check_hosts(hosts: Any, n_rows: int) -> None:
+    """One entry per session, in the order they ran: no session starts after the tasks
+    the file holds, nor before the session that preceded it."""
+    _expect(hosts, list, "hosts")
+    previous = 0
+    for index, entry in enumerate(hosts):
+        path = f"hosts[{index}]"
+        _expect_keys(entry, path, HOST_KEYS)
+        _expect_number(entry["first_task"], f"{path}.first_task", integer=True, low=previous,
+                       high=n_rows)
+        previous = entry["first_task"]
+        _expect_line(entry["cpu"], f"{path}.cpu")
+        _expect_number(entry["cores"], f"{path}.cores", integer=True, low=1)
+        _expect_line(entry["gpu"], f"{path}.gpu", nullable=True)
 
 
 def _validate_isolation(data: dict[str, Any], n_rows: int, n_tasks: int) -> None:

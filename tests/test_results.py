@@ -29,6 +29,8 @@ def make_result(status="complete") -> dict:
         sealed=True, isolation={"mode": "workers", "sandbox": "bwrap", "reason": "bubblewrap"},
         reproducible=[True, True],
         finished_at="2026-01-01T00:01:00+00:00", wall_seconds=60.0,
+        hosts=[{"first_task": 0, "cpu": "AMD EPYC", "cores": 2, "gpu": None},
+               {"first_task": 1, "cpu": "Intel Xeon", "cores": 16, "gpu": "NVIDIA H100"}],
     )
     return result.to_dict()
 
@@ -67,6 +69,14 @@ def test_a_good_result_round_trips(tmp_path):
     (lambda d: d.update(status="interrupted", error="stopped"), "failure"),
     (lambda d: d.update(status="failed", error="x", failure={"kind": "bad luck"}),
      "failure.kind"),
+    (lambda d: d.update(hosts={"cpu": "x"}), "hosts"),
+    (lambda d: d["hosts"][1].update(first_task=0, cpu="y") or d["hosts"][0].update(first_task=1),
+     "hosts[1].first_task"),  # sessions in the order they ran
+    (lambda d: d["hosts"][1].update(first_task=3), "hosts[1].first_task"),  # past the rows
+    (lambda d: d["hosts"][0].pop("cores"), "hosts[0].cores"),
+    (lambda d: d["hosts"][0].update(cores=0), "hosts[0].cores"),
+    (lambda d: d["hosts"][0].update(cpu="two\nlines"), "hosts[0].cpu"),
+    (lambda d: d["hosts"][1].update(where="here"), "hosts[1].where"),
 ])
 def test_malformed_results_name_the_field(tmp_path, edit, field):
     data = copy.deepcopy(make_result())
@@ -143,3 +153,15 @@ def test_a_file_written_before_eval_every_reads_as_the_full_matrix(tmp_path):
     path.write_text(json.dumps(data))
     loaded = load_result(path)
     assert (loaded.eval_every, loaded.eval_note) == (1, None)
+
+
+def test_a_file_written_before_hosts_reads_as_no_host_recorded(tmp_path):
+    from clbench.leaderboard.aggregate import where_ran
+
+    data = make_result()
+    assert where_ran(Result(**data)) == "cpu (AMD EPYC, 2 cores + NVIDIA H100)"
+    del data["hosts"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    loaded = load_result(path)
+    assert loaded.hosts == [] and where_ran(loaded) == "cpu"

@@ -25,6 +25,7 @@ import torch
 
 import clbench
 from clbench import checkpoint as checkpoint_module
+from clbench import harness
 from clbench import results as results_module
 from clbench.checkpoint import Checkpoint, folder_for
 from clbench.cli import main
@@ -254,14 +255,21 @@ def test_resume_refuses_another_clbench_version(failed_run, capsys, monkeypatch)
     assert "versions.clbench: '0.1.0' (checkpoint) vs '9.9.9' (this run)" in capsys.readouterr().err
 
 
-def test_a_failed_run_resumes_from_its_last_finished_task(failed_run):
+def test_a_failed_run_resumes_from_its_last_finished_task(failed_run, monkeypatch):
+    """... on another machine, as a run resumed in another session may: the file names the
+    machine of each session, from the task where it began."""
     uninterrupted = evaluate("naive", SPLIT, out=failed_run.with_name("plain.json"), **FAST)
+    here = {"cpu": harness.cpu_model(), "cores": harness.usable_cores(), "gpu": None}
+    assert uninterrupted.hosts == [{"first_task": 0, **here}]
+    monkeypatch.setattr(harness, "cpu_model", lambda: "Another CPU")
     resumed = evaluate("naive", SPLIT, out=failed_run, resume=True, **FAST)
     assert resumed.status == "complete" and resumed.failure is None and resumed.error is None
     assert resumed.accuracy == uninterrupted.accuracy
     assert resumed.storage == uninterrupted.storage
     assert resumed.isolation["resumed_after_tasks"] == [1]
     assert resumed.wall_seconds > 0
+    assert load_result(failed_run).hosts == [{"first_task": 0, **here},
+                                             {"first_task": 1, **here, "cpu": "Another CPU"}]
 
 
 def test_a_sparse_run_resumes_with_its_own_schedule_only(tmp_path, monkeypatch, capsys):

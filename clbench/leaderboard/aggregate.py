@@ -127,6 +127,13 @@ def arguments_text(arguments: dict[str, Any], eval_every: int = 1) -> str:
     return "; ".join(filter(None, (shown, schedule_label(eval_every))))
 
 
+def where_ran(result) -> str:
+    """A result's device and, where it recorded them, the machines of its sessions."""
+    machines = dict.fromkeys(host["gpu"] or f"{host['cpu']}, {host['cores']} cores"
+                             for host in result.hosts)
+    return f"{result.device} ({' + '.join(machines)})" if machines else result.device
+
+
 @dataclass
 class Row:
     """The runs of one agent (with one set of arguments) on one stream."""
@@ -154,7 +161,9 @@ class Row:
 
     @property
     def devices(self) -> str:
-        return ", ".join(sorted({run.result.device for run in self.runs}))
+        """The device of every run, with the machine where the run recorded it: ``cpu``,
+        ``cpu (AMD EPYC 7B13, 2 cores)``, ``cuda (NVIDIA H100)``."""
+        return ", ".join(sorted({where_ran(run.result) for run in self.runs}))
 
     @property
     def task_names(self) -> list[str]:

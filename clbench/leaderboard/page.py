@@ -27,6 +27,9 @@ NOTES = [
     "time, or the agent declares counts_flops = False).",
     "Pareto ★: no other agent on the stream has higher ACC, fewer bytes and fewer learn FLOPs "
     "(FLOPs compared only where both are counted).",
+    "device: where the runs ran and, where their files record it, the machine of each session "
+    "(CPU model and usable cores, or the GPU). learn s/task compares only between runs of one "
+    "machine; FLOPs compare everywhere.",
 ]
 SPARSE_NOTE = (
     "R every N (in arguments): the run evaluated every task seen only after every N-th task "
