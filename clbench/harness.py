@@ -43,6 +43,7 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -325,14 +326,22 @@ def usable_cores() -> int:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what the platform says)."""
+    """The CPU's model name on one line (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS,
+    else what the platform says)."""
+    name = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1]
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    if not name.strip() and sys.platform == "darwin":
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+                                  capture_output=True, text=True, timeout=5).stdout
+    name = " ".join("".join(c if c.isprintable() else " " for c in name).split())
+    return name or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def host(device: torch.device) -> dict[str, Any]:
@@ -421,7 +430,8 @@ def evaluate(
     starts afresh, replacing ``out`` and its checkpoint. A resumed result keeps the finished
     tasks' rows, costs, agent metrics, reproducibility and FWT baseline from the file; its
     ``wall_seconds`` adds up the sessions (each counted to its last finished task, the last
-    to its end) and ``isolation["resumed_after_tasks"]`` lists where each session began.
+    to its end), ``isolation["resumed_after_tasks"]`` lists where each session began and
+    ``hosts`` the machine of each (every result has one entry per session).
 
     ``eval_every`` N > 1 evaluates every task seen only after every N-th task and the last;
     after the others, only the task just learned (and the next one with ``query_future``),
@@ -497,6 +507,7 @@ def evaluate(
             raise ResumeRefused(f"{out} holds the tasks {result.env['task_names']}, this run's "
                                 f"stream has {list(info['task_names'])}: the data or the "
                                 "stream changed; run without --resume to start afresh")
+        result.hosts = [*result.hosts, {"first_task": start, **host(dev)}]
         save = (lambda: result.save(out)) if out is not None else (lambda: None)
 
         def task_done(state: bytes) -> None:
@@ -543,7 +554,6 @@ def evaluate(
                                  if flops else "not checked: FLOPs off (no replay of learn)"))
             if resumed_after:
                 result.isolation["resumed_after_tasks"] = resumed_after
-            result.hosts = [*result.hosts, {"first_task": start, **host(dev)}]
             if out is not None and earlier is None:
                 checkpoint = Checkpoint.start(out, identity)
             save()

@@ -17,8 +17,10 @@ before them lack both and read as ``eval_every`` 1. Null entries in ``accuracy``
 evaluated) are valid only with ``eval_every`` > 1, and only in rows off the schedule.
 Then ``hosts``: the machine of each session of the run (a resumed run has several), as
 ``{"first_task", "cpu", "cores", "gpu"}``: the first task that session ran, the CPU model,
-the cores the run could use, the GPU's name on CUDA (else null). Seconds compare only on
-one host; files written before it lack it and read as ``[]`` (not recorded).
+the cores the harness could use (the run's torch threads are ``isolation["threads"]``),
+the GPU's name on CUDA (else null). Seconds compare only on one machine; files written
+before it lack it and read as ``[]`` (not recorded), and a file of that age resumed since
+has entries from the task its first recorded session began at.
 """
 
 from __future__ import annotations
@@ -278,7 +280,8 @@ def validate_result(data: Any) -> dict[str, Any]:
     nested objects hold exactly their documented keys (``costs`` may add the run's scalar
     ``process_peak_memory_bytes``; ``isolation``, ``failure``, ``agent_metrics`` and the
     kwargs are free-form JSON beyond the keys checked); numbers are finite and in range;
-    names shown in tables (agent, env, tasks, device) are printable one-line strings.
+    names shown in tables (agent, env, tasks, device, the hosts' CPU and GPU) are printable
+    one-line strings.
     Raises :class:`ResultFormatError` naming the first bad field.
     """
     _check_plain(data)
@@ -345,14 +348,14 @@ def validate_result(data: Any) -> dict[str, Any]:
     for index, figures in enumerate(data["agent_metrics"]):
         _expect(figures, dict, f"agent_metrics[{index}]")
     _validate_isolation(data, len(rows), len(task_names))
-    _check_hosts(data.get("hosts", []), len(rows))
+    _check_hosts(data.get("hosts", []), len(rows), data["device"])
     _expect_number(data["wall_seconds"], "wall_seconds", nullable=True, low=0)
     return data
 
 
-def _check_hosts(hosts: Any, n_rows: int) -> None:
+def _check_hosts(hosts: Any, n_rows: int, device: str) -> None:
     """One entry per session, in the order they ran: no session starts after the tasks
-    the file holds, nor before the session that preceded it."""
+    the file holds, nor before the session that preceded it; a GPU exactly on CUDA."""
     _expect(hosts, list, "hosts")
     previous = 0
     for index, entry in enumerate(hosts):
@@ -363,7 +366,10 @@ def _check_hosts(hosts: Any, n_rows: int) -> None:
         previous = entry["first_task"]
         _expect_line(entry["cpu"], f"{path}.cpu")
         _expect_number(entry["cores"], f"{path}.cores", integer=True, low=1)
-        _expect_line(entry["gpu"], f"{path}.gpu", nullable=True)
+        on_cuda = device.startswith("cuda")
+        _expect_line(entry["gpu"], f"{path}.gpu", nullable=not on_cuda)
+        if not on_cuda and entry["gpu"] is not None:
+            _fail(f"{path}.gpu", f"a run on {device!r} names no GPU: null")
 
 
 def _validate_isolation(data: dict[str, Any], n_rows: int, n_tasks: int) -> None:

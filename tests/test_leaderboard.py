@@ -682,9 +682,9 @@ def test_the_accuracy_bytes_plot_draws_its_own_front_and_stars_the_tables():
 
 def test_plot_texts_stay_inside_their_figure_and_apart():
     """The plots' geometry is fixed, not found by a layout engine: on the committed
-    results' largest grid (16 panels) and longest streams (100 tasks), with a label longer
-    than any agent's, no title, tick label or axis label leaves its figure or runs into
-    another panel or its texts."""
+    results' largest grid (16 panels), longest stream (100 tasks) and one panel alone, every
+    label longer than any agent's (cut to two lines), no title, tick label, axis label or
+    legend leaves its figure, and none runs into another panel or its texts."""
     from itertools import combinations
 
     from clbench.leaderboard import plots
@@ -703,29 +703,36 @@ def test_plot_texts_stay_inside_their_figure_and_apart():
     widest = max(by_section.values(), key=len)
     longest = max(by_section.values(), key=lambda members: len(members[0].task_names))
     assert len(widest) >= 16 and len(longest[0].task_names) >= 100
-    widest[0].arguments = {"a_long_argument_name": "a long value", "another": 12345}
-    for members in (widest, longest):
+    for index, row in enumerate(widest):
+        row.arguments = {"a_long_argument_name": "wide" * (index % 3 + 1), "another": 12345,
+                         "and_a_third": [1, 2, 3]}
+    for members in (widest, longest, widest[-1:]):
         for make in (plots.heatmaps, plots.curves, plots.bytes_plot, plots.pareto_plot):
             with plots.matplotlib.rc_context(plots.STYLE):
                 figure = make(members)
                 figure.canvas.draw()  # places the axis labels beside their tick labels
                 renderer = figure.canvas.get_renderer()
                 page = figure.bbox
-                boxes = []
+                boxes, panels = [], []
                 for index, axis in enumerate(figure.axes):
+                    if not axis.get_visible():
+                        continue
+                    panels.append((index, axis.get_window_extent(renderer)))
                     texts = [axis.title, axis.xaxis.label, axis.yaxis.label,
                              *shown_tick_labels(axis.xaxis), *shown_tick_labels(axis.yaxis)]
-                    for text in texts:
-                        if text.get_visible() and text.get_text():
-                            box = text.get_window_extent(renderer)
-                            assert page.x0 <= box.x0 and box.x1 <= page.x1 and \
-                                page.y0 <= box.y0 and box.y1 <= page.y1, \
-                                (make.__name__, text.get_text())
-                            boxes.append((index, text.get_text(), box))
-                panels = [axis.get_window_extent(renderer) for axis in figure.axes]
+                    for text in [*texts, axis.get_legend()]:
+                        if text is None or not text.get_visible() or \
+                                not getattr(text, "get_text", lambda: "legend")():
+                            continue
+                        box = text.get_window_extent(renderer)
+                        name = getattr(text, "get_text", lambda: "legend")()
+                        assert page.x0 <= box.x0 and box.x1 <= page.x1 and \
+                            page.y0 <= box.y0 and box.y1 <= page.y1, (make.__name__, name)
+                        if name != "legend":  # a legend lies on its own panel
+                            boxes.append((index, name, box))
                 plots.plt.close(figure)
             for (one, text, box), (two, other, box2) in combinations(boxes, 2):
                 assert one == two or not box.overlaps(box2), (make.__name__, text, other)
             for index, text, box in boxes:
-                assert not any(box.overlaps(panel) for other, panel in enumerate(panels)
+                assert not any(box.overlaps(panel) for other, panel in panels
                                if other != index), (make.__name__, text)

@@ -30,7 +30,7 @@ def make_result(status="complete") -> dict:
         reproducible=[True, True],
         finished_at="2026-01-01T00:01:00+00:00", wall_seconds=60.0,
         hosts=[{"first_task": 0, "cpu": "AMD EPYC", "cores": 2, "gpu": None},
-               {"first_task": 1, "cpu": "Intel Xeon", "cores": 16, "gpu": "NVIDIA H100"}],
+               {"first_task": 1, "cpu": "Intel Xeon", "cores": 16, "gpu": None}],
     )
     return result.to_dict()
 
@@ -77,6 +77,8 @@ def test_a_good_result_round_trips(tmp_path):
     (lambda d: d["hosts"][0].update(cores=0), "hosts[0].cores"),
     (lambda d: d["hosts"][0].update(cpu="two\nlines"), "hosts[0].cpu"),
     (lambda d: d["hosts"][1].update(where="here"), "hosts[1].where"),
+    (lambda d: d["hosts"][1].update(gpu="NVIDIA H100"), "hosts[1].gpu"),  # a run on cpu
+    (lambda d: d.update(device="cuda:0"), "hosts[0].gpu"),  # CUDA names its GPU
 ])
 def test_malformed_results_name_the_field(tmp_path, edit, field):
     data = copy.deepcopy(make_result())
@@ -159,7 +161,12 @@ def test_a_file_written_before_hosts_reads_as_no_host_recorded(tmp_path):
     from clbench.leaderboard.aggregate import where_ran
 
     data = make_result()
-    assert where_ran(Result(**data)) == "cpu (AMD EPYC, 2 cores + NVIDIA H100)"
+    data["isolation"]["threads"] = 1
+    assert where_ran(Result(**data)) == \
+        "cpu (AMD EPYC, 2 cores, 1 thread + Intel Xeon, 16 cores, 1 thread)"
+    for host in data["hosts"]:
+        host["gpu"] = "NVIDIA H100"
+    assert where_ran(Result(**{**data, "device": "cuda:0"})) == "cuda:0 (NVIDIA H100)"
     del data["hosts"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(data))

@@ -128,8 +128,11 @@ def arguments_text(arguments: dict[str, Any], eval_every: int = 1) -> str:
 
 
 def where_ran(result) -> str:
-    """A result's device and, where it recorded them, the machines of its sessions."""
-    machines = dict.fromkeys(host["gpu"] or f"{host['cpu']}, {host['cores']} cores"
+    """A result's device and, where it recorded them, the machines of its sessions: the GPU
+    on CUDA, else the CPU, its cores and the run's torch threads."""
+    threads = result.isolation.get("threads")
+    per_run = f", {threads} thread{'s' * (threads != 1)}" if threads else ""
+    machines = dict.fromkeys(host["gpu"] or f"{host['cpu']}, {host['cores']} cores{per_run}"
                              for host in result.hosts)
     return f"{result.device} ({' + '.join(machines)})" if machines else result.device
 
@@ -162,8 +165,9 @@ class Row:
     @property
     def devices(self) -> str:
         """The device of every run, with the machine where the run recorded it: ``cpu``,
-        ``cpu (AMD EPYC 7B13, 2 cores)``, ``cuda (NVIDIA H100)``."""
-        return ", ".join(sorted({where_ran(run.result) for run in self.runs}))
+        ``cpu (AMD EPYC 7B13, 2 cores, 1 thread)``, ``cuda (NVIDIA H100)``; ``; `` between
+        runs that differ."""
+        return "; ".join(sorted({where_ran(run.result) for run in self.runs}))
 
     @property
     def task_names(self) -> list[str]:

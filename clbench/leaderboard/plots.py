@@ -56,9 +56,12 @@ def _colours(rows: Sequence[Row]) -> dict[str, tuple]:
 # The left gap holds a panel's tick labels and y label, the top one a title of two lines.
 PANEL = (2.2, 2.2)
 GAP = (0.8, 0.95)
-MARGINS = {"left": 0.65, "right": 0.15, "top": 0.5, "bottom": 0.5}
+MARGINS = {"left": 0.65, "right": 0.35, "top": 0.5, "bottom": 0.5}
 COLORBAR = (0.15, 0.85)  # width, and the margin it and its label take on the right
-TITLE_CHARACTERS = 34  # a longer label wraps: it would run into the next panel's title
+# a longer label wraps, onto two lines at most (then cut, with "…"): one line of this many
+# characters is at most a little wider than its panel, or half a legend's width
+TITLE_CHARACTERS = 28
+LEGEND_CHARACTERS = 34
 
 
 def _grid(n: int, colorbar: bool = False) -> tuple[plt.Figure, list]:
@@ -95,8 +98,13 @@ def _single() -> tuple[plt.Figure, plt.Axes]:
     return figure, axis
 
 
+def _short(label: str, width: int) -> str:
+    """``label`` on at most two lines of ``width`` characters."""
+    return textwrap.fill(label, width, max_lines=2, placeholder=" …")
+
+
 def _title(axis, label: str) -> None:
-    axis.set_title(textwrap.fill(label, TITLE_CHARACTERS))
+    axis.set_title(_short(label, TITLE_CHARACTERS))
 
 
 def heatmaps(rows: Sequence[Row]) -> plt.Figure:
@@ -149,7 +157,7 @@ def bytes_plot(rows: Sequence[Row]) -> plt.Figure:
     for row in rows:
         per_task = np.mean([run.result.storage["bytes"] for run in row.runs], axis=0)
         axis.plot(range(1, len(per_task) + 1), np.maximum(per_task, 1), marker=".",
-                  color=colours[row.label], label=row.label)
+                  color=colours[row.label], label=_short(row.label, LEGEND_CHARACTERS))
     reference = rows[0].runs[0].result.storage["reference_fp32_bytes"]
     axis.plot(range(1, len(reference) + 1), reference, color="grey", linestyle="--",
               label="one fp32 network per task")
@@ -178,7 +186,8 @@ def pareto_plot(rows: Sequence[Row]) -> plt.Figure:
         axis.errorbar(max(size.mean, 1), acc.mean, yerr=acc.std or 0, fmt="o",
                       color=colours[row.label], markersize=8 if on_front else 5,
                       markeredgecolor="black" if on_front else colours[row.label],
-                      label=row.label + (" ★" if row.pareto else ""))
+                      label=_short(row.label, LEGEND_CHARACTERS) + (" ★" if row.pareto
+                                                                     else ""))
     line = sorted((max(points[label][1], 1), points[label][0]) for label in front)
     if line:
         xs, ys = zip(*line, strict=True)
