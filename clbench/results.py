@@ -357,7 +357,7 @@ def _check_hosts(hosts: Any, n_rows: int, device: str) -> None:
     """One entry per session, in the order they ran: no session starts after the tasks
     the file holds, nor before the session that preceded it; a GPU exactly on CUDA."""
     _expect(hosts, list, "hosts")
-    previous = 0
+    previous, on_cuda = 0, device.startswith("cuda")
     for index, entry in enumerate(hosts):
         path = f"hosts[{index}]"
         _expect_keys(entry, path, HOST_KEYS)
@@ -366,7 +366,6 @@ def _check_hosts(hosts: Any, n_rows: int, device: str) -> None:
         previous = entry["first_task"]
         _expect_line(entry["cpu"], f"{path}.cpu")
         _expect_number(entry["cores"], f"{path}.cores", integer=True, low=1)
-        on_cuda = device.startswith("cuda")
         _expect_line(entry["gpu"], f"{path}.gpu", nullable=not on_cuda)
         if not on_cuda and entry["gpu"] is not None:
             _fail(f"{path}.gpu", f"a run on {device!r} names no GPU: null")

@@ -720,16 +720,15 @@ def test_plot_texts_stay_inside_their_figure_and_apart():
                     panels.append((index, axis.get_window_extent(renderer)))
                     texts = [axis.title, axis.xaxis.label, axis.yaxis.label,
                              *shown_tick_labels(axis.xaxis), *shown_tick_labels(axis.yaxis)]
-                    for text in [*texts, axis.get_legend()]:
-                        if text is None or not text.get_visible() or \
-                                not getattr(text, "get_text", lambda: "legend")():
-                            continue
-                        box = text.get_window_extent(renderer)
-                        name = getattr(text, "get_text", lambda: "legend")()
+                    shown = [(text.get_text(), text) for text in texts
+                             if text.get_visible() and text.get_text()]
+                    legend = axis.get_legend()
+                    for name, artist in shown + ([("legend", legend)] if legend else []):
+                        box = artist.get_window_extent(renderer)
                         assert page.x0 <= box.x0 and box.x1 <= page.x1 and \
                             page.y0 <= box.y0 and box.y1 <= page.y1, (make.__name__, name)
-                        if name != "legend":  # a legend lies on its own panel
-                            boxes.append((index, name, box))
+                    boxes += [(index, name, text.get_window_extent(renderer))
+                              for name, text in shown]  # a legend lies on its own panel
                 plots.plt.close(figure)
             for (one, text, box), (two, other, box2) in combinations(boxes, 2):
                 assert one == two or not box.overlaps(box2), (make.__name__, text, other)
