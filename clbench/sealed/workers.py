@@ -166,12 +166,20 @@ class WorkerPool:
             for end in (theirs, prints, counted_theirs):
                 end.close()
         forwarder = Forwarder(printed)
+        reaped = False  # every way out of _exchange but an interrupt reaps the worker first
         try:
-            result = self._exchange(mine, header, blobs, stage, timeout)
+            try:
+                result = self._exchange(mine, header, blobs, stage, timeout)
+            except WorkerFailure:
+                reaped = True
+                raise
+            reaped = True
             if header.get("op") == "predict" and header.get("count_flops"):
                 result.counted = _counted_reply(counted_mine)
         finally:
-            forwarder.finish()
+            # unreaped (Ctrl-C, SIGTERM), the worker runs on and holds its end open until the
+            # pool closes: waiting for its last words would only delay the stop
+            forwarder.finish(FORWARD_GRACE_SECONDS if reaped else 0.0)
             counted_mine.close()
         reply = result.header
         if isinstance(reply.get("started"), (int, float)):
@@ -269,11 +277,11 @@ class Forwarder(threading.Thread):
                 while data:  # fd 2, wherever it points now (a redirect, a test's capture)
                     data = data[os.write(2, data):]
 
-    def finish(self) -> None:
+    def finish(self, grace: float) -> None:
         """Wait for the worker's last words: its end closes once the reap has killed the
-        worker and whatever it left running (at most :data:`FORWARD_GRACE_SECONDS` more
-        where something else holds it, e.g. a leftover of an unsandboxed worker)."""
-        self.join(FORWARD_GRACE_SECONDS)
+        worker and whatever it left running (at most ``grace`` seconds more where something
+        else holds it, e.g. a leftover of an unsandboxed worker)."""
+        self.join(grace)
         with contextlib.suppress(OSError):
             self.source.shutdown(socket.SHUT_RDWR)
         self.join()
