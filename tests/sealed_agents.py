@@ -9,6 +9,7 @@ import errno
 import os
 import platform
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -225,6 +226,14 @@ class HardExitInLearn(Quiet):
     def learn(self, task):
         if task.id == 1:
             os._exit(3)
+
+
+class DiesOfARealTimeSignal(Quiet):
+    """Kills its own worker with a real-time signal (which has no name in signal.Signals)."""
+
+    def learn(self, task):
+        if task.id == 1:
+            os.kill(os.getpid(), signal.SIGRTMIN + 6)
 
 
 class Sleeper(Quiet):

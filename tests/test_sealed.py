@@ -162,6 +162,16 @@ def test_sys_exit_and_os_exit_in_learn_are_agent_errors(tmp_path, capsys):
     assert caught.value.result.failure["kind"] == "worker_died"
 
 
+def test_a_worker_killed_by_a_real_time_signal_is_the_agents_failure():
+    """Not the harness's: the exit is described by the signal's number (once a ValueError
+    of signal.Signals made it a harness error)."""
+    number = signal.SIGRTMIN + 6
+    with pytest.raises(AgentError, match=rf"learn on task 1 .*killed by signal {number}") \
+            as caught:
+        run_tiny("DiesOfARealTimeSignal", flops=False)
+    assert caught.value.result.failure["kind"] == "worker_died"
+
+
 def test_learn_timeout_kills_the_worker_and_names_the_task():
     began = time.perf_counter()
     with pytest.raises(AgentError, match=r"learn on task 1 .*learn timeout of 2 s") as caught:

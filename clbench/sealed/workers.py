@@ -94,6 +94,7 @@ class WorkerPool:
         self.arguments = _arguments(sandboxed, hidden, extra_paths, files, outputs, preload)
         agent_paths = [str(Path(file).parent) for file in files]
         self.ready = False
+        self.reaped = False  # whether the worker of the call under way has been reaped
         self.start_seconds: list[float] = []
         self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [sys.executable, "-P", "-m", "clbench.sealed.zygote", str(child.fileno()),
@@ -166,20 +167,16 @@ class WorkerPool:
             for end in (theirs, prints, counted_theirs):
                 end.close()
         forwarder = Forwarder(printed)
-        reaped = False  # every way out of _exchange but an interrupt reaps the worker first
+        self.reaped = False
         try:
-            try:
-                result = self._exchange(mine, header, blobs, stage, timeout)
-            except WorkerFailure:
-                reaped = True
-                raise
-            reaped = True
+            result = self._exchange(mine, header, blobs, stage, timeout)
             if header.get("op") == "predict" and header.get("count_flops"):
                 result.counted = _counted_reply(counted_mine)
         finally:
-            # unreaped (Ctrl-C, SIGTERM), the worker runs on and holds its end open until the
-            # pool closes: waiting for its last words would only delay the stop
-            forwarder.finish(FORWARD_GRACE_SECONDS if reaped else 0.0)
+            # unreaped (Ctrl-C or SIGTERM during the call), the worker runs on and holds its
+            # end open until the pool closes: waiting for its last words would only delay the
+            # stop (what it printed so far is still read)
+            forwarder.finish(FORWARD_GRACE_SECONDS if self.reaped else 0.0)
             counted_mine.close()
         reply = result.header
         if isinstance(reply.get("started"), (int, float)):
@@ -194,8 +191,8 @@ class WorkerPool:
     def _exchange(self, mine: socket.socket, header: dict[str, Any], blobs: Sequence[bytes],
                   stage: str, timeout: float | None) -> CallResult:
         """Send the request to the worker just spawned, read its reply and reap it."""
-        pid = self._receive()["pid"]
         try:
+            pid = self._receive()["pid"]
             mine.settimeout(timeout)
             try:
                 send_message(mine, header, blobs)
@@ -230,8 +227,12 @@ class WorkerPool:
         return float(self._receive()["cpu_seconds"])
 
     def _reap(self, pid: int, grace: float) -> dict[str, Any]:
+        """Have the zygote reap worker ``pid`` (see :meth:`clbench.sealed.zygote.Zygote.reap`);
+        ``reaped`` says, for the call under way, that it was."""
         self._send({"op": "reap", "pid": pid, "grace": grace})
-        return self._receive()
+        status = self._receive()
+        self.reaped = True
+        return status
 
     @property
     def median_start_seconds(self) -> float | None:
@@ -523,7 +524,10 @@ def _from_the_environment(name: str, own: Path) -> bool:
 
 def _describe_exit(status: dict[str, Any]) -> str:
     if status.get("signal") is not None:
-        name = signal.Signals(status["signal"]).name
+        try:
+            name = signal.Signals(status["signal"]).name
+        except ValueError:  # a real-time signal: signal.Signals names none of them
+            name = f"signal {status['signal']}"
         return (f"the worker was killed by {name} before it answered (a crash in the agent's "
                 "code, or it ran out of memory)")
     return (f"the worker exited with code {status.get('exit')} before it answered (the "
