@@ -17,6 +17,15 @@ layer i (``U``: same kernel or shape, no bias; the layer's own bias serves). Onl
 column and its adapters are trained (the shared recipe, :mod:`clbench.recipe`); task t is
 answered by column t.
 
+Training reads the frozen columns' activations from a cache: they are computed once per
+``learn`` over the task's training inputs (batch by batch, no gradient), and every step
+looks its minibatch up instead of running the earlier columns again, epoch after epoch. The
+same function, so the same training up to float rounding. On TupleMNIST5k (50 tasks, seed 0,
+one thread, loaded 2-core CPU) it made the learn of task 10 2.4x faster and that of task 49
+5.6x (19 against 107 s; 8x fewer FLOPs), ``python benchmarks/pnn_cache.py --at 10 25 49``.
+Earlier columns beyond :data:`ACTIVATION_CACHE_BYTES` (the cache holds the first of them
+that fit) run per step as before.
+
 Storage (tensor payload of the state, exact): 4 bytes per parameter of all columns. Column
 1 is one reference net; column k >= 2 adds its adapters. MNIST (m = k - 1 earlier columns):
 
@@ -39,11 +48,17 @@ from torch import nn
 from baselines.common import require_input_shape
 from baselines.naive import Naive
 from clbench.nets import reference_net
+from clbench.recipe import train
 from clbench.tasks import Task
-from clbench.training import seeded_for_unseen_task
+from clbench.training import fast_layout, normalized, seeded_for_unseen_task
 
 # Hyperparameters (training: the shared recipe, clbench.recipe.DEFAULT, overridable by name)
 ALPHA_INIT = 0.1  # each adapter scale starts uniform in [0, ALPHA_INIT): "a random small value"
+
+# At most this many bytes of frozen-column activations are cached during one learn (the
+# reference nets keep about 7 KB per column and training example: 1 GiB holds 74 columns of
+# 2,000 examples, or 9 columns of 15,000). Not a hyperparameter: it changes speed only.
+ACTIVATION_CACHE_BYTES = 1 << 30
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -137,12 +152,43 @@ class ProgressiveNet(nn.Module):
         return run_columns(self.columns[: task_id + 1], x)
 
 
-def run_columns(columns, x: torch.Tensor) -> torch.Tensor:
-    """The logits of the last of ``columns``, each column fed the earlier ones' activations."""
-    earlier: list[list[torch.Tensor]] = []
+def run_columns(columns, x: torch.Tensor,
+                earlier: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+    """The logits of the last of ``columns``, each column fed the earlier ones' activations;
+    ``earlier`` holds the activations of columns that come before ``columns`` (none if None)."""
+    earlier = list(earlier or [])
     for column in columns:
         earlier.append(column(x, earlier))
     return earlier[-1][-1]
+
+
+@torch.no_grad()
+def frozen_activations(columns, inputs: torch.Tensor,
+                       batch_size: int = 1024) -> list[list[torch.Tensor]]:
+    """Every layer's activation but the logits (all a later column's adapters read) of each
+    of ``columns`` on every input, computed batch by batch into tensors allocated once (the
+    cache never takes twice its size)."""
+    activations: list[list[torch.Tensor]] = []
+    for start in range(0, len(inputs) if columns else 0, batch_size):
+        x = fast_layout(inputs[start : start + batch_size])
+        earlier: list[list[torch.Tensor]] = []
+        for column in columns:
+            earlier.append(column(x, earlier)[:-1])
+        if not activations:
+            activations = [[h.new_empty((len(inputs), *h.shape[1:])) for h in layers]
+                           for layers in earlier]
+        for kept, layers in zip(activations, earlier, strict=True):
+            for whole, h in zip(kept, layers, strict=True):
+                whole[start : start + len(x)] = h
+    return activations
+
+
+def activation_bytes(first: Column, input_shape) -> int:
+    """Bytes of the activations :func:`frozen_activations` keeps per column and input, from
+    the ``first`` column (the one without adapters; every column's layers are alike)."""
+    with torch.no_grad():
+        x = torch.zeros((1, *input_shape), device=next(first.parameters()).device)
+        return sum(h.numel() * h.element_size() for h in first(x, [])[:-1])
 
 
 class PNN(Naive):
@@ -158,7 +204,25 @@ class PNN(Naive):
         require_input_shape(self.net.input_shape, task, "pnn")
         column = self.net.add_column().to(self.device)
         self.datasets.append(task.dataset)
-        self._train(column.parameters(), task)
+        self._train_column(column, task)
+
+    def _train_column(self, column: Column, task: Task) -> None:
+        """The shared recipe on the new column and its adapters; the earlier columns'
+        activations come from the cache (module docstring) as far as it holds them."""
+        inputs = normalized(task.x_train, task.dataset)
+        frozen = self.net.columns[:-1]
+        per_column = activation_bytes(self.net.columns[0], task.input_shape) * max(len(inputs), 1)
+        cached = frozen_activations(frozen[: ACTIVATION_CACHE_BYTES // per_column], inputs)
+        uncached = self.net.columns[len(cached):]
+
+        def model(index: torch.Tensor) -> torch.Tensor:
+            looked_up = [[h.index_select(0, index) for h in kept] for kept in cached]
+            return run_columns(uncached, fast_layout(inputs.index_select(0, index)), looked_up)
+
+        self.net.train()
+        examples = torch.arange(len(task.y_train), device=task.y_train.device)
+        self.last_training = train(model, column.parameters(), examples, task.y_train,
+                                   self.recipe)
 
     def _unseen_model(self, task_id: int, input_shape: tuple[int, ...]):
         """Logits for a task not learned yet: a fresh column drawn for the task id, laterally

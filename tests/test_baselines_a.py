@@ -410,6 +410,31 @@ def test_pnn_earlier_columns_do_not_change_while_learning_a_later_task():
         assert not torch.allclose(agent.net(x, 1), logits)
 
 
+
+@pytest.mark.parametrize("cached_columns", [1, 2])
+def test_pnn_trains_the_same_with_cached_frozen_activations(monkeypatch, cached_columns):
+    """The cache (all of the earlier columns, or only the first that fit) changes speed only:
+    the weights and answers equal those of running every frozen column per step."""
+    import baselines.pnn as pnn
+
+    def learned_weights(cache_bytes: int):
+        monkeypatch.setattr(pnn, "ACTIVATION_CACHE_BYTES", cache_bytes)
+        torch.manual_seed(0)
+        agent = PNN(epochs=2, holdout_fraction=0.25)
+        for task in stream_tasks():
+            agent.learn(task.for_agent())
+        return agent
+
+    per_column = pnn.activation_bytes(pnn.Column((1, 28, 28), 0), (1, 28, 28))
+    n_train = len(stream_tasks()[2].y_train)
+    uncached, cached = learned_weights(0), learned_weights(cached_columns * per_column * n_train)
+    for key, value in uncached.state_dict()["net"].items():
+        torch.testing.assert_close(cached.state_dict()["net"][key], value, rtol=0, atol=1e-6)
+    for task_id, task in enumerate(stream_tasks()):
+        assert torch.equal(cached.predict(task.x_test, task_id),
+                           uncached.predict(task.x_test, task_id))
+
+
 # ----------------------------------------------------------------------------- table script
 def test_baselines_table_has_a_row_per_agent_and_stream(capsys):
     from benchmarks import baselines_table
