@@ -410,7 +410,6 @@ def test_pnn_earlier_columns_do_not_change_while_learning_a_later_task():
         assert not torch.allclose(agent.net(x, 1), logits)
 
 
-
 @pytest.mark.parametrize("cached_columns", [1, 2])
 def test_pnn_trains_the_same_with_cached_frozen_activations(monkeypatch, cached_columns):
     """The cache (all of the earlier columns, or only the first that fit) changes speed only:
