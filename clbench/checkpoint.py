@@ -18,14 +18,25 @@ whose number of finished tasks is listed with its state file present. Every file
 atomically with the user's normal file mode. A run that completes removes the folder (its
 result is final, and no partial checkpoint remains for a later resume to misuse); a failed
 or interrupted run keeps it.
+
+While a run writes ``run.json`` it holds an exclusive ``flock`` on ``.run.json.lock`` beside
+it (:func:`hold`): a second run of the same file, from a second sweep on the same results
+folder or a second ``clbench run --out run.json``, is refused at once instead of rewriting
+the result and wiping or interleaving the checkpoint under the first. The kernel drops the
+lock when its holder dies, however it dies, so a killed run never blocks the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +55,10 @@ class ResumeRefused(ValueError):
     """A run cannot be resumed as asked; the message names the reason and the remedy."""
 
 
+class RunInProgress(RuntimeError):
+    """Another live process is running the same result file; the message names it."""
+
+
 def default_out(agent: str, env: str, seed: int) -> Path:
     """Where ``clbench run`` writes its result without ``--out``:
     ``runs/<agent>_<env>_s<seed>.json``."""
@@ -55,6 +70,52 @@ def folder_for(out: str | Path) -> Path:
     """The checkpoint folder of the result file ``out``: ``<out>.ckpt``."""
     out = Path(out)
     return out.with_name(out.name + ".ckpt")
+
+
+def lock_for(out: str | Path) -> Path:
+    """The lock file of the result file ``out``: ``.<name>.lock`` in its folder."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.lock")
+
+
+@contextlib.contextmanager
+def hold(out: str | Path) -> Iterator[None]:
+    """Within the block, this process is the only run of the result file ``out``.
+
+    Takes an exclusive ``flock`` on :func:`lock_for` ``(out)`` without waiting; when another
+    process holds it, raises :class:`RunInProgress` naming that process (its pid and host,
+    which it wrote into the lock file). The lock file is removed on leaving, still locked; a
+    process that opened it just before and then locks the removed file sees that the path no
+    longer leads to it and tries again with a new one. The descriptor is not inherited, so
+    the lock ends with this process, never with a child it started.
+    """
+    path = lock_for(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 256, 0).decode("utf-8", "replace").strip()
+            os.close(descriptor)
+            raise RunInProgress(
+                f"{out} is being written by another run ({holder or 'a process starting'}); "
+                "wait for it to end (or stop it) and run again: a second run of one file "
+                "would overwrite its result and checkpoint") from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(descriptor)  # its holder removed it while this process opened it
+    try:
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(descriptor)
 
 
 def first_difference(recorded: Any, wanted: Any, where: str = "") -> str | None:

@@ -65,7 +65,7 @@ from clbench.agent import (
     supported_scenarios,
     worker_target,
 )
-from clbench.checkpoint import Checkpoint, ResumeRefused, first_difference, folder_for
+from clbench.checkpoint import Checkpoint, ResumeRefused, first_difference, folder_for, hold
 from clbench.devices import resolve_device
 from clbench.env import UNTOLD_TASK, env_scenario
 from clbench.nets import count_parameters, reference_net
@@ -419,19 +419,21 @@ def evaluate(
     ``interrupted`` and raise :class:`KeyboardInterrupt` (:class:`RunInterrupted`).
 
     With ``out``, the state after every task is kept in the checkpoint folder ``<out>.ckpt``
-    (removed when the run completes). ``resume=True`` continues the run of ``out`` from its
-    last finished task; it raises :class:`ResumeRefused` (naming the field and both values)
-    when the env, its kwargs, the agent, its kwargs, the seed, the device, ``flops``,
-    ``seal``, ``eval_every`` or the versions (clbench, torch, ...) differ from the
-    checkpoint's, and when there is no result or checkpoint to resume. ``resume="auto"``
-    (what a sweep wants) resumes where ``out`` and its checkpoint pass those checks and
-    starts afresh where they do not (missing, malformed, or another run's). A complete
-    ``out`` of the same run is returned as it is, without work. ``resume=False`` (default)
-    starts afresh, replacing ``out`` and its checkpoint. A resumed result keeps the finished
-    tasks' rows, costs, agent metrics, reproducibility and FWT baseline from the file; its
-    ``wall_seconds`` adds up the sessions (each counted to its last finished task, the last
-    to its end), ``isolation["resumed_after_tasks"]`` lists where each session began and
-    ``hosts`` the machine of each (every result has one entry per session).
+    (removed when the run completes), and the run holds ``out`` throughout
+    (:func:`clbench.checkpoint.hold`): a second run of the same ``out`` while this one lives
+    raises :class:`clbench.checkpoint.RunInProgress` before it reads or writes anything.
+    ``resume=True`` continues the run of ``out`` from its last finished task; it raises
+    :class:`ResumeRefused` (naming the field and both values) when the env, its kwargs, the
+    agent, its kwargs, the seed, the device, ``flops``, ``seal``, ``eval_every`` or the versions
+    (clbench, torch, ...) differ from the checkpoint's, and when there is no result or
+    checkpoint to resume. ``resume="auto"`` (what a sweep wants) resumes where ``out`` and its
+    checkpoint pass those checks and starts afresh where they do not (missing, malformed, or
+    another run's). A complete ``out`` of the same run is returned as it is, without work.
+    ``resume=False`` (default) starts afresh, replacing ``out`` and its checkpoint. A resumed
+    result keeps the finished tasks' rows, costs, agent metrics, reproducibility and FWT
+    baseline from the file; its ``wall_seconds`` adds up the sessions (each counted to its last
+    finished task, the last to its end), ``isolation["resumed_after_tasks"]`` lists where each
+    session began and ``hosts`` the machine of each (every result has one entry per session).
 
     ``eval_every`` N > 1 evaluates every task seen only after every N-th task and the last;
     after the others, only the task just learned (and the next one with ``query_future``),
@@ -471,127 +473,129 @@ def evaluate(
                          "device": str(dev), "flops": bool(flops), "seal": bool(seal),
                          "eval_every": eval_every, "versions": versions()},
                         "the run's identity")
-    earlier, checkpoint, blob, earlier_seconds = None, None, None, 0.0
-    if resume:
-        try:
-            earlier, checkpoint, blob, earlier_seconds = prior_run(out, identity,
-                                                                   resume == "auto")
-        except (ResumeRefused, ResultFormatError):
-            if resume != "auto":
+    # one run per result file at a time: a second one is refused before it reads or writes
+    with hold(out) if out is not None else contextlib.nullcontext():
+        earlier, checkpoint, blob, earlier_seconds = None, None, None, 0.0
+        if resume:
+            try:
+                earlier, checkpoint, blob, earlier_seconds = prior_run(out, identity,
+                                                                       resume == "auto")
+            except (ResumeRefused, ResultFormatError):
+                if resume != "auto":
+                    raise
+        if earlier is not None and earlier.status == "complete":
+            return earlier
+        start = earlier.n_tasks_done if earlier is not None else 0
+        wall_start = time.perf_counter()
+        elapsed = lambda: earlier_seconds + time.perf_counter() - wall_start  # noqa: E731
+        with _signals_interrupt(), contextlib.ExitStack() as cleanup:
+            pool = None
+            if seal:  # the zygote imports torch while this process loads the stream's data
+                pool = WorkerPool.for_agent(worker_target(name),
+                                            {spec_kwargs.get("data_root"), None},
+                                            [out] if out is not None else [])
+                cleanup.callback(pool.close)
+            env = gymnasium.make(env_id, **{**env_kwargs, "device": str(dev), "backend": "torch"},
+                                 disable_env_checker=True)
+            n_tasks = env.unwrapped.n_tasks
+            obs, info = env.reset(seed=seed, options={"start_task": start}
+                                  if 0 < start < n_tasks else None)
+            result = earlier or Result(
+                env={"id": env_id, "kwargs": spec_kwargs, "task_names": list(info["task_names"])},
+                agent={"name": name, "kwargs": agent_kwargs},
+                seed=int(seed), device=str(dev), versions=identity["versions"],
+                git_commit=git_commit(), started_at=_now(), eval_every=eval_every,
+                eval_note=metrics.schedule_note(eval_every),
+            )
+            if result.env["task_names"] != list(info["task_names"]):
+                raise ResumeRefused(f"{out} holds the tasks {result.env['task_names']}, this run's "
+                                    f"stream has {list(info['task_names'])}: the data or the "
+                                    "stream changed; run without --resume to start afresh")
+            result.hosts = [*result.hosts, {"first_task": start, **host(dev)}]
+            save = (lambda: result.save(out)) if out is not None else (lambda: None)
+
+            def task_done(state: bytes) -> None:
+                """After a task: its state into the checkpoint, then the result, then prune."""
+                if checkpoint is not None:
+                    checkpoint.record(result.n_tasks_done, state, elapsed())
+                save()
+                if checkpoint is not None:
+                    checkpoint.prune(result.n_tasks_done)
+
+            input_shapes = info["input_shapes"]
+            if not result.isolation:  # a valid file even if the run ends before its runner starts
+                result.isolation = {"mode": "workers" if seal else "in-process", "sandbox": None,
+                                    "reason": "the run ended before the agent's first call"}
+            runner: SealedRunner | InProcessRunner
+            try:
+                if seal:
+                    runner = SealedRunner(worker_target(name), agent_kwargs, dev, seed,
+                                          input_shapes, pool)
+                else:
+                    runner = InProcessRunner(agent if isinstance(agent, type) else name,
+                                             agent_kwargs, dev, seed, input_shapes)
+                # before anything is written or learned; the agent's module is imported only
+                # where its calls run (a worker, when sealed)
+                require_scenario(supported_scenarios(agent) if isinstance(agent, type)
+                                 else runner.scenarios(), name, scenario)
+                resumed_after = []
+                if earlier is not None:
+                    if runner.sealed != earlier.sealed:
+                        raise ResumeRefused(
+                            f"{out} was run {'in' if earlier.sealed else 'outside'} the bwrap "
+                            f"sandbox, this session runs {'in' if runner.sealed else 'outside'} it "
+                            f"({runner.isolation['reason']}): a result is sealed throughout or "
+                            "not at all")
+                    resumed_after = [*earlier.isolation.get("resumed_after_tasks", []), start]
+                    result.status = "running"
+                    result.error = result.failure = result.finished_at = None
+                result.sealed, result.isolation = runner.sealed, runner.isolation
+                result.isolation.update(
+                    threads=torch.get_num_threads(),
+                    reproducibility=(("bitwise state on CPU" if dev.type != "cuda" else
+                                      f"labels on the training inputs, at most "
+                                      f"{CUDA_LABEL_TOLERANCE:.0%} differ on CUDA")
+                                     if flops else "not checked: FLOPs off (no replay of learn)"))
+                if resumed_after:
+                    result.isolation["resumed_after_tasks"] = resumed_after
+                if out is not None and earlier is None:
+                    checkpoint = Checkpoint.start(out, identity)
+                save()
+                _run_stream(runner, env, obs, info, result, task_done, flops, learn_timeout,
+                            progress_bars, retain_threshold, start, blob)
+            except (ScenarioRefused, ResumeRefused):
                 raise
-    if earlier is not None and earlier.status == "complete":
-        return earlier
-    start = earlier.n_tasks_done if earlier is not None else 0
-    wall_start = time.perf_counter()
-    elapsed = lambda: earlier_seconds + time.perf_counter() - wall_start  # noqa: E731
-    with _signals_interrupt(), contextlib.ExitStack() as cleanup:
-        pool = None
-        if seal:  # the zygote imports torch while this process loads the stream's data
-            pool = WorkerPool.for_agent(worker_target(name),
-                                        {spec_kwargs.get("data_root"), None},
-                                        [out] if out is not None else [])
-            cleanup.callback(pool.close)
-        env = gymnasium.make(env_id, **{**env_kwargs, "device": str(dev), "backend": "torch"},
-                             disable_env_checker=True)
-        n_tasks = env.unwrapped.n_tasks
-        obs, info = env.reset(seed=seed, options={"start_task": start}
-                              if 0 < start < n_tasks else None)
-        result = earlier or Result(
-            env={"id": env_id, "kwargs": spec_kwargs, "task_names": list(info["task_names"])},
-            agent={"name": name, "kwargs": agent_kwargs},
-            seed=int(seed), device=str(dev), versions=identity["versions"],
-            git_commit=git_commit(), started_at=_now(), eval_every=eval_every,
-            eval_note=metrics.schedule_note(eval_every),
-        )
-        if result.env["task_names"] != list(info["task_names"]):
-            raise ResumeRefused(f"{out} holds the tasks {result.env['task_names']}, this run's "
-                                f"stream has {list(info['task_names'])}: the data or the "
-                                "stream changed; run without --resume to start afresh")
-        result.hosts = [*result.hosts, {"first_task": start, **host(dev)}]
-        save = (lambda: result.save(out)) if out is not None else (lambda: None)
-
-        def task_done(state: bytes) -> None:
-            """After a task: its state into the checkpoint, then the result, then prune."""
-            if checkpoint is not None:
-                checkpoint.record(result.n_tasks_done, state, elapsed())
-            save()
-            if checkpoint is not None:
-                checkpoint.prune(result.n_tasks_done)
-
-        input_shapes = info["input_shapes"]
-        if not result.isolation:  # a valid file even if the run ends before its runner starts
-            result.isolation = {"mode": "workers" if seal else "in-process", "sandbox": None,
-                                "reason": "the run ended before the agent's first call"}
-        runner: SealedRunner | InProcessRunner
-        try:
-            if seal:
-                runner = SealedRunner(worker_target(name), agent_kwargs, dev, seed,
-                                      input_shapes, pool)
-            else:
-                runner = InProcessRunner(agent if isinstance(agent, type) else name,
-                                         agent_kwargs, dev, seed, input_shapes)
-            # before anything is written or learned; the agent's module is imported only
-            # where its calls run (a worker, when sealed)
-            require_scenario(supported_scenarios(agent) if isinstance(agent, type)
-                             else runner.scenarios(), name, scenario)
-            resumed_after = []
-            if earlier is not None:
-                if runner.sealed != earlier.sealed:
-                    raise ResumeRefused(
-                        f"{out} was run {'in' if earlier.sealed else 'outside'} the bwrap "
-                        f"sandbox, this session runs {'in' if runner.sealed else 'outside'} it "
-                        f"({runner.isolation['reason']}): a result is sealed throughout or "
-                        "not at all")
-                resumed_after = [*earlier.isolation.get("resumed_after_tasks", []), start]
-                result.status = "running"
-                result.error = result.failure = result.finished_at = None
-            result.sealed, result.isolation = runner.sealed, runner.isolation
-            result.isolation.update(
-                threads=torch.get_num_threads(),
-                reproducibility=(("bitwise state on CPU" if dev.type != "cuda" else
-                                  f"labels on the training inputs, at most "
-                                  f"{CUDA_LABEL_TOLERANCE:.0%} differ on CUDA")
-                                 if flops else "not checked: FLOPs off (no replay of learn)"))
-            if resumed_after:
-                result.isolation["resumed_after_tasks"] = resumed_after
-            if out is not None and earlier is None:
-                checkpoint = Checkpoint.start(out, identity)
-            save()
-            _run_stream(runner, env, obs, info, result, task_done, flops, learn_timeout,
-                        progress_bars, retain_threshold, start, blob)
-        except (ScenarioRefused, ResumeRefused):
-            raise
-        except WorkerFailure as failure:
-            task_id = failure.task_id if failure.task_id is not None else result.n_tasks_done
-            message = _describe(name, min(task_id, len(input_shapes) - 1), result.env,
-                                failure.stage, str(failure))
-            _finish(result, save, elapsed(), "failed", message,
-                    {"kind": failure.kind, "stage": failure.stage, "task_id": task_id,
-                     "traceback": failure.traceback})
-            raise AgentError(message, result) from None
-        except Exception as error:  # the harness's own failure: still a terminal status
-            _finish(result, save, elapsed(), "failed",
-                    f"the harness failed after {result.n_tasks_done} of {len(input_shapes)} "
-                    f"tasks: {type(error).__name__}: {error}",
-                    {"kind": "harness_error", "stage": None, "task_id": result.n_tasks_done,
-                     "traceback": None})
-            raise
-        except KeyboardInterrupt as interrupt:
-            signal_name = getattr(interrupt, "signal_name", "SIGINT")
-            _finish(result, save, elapsed(), "interrupted",
-                    f"interrupted by {signal_name} after {result.n_tasks_done} of "
-                    f"{len(input_shapes)} tasks",
-                    {"kind": "interrupted", "stage": None, "task_id": result.n_tasks_done,
-                     "traceback": None})
-            raise
-    result.status = "complete"
-    result.finished_at = _now()
-    result.wall_seconds = elapsed()
-    result.costs["process_peak_memory_bytes"] = costs.process_peak_memory_bytes()
-    save()
-    if checkpoint is not None:
-        checkpoint.remove()  # the result is final; no partial checkpoint may outlive it
-    return result
+            except WorkerFailure as failure:
+                task_id = failure.task_id if failure.task_id is not None else result.n_tasks_done
+                message = _describe(name, min(task_id, len(input_shapes) - 1), result.env,
+                                    failure.stage, str(failure))
+                _finish(result, save, elapsed(), "failed", message,
+                        {"kind": failure.kind, "stage": failure.stage, "task_id": task_id,
+                         "traceback": failure.traceback})
+                raise AgentError(message, result) from None
+            except Exception as error:  # the harness's own failure: still a terminal status
+                _finish(result, save, elapsed(), "failed",
+                        f"the harness failed after {result.n_tasks_done} of {len(input_shapes)} "
+                        f"tasks: {type(error).__name__}: {error}",
+                        {"kind": "harness_error", "stage": None, "task_id": result.n_tasks_done,
+                         "traceback": None})
+                raise
+            except KeyboardInterrupt as interrupt:
+                signal_name = getattr(interrupt, "signal_name", "SIGINT")
+                _finish(result, save, elapsed(), "interrupted",
+                        f"interrupted by {signal_name} after {result.n_tasks_done} of "
+                        f"{len(input_shapes)} tasks",
+                        {"kind": "interrupted", "stage": None, "task_id": result.n_tasks_done,
+                         "traceback": None})
+                raise
+        result.status = "complete"
+        result.finished_at = _now()
+        result.wall_seconds = elapsed()
+        result.costs["process_peak_memory_bytes"] = costs.process_peak_memory_bytes()
+        save()
+        if checkpoint is not None:
+            checkpoint.remove()  # the result is final; no partial checkpoint may outlive it
+        return result
 
 
 def env_spec_kwargs(env_id: str, env_kwargs: dict[str, Any], device: torch.device

@@ -1,10 +1,12 @@
 """Shared fixtures: an empty dataset cache, a dead network, trusted fake CIFAR and IDX checksums,
-a data root of small generated MNIST and CIFAR-10 files."""
+a data root of small generated MNIST and CIFAR-10 files, a process holding a result file."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -83,3 +85,28 @@ def in_shadowing_folder(tmp_path, monkeypatch) -> Path:
     folder = shadowing_folder(tmp_path / "cwd")
     monkeypatch.chdir(folder)
     return folder
+
+
+# A process that holds a result file as a live run does (clbench.checkpoint.hold) until killed.
+HOLDER = ("import sys, time\nfrom clbench.checkpoint import hold\nwith hold(sys.argv[1]):\n"
+          "    print('held', flush=True)\n    time.sleep(600)\n")
+
+
+@pytest.fixture
+def hold_elsewhere():
+    """``start(out)`` runs another process that holds ``out`` and returns it once it does;
+    whatever is still running at the end of the test is killed."""
+    processes: list[subprocess.Popen] = []
+
+    def start(out: Path) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)],
+                                   stdout=subprocess.PIPE, text=True)
+        processes.append(process)
+        assert process.stdout.readline().strip() == "held"
+        return process
+
+    yield start
+    for process in processes:
+        process.kill()
+        process.wait()
+        process.stdout.close()

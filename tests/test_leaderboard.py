@@ -25,6 +25,7 @@ from clbench.agent import (
     non_default_arguments,
     registered_agents,
 )
+from clbench.checkpoint import lock_for
 from clbench.cli import assignment_text, main, parse_assignments
 from clbench.leaderboard import aggregate, sweep
 from clbench.leaderboard.build import build
@@ -397,6 +398,16 @@ def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one
         assert same_content(slow / f"seed{seed}.json",
                             folder(swept, "random") / f"seed{seed}.json",
                             tuple(key for key in SAME if key != "agent"))
+
+
+def test_a_run_another_sweep_is_writing_is_left_to_it(tmp_path, hold_elsewhere):
+    """A second sweep on the same results folder does not run what the first is running."""
+    job = sweep.plan(SUITE, [TINY], ["random"], [0], tmp_path).jobs[0]
+    holder = hold_elsewhere(job.path)
+    [problem] = sweep.sweep([job], device="cpu", progress=False)
+    assert problem.startswith(f"{TINY.label} random seed 0: {job.path} is being written by "
+                              f"another run (process {holder.pid} on "), problem
+    assert sorted(job.path.parent.iterdir()) == [lock_for(job.path)]  # the holder's alone
 
 
 def test_ray_backend_gives_the_files_of_the_local_pool(swept, tmp_path):

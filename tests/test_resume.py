@@ -5,7 +5,7 @@ Failures injected here: SIGKILL of ``clbench run`` inside a learn, inside its re
 an evaluation and at a random instant (sealed workers, a real process tree); a kill before
 every single write the harness makes (in-process, every instant between two writes); a
 state file altered on disk; a result without checkpoint; no result; a resume with each
-identity field changed; a complete run resumed.
+identity field changed; a complete run resumed; a second run of a result file in use.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from pathlib import Path
 import gymnasium
 import pytest
 import torch
+from agents_for_tests import ConstantZero
 
 import clbench
 from clbench import checkpoint as checkpoint_module
 from clbench import harness
 from clbench import results as results_module
-from clbench.checkpoint import Checkpoint, folder_for
+from clbench.checkpoint import Checkpoint, RunInProgress, folder_for, hold, lock_for
 from clbench.cli import main
 from clbench.harness import AgentError, evaluate
 from clbench.results import load_result
@@ -192,6 +193,60 @@ def test_a_kill_before_any_write_loses_nothing_and_resumes_bitwise(tmp_path, mon
         assert resumed.storage == reference.storage, writes[kill_at - 1]
         assert load_result(out).accuracy == reference.accuracy
         assert not folder_for(out).exists(), writes[kill_at - 1]
+
+
+# ---------------------------------------------------------------- one run per result file
+ZERO = f"{Path(__file__).with_name('agents_for_tests.py')}:ConstantZero"
+
+
+class SecondRun(ConstantZero):
+    """Keeps nothing, answers 0; in its first learn it starts another run of the result file
+    it is being run into (:attr:`out`) every way a user could, and records what happened."""
+
+    out: Path
+    attempts: list[str] = []
+
+    def learn(self, task):
+        if task.id == 0:
+            for resume in (False, True, "auto"):
+                try:
+                    evaluate(ZERO, SPLIT, device="cpu", env_kwargs=FAST_STREAM, out=self.out,
+                             resume=resume, flops=False, seal=False)
+                    SecondRun.attempts.append(f"resume={resume}: ran")
+                except RunInProgress as refused:
+                    SecondRun.attempts.append(str(refused))
+
+
+def test_a_second_run_of_a_result_file_in_use_is_refused_before_it_touches_it(tmp_path,
+                                                                              monkeypatch):
+    """Two sweeps on one results folder, or two ``clbench run --out`` of one file: without
+    the lock the second rewrote the result and wiped the first's checkpoint mid-run."""
+    out = tmp_path / "run.json"
+    monkeypatch.setattr(SecondRun, "out", out, raising=False)
+    monkeypatch.setattr(SecondRun, "attempts", [])
+    result = evaluate(SecondRun, SPLIT, device="cpu", env_kwargs=FAST_STREAM, out=out,
+                      flops=False, seal=False)
+    assert len(SecondRun.attempts) == 3
+    for attempt in SecondRun.attempts:  # flock: a second open file in one process conflicts
+        assert attempt.startswith(f"{out} is being written by another run (process "
+                                  f"{os.getpid()} on "), attempt
+    assert result.status == "complete" and load_result(out).n_tasks_done == 3
+    assert sorted(tmp_path.iterdir()) == [out]  # lock, checkpoint and temp files gone
+
+
+def test_a_run_held_elsewhere_is_refused_and_a_killed_holder_blocks_nothing(tmp_path, capsys,
+                                                                            hold_elsewhere):
+    out = tmp_path / "run.json"
+    holder = hold_elsewhere(out)
+    assert main([*RUN, "--out", str(out), "--no-flops"]) == 1
+    said = capsys.readouterr().err
+    assert f"{out} is being written by another run (process {holder.pid} on " in said, said
+    assert sorted(tmp_path.iterdir()) == [lock_for(out)]  # nothing read, nothing written
+    holder.kill()  # SIGKILL: no handler runs, the kernel drops the lock
+    holder.wait()
+    with hold(out):
+        assert f"process {os.getpid()} on " in lock_for(out).read_text()
+    assert not lock_for(out).exists()
 
 
 # ---------------------------------------------------------------- refusals

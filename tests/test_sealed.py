@@ -133,9 +133,12 @@ def test_an_outputs_folder_is_made_then_hidden_and_the_root_folder_refused(tmp_p
     folder = str(out.parent.resolve())
     assert out.parent.is_dir()
     assert options == ["--tmpfs", folder, "--remount-ro", folder]  # nothing in it yet
+    for beside in ("r.json", "r.json.ckpt", ".r.json.lock"):  # the run's own: kept out
+        (tmp_path / beside).touch()
     shown = hide_outputs([tmp_path / "r.json"], bound=[tmp_path])
     assert ["--ro-bind-try", str(tmp_path / "kept.txt"), str(tmp_path / "kept.txt")] == \
         shown[2:5] and str(tmp_path / "new") in shown  # the rest is bound back
+    assert not [option for option in shown if "r.json" in option]
     assert hide_outputs([tmp_path / "r.json"]) == []  # in the private /tmp: nothing to hide
     with pytest.raises(ValueError, match=r"cannot hide a result file in / from its workers"):
         hide_outputs(["/r.json"])

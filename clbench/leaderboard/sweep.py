@@ -8,7 +8,9 @@ sweep runs :func:`clbench.leaderboard.suites.default_agents` of the suite. Each 
 variant (``independent``, ``independent__delta-true__dtype-int4``). A file that is
 complete and valid is never redone; a missing, running, failed, interrupted or malformed
 one is rerun, so a sweep that was killed mid-way loses only its unfinished runs and the
-next invocation of the same command picks up the rest.
+next invocation of the same command picks up the rest. A run that another live process is
+writing (a second sweep on the same results folder) is left to it and reported as not done
+by this sweep (:func:`clbench.checkpoint.hold`).
 
 Both backends call the same :func:`run_job` (which calls :func:`clbench.evaluate`) and hand
 the result back to the driver, which alone writes the files: so the files of a Ray sweep
@@ -35,6 +37,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from clbench.agent import canonical_agent_name, load_agent_class, supported_scenarios
+from clbench.checkpoint import RunInProgress
 from clbench.leaderboard.suites import Entry
 from clbench.leaderboard.variants import AgentSpec, resolve_specs
 from clbench.results import ResultFormatError, load_result, write_json_atomic
@@ -155,6 +158,8 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
         if _IN_LOCAL_POOL:
             os._exit(128 + signal.SIGINT)
         raise
+    except RunInProgress as error:  # another sweep's run of the same file: left to it
+        return {"result": None, "error": str(error)}
     except Exception as error:  # the job is reported and the sweep goes on with the others
         return {"result": None, "error": f"{type(error).__name__}: {error}"}
     return {"result": result.to_dict(),

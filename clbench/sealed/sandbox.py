@@ -139,15 +139,16 @@ def hide_outputs(outputs: Iterable[str | os.PathLike], bound: Iterable[Path] = (
                  ) -> list[str]:
     """``bwrap`` options that keep the files the harness writes during a run (its result
     file and the checkpoint folder beside it) out of the sandbox: from there an agent could
-    read its own test accuracy on the tasks so far. Each such file's folder becomes an
-    empty read-only tmpfs into which everything else it held at the start is bound back
-    read-only. Hiding the file alone would not do: it is written anew after every task (a
-    new file renamed over the old), which the sandbox would then see. A folder in the
-    private /tmp is left alone unless it lies in a folder bound into the sandbox. The
-    folder is made here where it does not exist yet (the harness would make it anyway);
-    where it cannot be, its nearest existing parent is treated so. A result file directly
-    in the root folder is refused: ``/`` cannot be hidden."""
-    from clbench.checkpoint import folder_for
+    read its own test accuracy on the tasks so far. Each such file's folder becomes an empty
+    read-only tmpfs into which everything else it held at the start is bound back read-only
+    (the run's lock file, :func:`clbench.checkpoint.lock_for`, stays out too). Hiding the
+    file alone would not do: it is written anew after every task (a new file renamed over
+    the old), which the sandbox would then see. A folder in the private /tmp is left alone
+    unless it lies in a folder bound into the sandbox. The folder is made here where it does
+    not exist yet (the harness would make it anyway); where it cannot be, its nearest
+    existing parent is treated so. A result file directly in the root folder is refused:
+    ``/`` cannot be hidden."""
+    from clbench.checkpoint import folder_for, lock_for
 
     names: dict[Path, set[str]] = {}
     for output in outputs:
@@ -160,7 +161,8 @@ def hide_outputs(outputs: Iterable[str | os.PathLike], bound: Iterable[Path] = (
         if folder == folder.parent:
             raise ValueError(f"out={output}: a sealed run cannot hide a result file in "
                              f"{folder} from its workers; write it to a folder of its own")
-        names.setdefault(folder.resolve(), set()).update({path.name, folder_for(path).name})
+        names.setdefault(folder.resolve(), set()).update(
+            {path.name, folder_for(path).name, lock_for(path).name})
     options = []
     for folder, kept_out in sorted(names.items()):
         private = folder.is_relative_to(PRIVATE_TEMP) and not any(
