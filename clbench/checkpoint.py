@@ -86,8 +86,9 @@ def hold(out: str | Path) -> Iterator[None]:
     process holds it, raises :class:`RunInProgress` naming that process (its pid and host,
     which it wrote into the lock file). The lock file is removed on leaving, still locked; a
     process that opened it just before and then locks the removed file sees that the path no
-    longer leads to it and tries again with a new one. The descriptor is not inherited, so
-    the lock ends with this process, never with a child it started.
+    longer leads to it and tries again with a new one. The descriptor is closed on exec, so
+    no program this process starts (the sealed workers' zygote, a sweep's pool processes)
+    keeps the lock alive after it; only a plain fork of this process shares it.
     """
     path = lock_for(out)
     path.parent.mkdir(parents=True, exist_ok=True)
