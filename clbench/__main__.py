@@ -29,14 +29,17 @@ def start_workers_early(argv: Sequence[str]) -> None:
             arg.startswith("data_root=") for arg in known.env_arg):
         return
     from clbench.agent import agent_reference, worker_target
-    from clbench.checkpoint import default_out
+    from clbench.checkpoint import RunInProgress, check_not_held, default_out
     from clbench.sealed.workers import start_early
 
     try:
         out = known.out or default_out(known.agent, known.env or "", int(known.seed))
+        check_not_held(out)
         start_early(worker_target(agent_reference(known.agent)), {None}, [out])
-    except (ValueError, OSError):
-        return  # an unknown agent, a zygote that cannot start: the run says so in its words
+    except (ValueError, OSError, RunInProgress):
+        # an unknown agent, a zygote that cannot start, a file another run holds: the run
+        # says so in its words
+        return
 
 
 def main() -> int:

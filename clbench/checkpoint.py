@@ -74,7 +74,7 @@ def folder_for(out: str | Path) -> Path:
 
 def lock_for(out: str | Path) -> Path:
     """The lock file of the result file ``out``: ``.<name>.lock`` in its folder."""
-    out = Path(out)
+    out = Path(out).absolute()
     return out.with_name(f".{out.name}.lock")
 
 
@@ -84,39 +84,92 @@ def hold(out: str | Path) -> Iterator[None]:
 
     Takes an exclusive ``flock`` on :func:`lock_for` ``(out)`` without waiting; when another
     process holds it, raises :class:`RunInProgress` naming that process (its pid and host,
-    which it wrote into the lock file). The lock file is removed on leaving, still locked; a
-    process that opened it just before and then locks the removed file sees that the path no
-    longer leads to it and tries again with a new one. The descriptor is closed on exec, so
-    no program this process starts (the sealed workers' zygote, a sweep's pool processes)
-    keeps the lock alive after it; only a plain fork of this process shares it.
+    which it wrote into the lock file). The lock file is removed on leaving, still locked,
+    if it is still the one this process locked; a process that opened it just before and
+    then locks the removed file sees that the path no longer leads to it and tries again
+    with a new one. The descriptor is closed on exec, so no program this process starts (the
+    sealed workers' zygote, a sweep's pool processes) keeps the lock alive after it; only a
+    plain fork of this process shares it. On NFS, Linux emulates ``flock`` with POSIX locks,
+    which reach other hosts only where the mount supports them.
     """
     path = lock_for(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            descriptor, writable = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666), True
+        except PermissionError:  # left behind by another user's killed run: lockable as it is
+            descriptor, writable = os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(descriptor, 256, 0).decode("utf-8", "replace").strip()
+            current = _leads_to(path, descriptor)
             os.close(descriptor)
-            raise RunInProgress(
-                f"{out} is being written by another run ({holder or 'a process starting'}); "
-                "wait for it to end (or stop it) and run again: a second run of one file "
-                "would overwrite its result and checkpoint") from None
-        try:
-            current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
+            if current:
+                raise RunInProgress(_refusal(out, path, holder)) from None
+            continue  # its holder has just removed it: the path may lead to a free one
+        if _leads_to(path, descriptor):
             break
-        os.close(descriptor)  # its holder removed it while this process opened it
+        os.close(descriptor)
     try:
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        if writable:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()}\n".encode(),
+                      0)
         yield
     finally:
-        path.unlink(missing_ok=True)
+        if _leads_to(path, descriptor):  # not a lock file someone put in its place
+            path.unlink(missing_ok=True)
         os.close(descriptor)
+
+
+def check_not_held(out: str | Path) -> None:
+    """Raise :class:`RunInProgress` now if another process holds ``out`` (see :func:`hold`);
+    holds nothing itself, so a command can refuse before its slow start-up."""
+    path = lock_for(out)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file (or none readable): nothing holds it, or hold() will say
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 256, 0).decode("utf-8", "replace").strip()
+        raise RunInProgress(_refusal(out, path, holder)) from None
+    finally:
+        os.close(descriptor)
+
+
+def _leads_to(path: Path, descriptor: int) -> bool:
+    """Whether ``path`` is the file open as ``descriptor``."""
+    try:
+        return os.stat(path).st_ino == os.fstat(descriptor).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's
+    return True
+
+
+def _refusal(out: str | Path, path: Path, holder: str) -> str:
+    """The message of :class:`RunInProgress` for ``out``, whose lock file ``path`` names
+    ``holder`` ("process PID on HOST", or nothing yet)."""
+    message = (f"{out} is being written by another run ({holder or 'a process starting'}); "
+               "wait for it to end (or stop it) and run again: a second run of one file "
+               "would overwrite its result and checkpoint")
+    words = holder.split()
+    if len(words) == 4 and words[1].isdigit() and words[3] == socket.gethostname() \
+            and not _alive(int(words[1])):
+        message += (f". Process {words[1]} has exited, so a process it forked still holds "
+                    f"the lock: `fuser {path}` names it")
+    return message
 
 
 def first_difference(recorded: Any, wanted: Any, where: str = "") -> str | None:

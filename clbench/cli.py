@@ -25,7 +25,7 @@ import gymnasium
 
 import clbench  # noqa: F401  (registers the environments)
 from clbench.agent import agent_arguments, load_agent_class, registered_agents
-from clbench.checkpoint import INDEX, default_out, folder_for
+from clbench.checkpoint import INDEX, check_not_held, default_out, folder_for
 from clbench.data import DatasetIntegrityError, DatasetNotFoundError
 from clbench.devices import DEVICE_CHOICES
 from clbench.env.registration import check_env_kwargs
@@ -165,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_env_kwargs(args.env, env_kwargs)
     out = Path(args.out) if args.out else default_out(args.agent, args.env, args.seed)
     _check_output(out)
+    check_not_held(out)  # before anything is read or said about an earlier run of out
     already_complete = args.resume and _complete(out)
     if not args.resume and (folder_for(out) / INDEX).exists():
         print(f"clbench: starting afresh over the unfinished run {out} (--resume would "

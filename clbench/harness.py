@@ -421,8 +421,8 @@ def evaluate(
     With ``out``, the state after every task is kept in the checkpoint folder ``<out>.ckpt``
     (removed when the run completes), and the run holds ``out`` throughout
     (:func:`clbench.checkpoint.hold`): a second run of the same ``out`` while this one lives
-    raises :class:`clbench.checkpoint.RunInProgress` before it reads or writes anything.
-    ``resume=True`` continues the run of ``out`` from its last finished task; it raises
+    raises :class:`clbench.checkpoint.RunInProgress` before it reads or writes any file of the
+    run. ``resume=True`` continues the run of ``out`` from its last finished task; it raises
     :class:`ResumeRefused` (naming the field and both values) when the env, its kwargs, the
     agent, its kwargs, the seed, the device, ``flops``, ``seal``, ``eval_every`` or the versions
     (clbench, torch, ...) differ from the checkpoint's, and when there is no result or

@@ -400,11 +400,13 @@ def test_a_sweep_killed_midway_and_rerun_gives_the_files_of_an_uninterrupted_one
                             tuple(key for key in SAME if key != "agent"))
 
 
-def test_a_run_another_sweep_is_writing_is_left_to_it(tmp_path, hold_elsewhere):
-    """A second sweep on the same results folder does not run what the first is running."""
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_a_run_another_sweep_is_writing_is_left_to_it(tmp_path, hold_elsewhere, backend):
+    """A second sweep on the same results folder does not run what the first is running (a
+    local run holds its file itself; for a Ray run, which writes nothing, the driver does)."""
     job = sweep.plan(SUITE, [TINY], ["random"], [0], tmp_path).jobs[0]
     holder = hold_elsewhere(job.path)
-    [problem] = sweep.sweep([job], device="cpu", progress=False)
+    [problem] = sweep.sweep([job], device="cpu", progress=False, backend=backend)
     assert problem.startswith(f"{TINY.label} random seed 0: {job.path} is being written by "
                               f"another run (process {holder.pid} on "), problem
     assert sorted(job.path.parent.iterdir()) == [lock_for(job.path)]  # the holder's alone

@@ -238,15 +238,81 @@ def test_a_run_held_elsewhere_is_refused_and_a_killed_holder_blocks_nothing(tmp_
                                                                             hold_elsewhere):
     out = tmp_path / "run.json"
     holder = hold_elsewhere(out)
+    folder_for(out).mkdir()  # the holder's checkpoint, as a live run has one
+    (folder_for(out) / "checkpoint.json").write_text("{}")
     assert main([*RUN, "--out", str(out), "--no-flops"]) == 1
     said = capsys.readouterr().err
     assert f"{out} is being written by another run (process {holder.pid} on " in said, said
-    assert sorted(tmp_path.iterdir()) == [lock_for(out)]  # nothing read, nothing written
+    assert "starting afresh" not in said  # nothing said about the other run's files
+    assert sorted(tmp_path.iterdir()) == [lock_for(out), folder_for(out)]
+    assert (folder_for(out) / "checkpoint.json").read_text() == "{}"
     holder.kill()  # SIGKILL: no handler runs, the kernel drops the lock
     holder.wait()
     with hold(out):
         assert f"process {os.getpid()} on " in lock_for(out).read_text()
     assert not lock_for(out).exists()
+
+
+def test_a_lock_file_removed_under_a_live_run_is_not_removed_again_by_it(tmp_path):
+    """Someone deletes A's lock file (``git clean -X``, say) and B takes a new one: A must not
+    then remove B's on leaving, or C would run beside B."""
+    out = tmp_path / "run.json"
+    first, second = hold(out), hold(out)  # two open files: flock sets them against each other
+    first.__enter__()
+    lock_for(out).unlink()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert lock_for(out).exists()
+    with pytest.raises(RunInProgress), hold(out):
+        pass
+    second.__exit__(None, None, None)
+    assert not lock_for(out).exists()
+
+
+def test_another_users_lock_file_is_locked_read_only(tmp_path, monkeypatch):
+    out = tmp_path / "run.json"
+    lock_for(out).write_text("process 1 on elsewhere\n")
+    opened = os.open
+
+    def not_for_writing(path, flags, *mode):
+        if flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, flags, *mode)
+
+    monkeypatch.setattr(checkpoint_module.os, "open", not_for_writing)
+    with hold(out):
+        assert lock_for(out).read_text() == "process 1 on elsewhere\n"
+        with pytest.raises(RunInProgress, match="process 1 on elsewhere"), hold(out):
+            pass
+
+
+FORKING_HOLDER = """import os, sys, time
+from clbench.checkpoint import hold
+with hold(sys.argv[1]):
+    child = os.fork()
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_lock_kept_by_a_fork_of_a_killed_run_is_named_as_such(tmp_path):
+    out = tmp_path / "run.json"
+    holder = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        with pytest.raises(RunInProgress) as refused, hold(out):
+            pass
+        assert f"Process {holder.pid} has exited, so a process it forked still holds the " \
+               f"lock: `fuser {lock_for(out)}` names it" in str(refused.value)
+    finally:
+        holder.stdout.close()
+        os.kill(child, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- refusals

@@ -37,7 +37,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from clbench.agent import canonical_agent_name, load_agent_class, supported_scenarios
-from clbench.checkpoint import RunInProgress
+from clbench.checkpoint import RunInProgress, hold
 from clbench.leaderboard.suites import Entry
 from clbench.leaderboard.variants import AgentSpec, resolve_specs
 from clbench.results import ResultFormatError, load_result, write_json_atomic
@@ -177,24 +177,58 @@ def sweep(jobs: Sequence[Job], device: str = "auto", backend: str = "local", wor
         raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if workers < 1 or threads < 1:
         raise ValueError(f"--workers and --threads must be at least 1, got {workers}, {threads}")
-    requests = [job.request(device, threads, resumable=backend == "local") for job in jobs]
-    outcomes = (_run_ray(requests, device, threads, address) if backend == "ray"
-                else _run_local(requests, workers))
-    problems = []
-    # closing: an interruption that lands here, while a finished run's file is written rather
-    # than inside the generator, must still stop the pool at once; left to the garbage
-    # collector, the pool's exit handler first let it run the running and queued runs
-    with contextlib.closing(outcomes), tqdm(total=len(jobs), desc="sweep", unit="run",
-                                            disable=None if progress else True) as bar:
-        for index, outcome in outcomes:
-            job = jobs[index]
-            if outcome["result"] is not None:
-                write_json_atomic(job.path, without_machine_paths(outcome["result"]))
-            if outcome["error"]:
-                problems.append(f"{job.entry.label} {job.agent.label} seed {job.seed}: "
-                                f"{outcome['error']}")
-            bar.update(1)
+    problems: list[str] = []
+    with contextlib.ExitStack() as held, tqdm(total=len(jobs), desc="sweep", unit="run",
+                                              disable=None if progress else True) as bar:
+        # A local run holds its own file while it runs (clbench.checkpoint.hold); a Ray
+        # run writes nothing itself, so the driver holds its file from now until it is written.
+        locks: dict[int, contextlib.ExitStack] = {}
+        if backend == "ray":
+            for index, job in enumerate(jobs):
+                lock = contextlib.ExitStack()
+                try:
+                    lock.enter_context(hold(job.path))
+                except RunInProgress as error:
+                    problems.append(_problem(job, str(error)))
+                    bar.update(1)
+                    continue
+                locks[index] = held.enter_context(lock)
+        runnable = list(locks) if backend == "ray" else list(range(len(jobs)))
+        requests = [jobs[index].request(device, threads, resumable=backend == "local")
+                    for index in runnable]
+        outcomes = (_run_ray(requests, device, threads, address) if backend == "ray"
+                    else _run_local(requests, workers))
+        # closing: an interruption that lands here, while a finished run's file is written
+        # rather than inside the generator, must still stop the pool at once; left to the
+        # garbage collector, the pool's exit handler first let it run the running and queued
+        # runs
+        with contextlib.closing(outcomes):
+            for position, outcome in outcomes:
+                index = runnable[position]
+                job = jobs[index]
+                if outcome["result"] is not None:
+                    payload = without_machine_paths(outcome["result"])
+                    if index in locks:
+                        write_json_atomic(job.path, payload)
+                    else:
+                        _write_held(job.path, payload)
+                if index in locks:
+                    locks.pop(index).close()
+                if outcome["error"]:
+                    problems.append(_problem(job, outcome["error"]))
+                bar.update(1)
     return problems
+
+
+def _problem(job: Job, error: str) -> str:
+    return f"{job.entry.label} {job.agent.label} seed {job.seed}: {error}"
+
+
+def _write_held(path: Path, payload: dict[str, Any]) -> None:
+    """Rewrite a local run's file (machine paths taken out) unless another run has taken it
+    since: its own writes then stand for it."""
+    with contextlib.suppress(RunInProgress), hold(path):
+        write_json_atomic(path, payload)
 
 
 def machine_places() -> list[tuple[str, str]]:
@@ -272,6 +306,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def _run_ray(requests: list[dict], device: str, threads: int,
              address: str | None) -> Iterable[tuple[int, dict]]:
     """Yield (index, outcome) as Ray tasks finish, one task per run."""
+    if not requests:
+        return  # every job was refused: no cluster to start or join
     try:
         import ray
     except ImportError:
