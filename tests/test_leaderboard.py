@@ -28,6 +28,7 @@ from clbench.agent import (
 from clbench.checkpoint import lock_for
 from clbench.cli import assignment_text, main, parse_assignments
 from clbench.leaderboard import aggregate, sweep
+from clbench.leaderboard.aggregate import row_cells
 from clbench.leaderboard.build import build
 from clbench.leaderboard.suites import STORAGE_COMPARATORS, SUITES, Entry, default_agents
 from clbench.leaderboard.variants import (
@@ -577,6 +578,14 @@ def test_seeds_aggregate_to_mean_std_and_t_interval():
     half = 4.302652729911275 * 0.1 / 3 ** 0.5  # t(0.975, 2 dof)
     assert (summary.low, summary.high) == pytest.approx((0.9 - half, 0.9 + half))
     assert aggregate.Summary.of([0.5]).std is None
+
+
+def test_the_acc_interval_shown_stays_within_zero_and_one():
+    row = aggregate.Row("stream", "agent", {}, [])
+    row.figures = {key: aggregate.Summary.of([1.0, 0.9, 1.0]) for key in aggregate.FIGURES}
+    assert row.figures["acc"].high > 1  # the t-interval itself: 0.967 +- 0.143
+    interval = row_cells(row)[aggregate.COLUMNS.index("ACC 95% CI")]
+    assert interval == f"[{row.figures['acc'].low:.3f}, 1.000]"
 
 
 def test_flops_not_counted_when_learn_ran_outside_torch(swept):

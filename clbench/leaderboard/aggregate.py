@@ -313,7 +313,9 @@ def row_cells(row: Row) -> list[str]:
     """A row's human-readable cells, in :data:`COLUMNS` order (mean ± std over seeds)."""
     f = row.figures
     acc = f["acc"]
-    interval = "n/a (1 seed)" if acc.low is None else f"[{acc.low:.3f}, {acc.high:.3f}]"
+    # an accuracy lies in [0, 1]; the t-interval of three seeds near 1 reaches past it
+    interval = "n/a (1 seed)" if acc.low is None else \
+        f"[{max(acc.low, 0.0):.3f}, {min(acc.high, 1.0):.3f}]"
     flops = _mean_std(f["gflop_per_task"], 3) if row.flops_counted else "not counted"
     ratio = f["compression"]
     return [row.agent, arguments_text(row.arguments, row.eval_every), _mean_std(acc, 3),

@@ -18,7 +18,7 @@ from clbench.leaderboard.suites import DESCRIPTIONS
 
 NOTES = [
     "Each cell is the mean ± sample std over the seeds listed; ACC 95% CI is the t-interval "
-    "of the mean. Only complete runs of sealed workers are shown.",
+    "of the mean, cut to [0, 1]. Only complete runs of sealed workers are shown.",
     "final bytes: the serialised state after the last task; compression: one fp32 reference "
     "network per task divided by those bytes.",
     "learn GFLOP/task: forward + backward FLOPs of learn counted with torch's FLOP formulas "
