@@ -23,7 +23,8 @@ looks its minibatch up instead of running the earlier columns again, epoch after
 same function, so the same training up to float rounding (batches of 1,024 add in another
 order than minibatches); over a stream that rounding can tip an early-stopping choice: on
 OneVsRestMNIST5k, seed 0, the accuracy matrix moved by up to 0.02 a cell (ACC 0.978, 0.979
-without the cache; SplitMNIST5k's stayed bitwise the same). On TupleMNIST5k (50 tasks, seed 0,
+without the cache: the leaderboard's run and the one it replaced in 2a71240;
+SplitMNIST5k's stayed bitwise the same). On TupleMNIST5k (50 tasks, seed 0,
 one thread, loaded 2-core CPU) it made the learn of task 10 2.4x faster and that of task 49
 5.6x (19 against 107 s; 8x fewer FLOPs), ``python benchmarks/pnn_cache.py --at 10 25 49``.
 Earlier columns beyond :data:`ACTIVATION_CACHE_BYTES` (the cache holds the first of them
