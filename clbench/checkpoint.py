@@ -102,11 +102,10 @@ def hold(out: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(descriptor, 256, 0).decode("utf-8", "replace").strip()
-            current = _leads_to(path, descriptor)
+            refusal = _refusal(out, path, descriptor) if _leads_to(path, descriptor) else None
             os.close(descriptor)
-            if current:
-                raise RunInProgress(_refusal(out, path, holder)) from None
+            if refusal:
+                raise RunInProgress(refusal) from None
             continue  # its holder has just removed it: the path may lead to a free one
         if _leads_to(path, descriptor):
             break
@@ -134,8 +133,7 @@ def check_not_held(out: str | Path) -> None:
     try:
         fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(descriptor, 256, 0).decode("utf-8", "replace").strip()
-        raise RunInProgress(_refusal(out, path, holder)) from None
+        raise RunInProgress(_refusal(out, path, descriptor)) from None
     finally:
         os.close(descriptor)
 
@@ -158,9 +156,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _refusal(out: str | Path, path: Path, holder: str) -> str:
-    """The message of :class:`RunInProgress` for ``out``, whose lock file ``path`` names
-    ``holder`` ("process PID on HOST", or nothing yet)."""
+def _refusal(out: str | Path, path: Path, descriptor: int) -> str:
+    """The message of :class:`RunInProgress` for ``out``, whose lock file ``path`` (open as
+    ``descriptor``) names its holder ("process PID on HOST", or nothing yet)."""
+    holder = os.pread(descriptor, 256, 0).decode("utf-8", "replace").strip()
     message = (f"{out} is being written by another run ({holder or 'a process starting'}); "
                "wait for it to end (or stop it) and run again: a second run of one file "
                "would overwrite its result and checkpoint")
