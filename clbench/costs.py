@@ -150,6 +150,7 @@ def count_flops(call: Callable[[], Any]) -> int:
 
 
 def process_peak_memory_bytes() -> int:
-    """Peak resident memory of this process so far (what CPU runs report)."""
+    """Peak resident memory of this process so far: the harness's, in a sealed run not the
+    agent's (its workers are other processes; resumed runs count this session only)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
