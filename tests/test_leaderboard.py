@@ -413,6 +413,37 @@ def test_a_run_another_sweep_is_writing_is_left_to_it(tmp_path, hold_elsewhere, 
     assert sorted(job.path.parent.iterdir()) == [lock_for(job.path)]  # the holder's alone
 
 
+def test_a_dry_run_says_what_each_files_holds_and_touches_none(swept, tmp_path,
+                                                               hold_elsewhere, capsys):
+    results = copy_results(swept, tmp_path)
+    bad = corrupt(results)  # naive: seed7 failed after 1/2 tasks, seed8 holds seed 9's run
+    random = folder(results, "random")
+    killed = after_first_task(json.loads((random / "seed0.json").read_text()))
+    (random / "seed0.json").write_text(json.dumps(killed))
+    (random / "seed0.json.ckpt").mkdir()
+    (random / "seed1.json").write_text("{ not json")
+    planned = sweep.plan(SUITE, [TINY], ["random", "naive"], [0, 1, 2, 3, 7, 8], results)
+    holder = hold_elsewhere(folder(results, "naive") / "seed3.json")
+    before = {path: path.read_bytes() for path in results.rglob("*") if path.is_file()}
+    said = {(job.agent.label, job.seed): sweep.describe(job) for job in planned.jobs}
+    assert said[("random", 0)] == ("unfinished after 1/2 tasks, and no live run holds it; "
+                                   "its checkpoint is kept")
+    assert said[("random", 1)].startswith("not a valid result (") and \
+        said[("random", 1)].endswith("); replaced") and str(results) not in said[("random", 1)]
+    assert said[("random", 3)] == said[("naive", 2)] == "new"
+    assert said[("naive", 3)].startswith("running now, left to it (") and \
+        f"process {holder.pid} on " in said[("naive", 3)]
+    assert said[("naive", 7)] == "failed after 1/2 tasks: boom; no checkpoint, starts afresh"
+    assert said[("naive", 8)].startswith("holds another run")
+    assert len(bad) == 5 and len(said) == 12 - 3  # random 0-2 and naive 0-1 of the sweep: 3 done
+    assert {path: path.read_bytes() for path in results.rglob("*") if path.is_file()} == before
+    assert main(["leaderboard", "run", "--suite", "offline", "--entry", "SplitMNIST5k-v0",
+                 "--agents", "random", "--seeds", "0", "--results", str(tmp_path / "new"),
+                 "--dry-run"]) == 0
+    path = tmp_path / "new" / "offline" / "SplitMNIST5k-v0" / "random" / "seed0.json"
+    assert capsys.readouterr().out == f"{path}: new\n" and not (tmp_path / "new").exists()
+
+
 def test_ray_backend_gives_the_files_of_the_local_pool(swept, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'clbench[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -439,6 +470,14 @@ def test_a_job_that_cannot_start_is_reported_and_the_sweep_goes_on(tmp_path):
 
 
 # ----------------------------------------------------------------------------- build
+def after_first_task(complete: dict) -> dict:
+    """A complete 2-task result as its file was after the first task (status running)."""
+    return {**complete, "status": "running", "accuracy": complete["accuracy"][:1],
+            "agent_metrics": [{}], "reproducible": complete["reproducible"][:1],
+            "storage": {k: v[:1] for k, v in complete["storage"].items()},
+            "costs": {k: v[:1] for k, v in complete["costs"].items() if isinstance(v, list)}}
+
+
 def corrupt(results: Path) -> dict[str, str]:
     """Bad files next to the good ones; name -> what the build must say about it."""
     naive = folder(results, "naive")
@@ -451,14 +490,10 @@ def corrupt(results: Path) -> dict[str, str]:
 
     write("seed5.json", {k: v for k, v in good.items() if k != "metrics"}, "'metrics'")
     write("seed6.json", {**good, "seed": 6, "schema": "clbench.result/0"}, "schema")
-    write("seed7.json", {**good, "seed": 7, "status": "failed", "error": "boom",
-                         "accuracy": good["accuracy"][:1], "agent_metrics": [{}],
-                         "reproducible": good["reproducible"][:1],
-                         "failure": {"kind": "agent_error", "stage": "learn", "task_id": 1,
-                                     "traceback": None},
-                         "storage": {k: v[:1] for k, v in good["storage"].items()},
-                         "costs": {k: v[:1] for k, v in good["costs"].items()
-                                   if isinstance(v, list)}}, "status failed after 1/2")
+    write("seed7.json", {**after_first_task(good), "seed": 7, "status": "failed",
+                         "error": "boom", "failure": {"kind": "agent_error", "stage": "learn",
+                                                      "task_id": 1, "traceback": None}},
+          "status failed after 1/2")
     write("seed8.json", {**good, "seed": 9}, "holds seed 9")
     (naive / "notes.json").write_text("{}")
     bad[f"{SUITE}/{TINY.folder}/naive/notes.json"] = "not in the layout"

@@ -71,6 +71,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"skipped: {line}", file=sys.stderr)
     print(f"{args.suite}: {len(plan.jobs)} runs to do, {len(plan.done)} already complete "
           f"in {args.results}", file=sys.stderr)
+    if args.dry_run:
+        for job in plan.jobs:
+            print(f"{job.path}: {sweep.describe(job)}")
+        return 0
     try:
         problems = sweep.sweep(plan.jobs, device=args.device, backend=args.backend,
                                workers=args.workers, threads=args.threads,
@@ -133,6 +137,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                           "every registered agent and the storage comparators; see "
                           "`clbench leaderboard list`)")
     run.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="run nothing: list the runs to do, each with what its file holds "
+                          "(new, a run in progress elsewhere, or an unfinished run and "
+                          "whether its checkpoint is kept)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     run.add_argument("--backend", default="local", choices=BACKENDS,
                      help="local: a process pool here; ray: one Ray task per run")

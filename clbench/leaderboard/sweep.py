@@ -37,7 +37,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from clbench.agent import canonical_agent_name, load_agent_class, supported_scenarios
-from clbench.checkpoint import RunInProgress, hold
+from clbench.checkpoint import RunInProgress, check_not_held, folder_for, hold
 from clbench.leaderboard.suites import Entry
 from clbench.leaderboard.variants import AgentSpec, resolve_specs
 from clbench.results import ResultFormatError, load_result, write_json_atomic
@@ -91,6 +91,30 @@ def is_complete(path: Path, job: Job) -> bool:
             and all(result.env["kwargs"].get(k) == v for k, v in job.entry.kwargs.items())
             and canonical_agent_name(result.agent["name"]) == job.agent.name
             and result.agent["kwargs"] == job.agent.kwargs)
+
+
+def describe(job: Job) -> str:
+    """What a sweep would find in ``job``'s file (what ``--dry-run`` prints): nothing yet,
+    another process's live run, or a run that did not complete, with its finished tasks and
+    whether its checkpoint is kept (a sweep resumes from it where it is this run's)."""
+    try:
+        check_not_held(job.path)
+    except RunInProgress as running:
+        return f"running now, left to it ({running})"
+    if not job.path.exists():
+        return "new"
+    try:
+        result = load_result(job.path)
+    except (ResultFormatError, OSError, TypeError, ValueError) as error:
+        return f"not a valid result ({str(error).replace(f'{job.path}: ', '')}); replaced"
+    if result.status == "complete":
+        return "holds another run (entry, agent, arguments or seed differ); replaced"
+    done = f"{result.n_tasks_done}/{len(result.env['task_names'])} tasks"
+    kept = "; its checkpoint is kept" if folder_for(job.path).is_dir() else ""
+    if result.status == "running":  # its run ended without a final status: it was killed
+        return f"unfinished after {done}, and no live run holds it{kept}"
+    why = f": {result.error}" if result.error else ""
+    return f"{result.status} after {done}{why}{kept or '; no checkpoint, starts afresh'}"
 
 
 def plan(suite: str, entries: Sequence[Entry], agents: Sequence[str], seeds: Sequence[int],
