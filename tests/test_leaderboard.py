@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from agents_for_tests import ConstantZero
@@ -30,6 +31,7 @@ from clbench.cli import assignment_text, main, parse_assignments
 from clbench.leaderboard import aggregate, sweep
 from clbench.leaderboard.aggregate import row_cells
 from clbench.leaderboard.build import build
+from clbench.leaderboard.page import not_run
 from clbench.leaderboard.suites import STORAGE_COMPARATORS, SUITES, Entry, default_agents
 from clbench.leaderboard.variants import (
     parse_spec,
@@ -607,6 +609,18 @@ def test_build_fills_every_suite_a_readme_marks_and_needs_the_offline_one(tmp_pa
 
 
 # ----------------------------------------------------------------------------- aggregation
+def test_a_suites_entries_without_results_are_named_with_the_command_that_runs_them():
+    offline = SUITES["offline"]
+    one = SimpleNamespace(section=f"offline · {offline[0].label}")
+    line = not_run([one], "offline")
+    assert f"--entry {offline[0].folder}`" not in line
+    for entry in offline[1:]:
+        assert f"{entry.label} (`clbench leaderboard run --suite offline --entry " \
+               f"{entry.folder}`)" in line
+    assert not_run([SimpleNamespace(section=f"offline · {e.label}") for e in offline],
+                   "offline") == "" == not_run([one], SUITE)  # complete, or no known suite
+
+
 def test_seeds_aggregate_to_mean_std_and_t_interval():
     summary = aggregate.Summary.of([0.8, 0.9, 1.0])
     assert summary.mean == pytest.approx(0.9) and summary.std == pytest.approx(0.1)
