@@ -28,6 +28,7 @@ from clbench.agent import (
 )
 from clbench.checkpoint import lock_for
 from clbench.cli import assignment_text, main, parse_assignments
+from clbench.env.registration import check_env_kwargs
 from clbench.leaderboard import aggregate, sweep
 from clbench.leaderboard.aggregate import row_cells
 from clbench.leaderboard.build import build
@@ -131,12 +132,23 @@ def test_list_shows_agent_arguments_and_suites(capsys):
 
 
 # ----------------------------------------------------------------------------- suites
-def test_suite_entries_have_distinct_readable_folders():
+def test_suite_entries_have_distinct_readable_folders_and_can_all_be_made():
     folders = [entry.folder for entries in SUITES.values() for entry in entries]
     assert len(folders) == len(set(folders))
+    for entry in (entry for entries in SUITES.values() for entry in entries):
+        check_env_kwargs(entry.env_id, entry.kwargs)  # a one-vs-rest domain entry once was not
     domain = SUITES["offline"][3]
     assert (domain.env_id, domain.scenario) == ("clbench/SplitMNIST5k-v0", "domain")
     assert domain.folder == "SplitMNIST5k-v0__scenario-domain"
+
+
+def test_plan_leaves_out_an_entry_its_environment_refuses_and_says_why(tmp_path):
+    impossible = Entry("clbench/OneVsRestMNIST5k-v0", {**TINY.kwargs, "scenario": "domain"})
+    planned = sweep.plan(SUITE, [impossible, TINY], ["naive"], [0], tmp_path)
+    assert [job.entry for job in planned.jobs] == [TINY]
+    [line] = planned.unavailable
+    assert line.startswith(f"{impossible.label}: not run: clbench/OneVsRestMNIST5k-v0: "
+                           "scenario='domain' needs one labelling across the stream"), line
 
 
 def test_plan_skips_scenarios_an_agent_does_not_support(tmp_path, monkeypatch):

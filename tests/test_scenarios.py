@@ -17,6 +17,7 @@ from baselines.naive import Naive
 from clbench.agent import require_scenario, supported_scenarios
 from clbench.data import DatasetNotFoundError, load_dataset
 from clbench.env import UNTOLD_TASK
+from clbench.env.registration import check_env_kwargs
 from clbench.harness import AgentError, deserialize_state, evaluate, serialize_state
 from clbench.sealed.calls import predict_queries
 from clbench.tasks import stratified_holdout
@@ -189,6 +190,8 @@ def test_domain_queries_hide_their_task_and_are_scored_per_task():
 def test_domain_scenario_refuses_streams_without_one_labelling(env_id, kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         gymnasium.make(env_id, scenario="domain", **kwargs)
+    with pytest.raises(ValueError, match=re.escape(message)):  # before any data, as a sweep
+        check_env_kwargs(env_id, {"scenario": "domain", **kwargs})  # plans and the CLI starts
 
 
 def test_domain_scenario_accepts_any_consistently_labelled_task_list():

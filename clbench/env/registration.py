@@ -17,7 +17,14 @@ from typing import Any
 import gymnasium
 from gymnasium.envs.registration import EnvSpec, register
 
-from clbench.tasks import TaskSpec, check_stream, one_vs_rest
+from clbench.tasks import (
+    SCENARIOS,
+    TaskSpec,
+    check_stream,
+    one_vs_rest,
+    require_one_labelling,
+    stream_specs,
+)
 
 ENTRY_POINT = "clbench.env.task_stream:TaskStreamEnv"
 NAMESPACE = "clbench/"
@@ -112,9 +119,9 @@ def _check_value(env_id: str, name: str, value: Any) -> None:
 def check_env_kwargs(env_id: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Check an environment id and its make() kwargs in microseconds, before any data is
     loaded: unknown ids (with the close matches), unknown kwargs (with the accepted ones),
-    values of the wrong type or range, and streams that cannot exist (with the most tasks
-    possible). Returns the registered kwargs merged with ``kwargs``; raises
-    :class:`ValueError`."""
+    values of the wrong type or range, streams that cannot exist (with the most tasks
+    possible) and domain-incremental streams without one labelling. Returns the registered
+    kwargs merged with ``kwargs``; raises :class:`ValueError`."""
     spec = check_env_id(env_id)
     accepted = env_arguments()
     unknown = [key for key in kwargs if key not in accepted and key not in MAKE_OPTIONS]
@@ -125,13 +132,18 @@ def check_env_kwargs(env_id: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in merged.items():
         if name in accepted:
             _check_value(env_id, name, value)
-    if merged.get("tasks") is not None:
-        for task in merged["tasks"]:
-            if isinstance(task, str):
-                TaskSpec.from_name(task)
-    else:
-        check_stream(merged.get("stream", "split"), merged.get("dataset", "mnist5k"),
-                     merged.get("n_tasks"))
+    stream, dataset = merged.get("stream", "split"), merged.get("dataset", "mnist5k")
+    if merged.get("tasks") is None:
+        check_stream(stream, dataset, merged.get("n_tasks"))
+    specs = stream_specs(stream, dataset, merged.get("tasks"), merged.get("n_tasks"))
+    scenario = merged.get("scenario", "task")
+    if scenario not in SCENARIOS:
+        raise ValueError(f"{env_id}: scenario={scenario!r}: choose one of {', '.join(SCENARIOS)}")
+    if scenario == "domain":
+        try:
+            require_one_labelling(specs)
+        except ValueError as error:
+            raise ValueError(f"{env_id}: {error}") from None
     return merged
 
 

@@ -23,6 +23,7 @@ from clbench.tasks import (
     check_stream,
     materialize,
     require_one_labelling,
+    stream_specs,
 )
 from clbench.tasks.materialization import validation_size
 
@@ -193,8 +194,7 @@ class TaskStreamEnv(gym.Env):
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario={scenario!r}: choose one of {', '.join(SCENARIOS)}")
         if tasks is not None:
-            self._fixed_specs = [t if isinstance(t, TaskSpec) else TaskSpec.from_name(t)
-                                 for t in tasks]
+            self._fixed_specs = stream_specs(stream, dataset, tasks, n_tasks)
             if not self._fixed_specs:
                 raise ValueError("tasks=[] : a stream needs at least one task")
             if n_tasks is not None and n_tasks != len(self._fixed_specs):
@@ -208,12 +208,10 @@ class TaskStreamEnv(gym.Env):
             dataset_info(dataset)
             if stream == "tuples":
                 n_tasks = check_stream(stream, dataset, n_tasks)  # before loading any data
-                self._fixed_specs = None
-            else:
-                self._fixed_specs = STREAMS[stream](dataset, n_tasks)
+            self._fixed_specs = stream_specs(stream, dataset, None, n_tasks)
             datasets = [dataset]
         if scenario == "domain":
-            require_one_labelling(self._fixed_specs or [], None if tasks is not None else stream)
+            require_one_labelling(self._fixed_specs)
         for name, value in (("max_train_per_task", max_train_per_task),
                             ("max_test_per_task", max_test_per_task)):
             if value is not None and value < 2:

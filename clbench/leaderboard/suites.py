@@ -92,7 +92,6 @@ SUITES: dict[str, tuple[Entry, ...]] = {
         "clbench/SplitFashionMNIST-v0",
         ("clbench/SplitFashionMNIST-v0", DOMAIN),
         "clbench/OneVsRestFashionMNIST-v0",
-        ("clbench/OneVsRestFashionMNIST-v0", DOMAIN),
     ),
     "storage": _entries(
         ("clbench/TupleMNIST5k-v0", {"n_tasks": 10}),

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from clbench.agent import canonical_agent_name, load_agent_class, supported_scenarios
 from clbench.checkpoint import RunInProgress, check_not_held, folder_for, hold
+from clbench.env.registration import check_env_kwargs
 from clbench.leaderboard.suites import Entry
 from clbench.leaderboard.variants import AgentSpec, resolve_specs
 from clbench.results import ResultFormatError, load_result, write_json_atomic
@@ -131,6 +132,11 @@ def plan(suite: str, entries: Sequence[Entry], agents: Sequence[str], seeds: Seq
         if unsupported:
             unavailable.append(f"{entry.label}: not run: this clbench's environment does "
                                f"not accept {', '.join(unsupported)}")
+            continue
+        try:
+            check_env_kwargs(entry.env_id, entry.kwargs)
+        except ValueError as error:
+            unavailable.append(f"{entry.label}: not run: {error}")
             continue
         for agent in specs:
             scenarios = scenarios_of[agent.agent]

@@ -7,7 +7,15 @@ imported on first use, so that ``import clbench`` stays light.
 from importlib import import_module
 
 from clbench.tasks.spec import EVALUATIONS, SCENARIOS, Task, TaskSpec, require_one_labelling
-from clbench.tasks.streams import STREAMS, check_stream, mixed, one_vs_rest, split, tuples
+from clbench.tasks.streams import (
+    STREAMS,
+    check_stream,
+    mixed,
+    one_vs_rest,
+    split,
+    stream_specs,
+    tuples,
+)
 
 _MATERIALIZE = ("DEFAULT_VALIDATION_FRACTION", "balanced_indices", "materialize",
                 "stratified_holdout")
@@ -34,5 +42,6 @@ __all__ = [
     "require_one_labelling",
     "split",
     "stratified_holdout",
+    "stream_specs",
     "tuples",
 ]

@@ -137,8 +137,9 @@ class Task:
         return Task(self.id, self.spec, self.x_train, self.y_train, scenario=self.scenario)
 
 
-def require_one_labelling(specs: list[TaskSpec], stream: str | None = None) -> None:
-    """Refuse a stream for the domain-incremental scenario unless one labelling holds across it.
+def require_one_labelling(specs: list[TaskSpec] | None) -> None:
+    """Refuse a stream for the domain-incremental scenario unless one labelling holds across it
+    (``specs`` None: a ``tuples`` stream, whose tasks are drawn at random).
 
     In that scenario a query's task is not told, so an input's label must not depend on its
     task: every task comes from one dataset (one input domain), and no class is positive in
@@ -146,7 +147,7 @@ def require_one_labelling(specs: list[TaskSpec], stream: str | None = None) -> N
     streams: 0|1, 2|3, ... where "the first class of the pair" is 1).
     """
     remedy = ("use a split stream (e.g. clbench/DomainSplitMNIST5k-v0) or scenario='task'")
-    if stream == "tuples":
+    if specs is None:
         raise ValueError(
             "scenario='domain' needs one labelling across the stream, but a 'tuples' stream "
             "draws each task's classes at random, so a class is positive in one task and "

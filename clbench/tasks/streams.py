@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -162,3 +163,13 @@ def mixed(*streams: list[TaskSpec]) -> list[TaskSpec]:
 
 
 STREAMS = {"split": split, "one_vs_rest": one_vs_rest, "tuples": tuples}
+
+
+def stream_specs(stream: str, dataset: str, tasks: Sequence[str | TaskSpec] | None,
+                 n_tasks: int | None) -> list[TaskSpec] | None:
+    """A stream's task specs, known before any data is read: the ``tasks`` given, else the
+    ones ``stream`` builds on ``dataset``; None for ``tuples``, whose tasks the seed draws."""
+    if tasks is not None:
+        return [task if isinstance(task, TaskSpec) else TaskSpec.from_name(task)
+                for task in tasks]
+    return None if stream == "tuples" else STREAMS[stream](dataset, n_tasks)
