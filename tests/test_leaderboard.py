@@ -436,26 +436,34 @@ def test_a_dry_run_says_what_each_files_holds_and_touches_none(swept, tmp_path,
     (random / "seed0.json").write_text(json.dumps(killed))
     (random / "seed0.json.ckpt").mkdir()
     (random / "seed1.json").write_text("{ not json")
-    planned = sweep.plan(SUITE, [TINY], ["random", "naive"], [0, 1, 2, 3, 7, 8], results)
+    (folder(results, "naive") / "seed9.json").write_text(json.dumps(after_first_task(
+        json.loads((folder(results, "naive") / "seed0.json").read_text()))))
+    planned = sweep.plan(SUITE, [TINY], ["random", "naive"], [0, 1, 2, 3, 7, 8, 9], results)
     holder = hold_elsewhere(folder(results, "naive") / "seed3.json")
     before = {path: path.read_bytes() for path in results.rglob("*") if path.is_file()}
     said = {(job.agent.label, job.seed): sweep.describe(job) for job in planned.jobs}
-    assert said[("random", 0)] == ("unfinished after 1/2 tasks, and no live run holds it; "
-                                   "its checkpoint is kept")
+    assert said[("random", 0)] == (
+        "unfinished after 1/2 tasks, and no live run holds it; a checkpoint is there: resumed "
+        "from it if it is this run's, else started afresh")
     assert said[("random", 1)].startswith("not a valid result (") and \
         said[("random", 1)].endswith("); replaced") and str(results) not in said[("random", 1)]
     assert said[("random", 3)] == said[("naive", 2)] == "new"
     assert said[("naive", 3)].startswith("running now, left to it (") and \
         f"process {holder.pid} on " in said[("naive", 3)]
-    assert said[("naive", 7)] == "failed after 1/2 tasks: boom; no checkpoint, starts afresh"
-    assert said[("naive", 8)].startswith("holds another run")
-    assert len(bad) == 5 and len(said) == 12 - 3  # random 0-2 and naive 0-1 of the sweep: 3 done
+    assert said[("naive", 7)] == "failed after 1/2 tasks: boom; no checkpoint: started afresh"
+    assert said[("naive", 8)].startswith("holds another run")  # complete, of seed 9
+    assert said[("naive", 9)].startswith("holds another run")  # unfinished, of seed 0
+    assert len(bad) == 5 and len(said) == 14 - 3  # random 2, naive 0 and 1 are done
     assert {path: path.read_bytes() for path in results.rglob("*") if path.is_file()} == before
     assert main(["leaderboard", "run", "--suite", "offline", "--entry", "SplitMNIST5k-v0",
                  "--agents", "random", "--seeds", "0", "--results", str(tmp_path / "new"),
                  "--dry-run"]) == 0
     path = tmp_path / "new" / "offline" / "SplitMNIST5k-v0" / "random" / "seed0.json"
     assert capsys.readouterr().out == f"{path}: new\n" and not (tmp_path / "new").exists()
+    assert main(["leaderboard", "run", "--suite", "offline", "--entry", "OneVsRestMNIST5k-v0",
+                 "--env-arg", 'scenario="domain"', "--agents", "naive", "--seeds", "0",
+                 "--results", str(tmp_path / "new"), "--dry-run"]) == 1  # cannot be made
+    assert "scenario='domain' needs one labelling" in capsys.readouterr().err
 
 
 def test_ray_backend_gives_the_files_of_the_local_pool(swept, tmp_path):

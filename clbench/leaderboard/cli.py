@@ -69,12 +69,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     for line in plan.skipped:
         print(f"skipped: {line}", file=sys.stderr)
+    for line in plan.unavailable:  # before any work: a sweep can take hours
+        print(f"clbench: {line}", file=sys.stderr)
     print(f"{args.suite}: {len(plan.jobs)} runs to do, {len(plan.done)} already complete "
           f"in {args.results}", file=sys.stderr)
     if args.dry_run:
         for job in plan.jobs:
             print(f"{job.path}: {sweep.describe(job)}")
-        return 0
+        return 1 if plan.unavailable else 0
     try:
         problems = sweep.sweep(plan.jobs, device=args.device, backend=args.backend,
                                workers=args.workers, threads=args.threads,
@@ -88,8 +90,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     for line in problems:
         print(f"not complete: {line}", file=sys.stderr)
-    for line in plan.unavailable:
-        print(f"clbench: {line}", file=sys.stderr)
     return 1 if problems or plan.unavailable else 0
 
 

@@ -54,14 +54,15 @@ def _suites(rows: Sequence[Row]) -> dict[str, list[Row]]:
 
 
 def not_run(rows: Sequence[Row], suite: str) -> str:
-    """A line naming the entries of a known ``suite`` that have no row among its ``rows``,
-    with the command that runs them; empty where every entry has one."""
+    """A line naming the entries of a known ``suite`` that have no row among its ``rows`` (no
+    complete run: none yet, or every one failed, see "Left out"), with the command that runs
+    them; empty where every entry has one."""
     shown = {row.section for row in rows}
     missing = [entry for entry in SUITES.get(suite, ())
                if f"{suite} · {entry.label}" not in shown]
     if not missing:
         return ""
-    return "Not run yet: " + "; ".join(
+    return "No complete run yet (failed runs are under Left out): " + "; ".join(
         f"{entry.label} (`clbench leaderboard run --suite {suite} --entry {entry.folder}`)"
         for entry in missing) + "."
 

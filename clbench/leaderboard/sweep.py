@@ -87,8 +87,13 @@ def is_complete(path: Path, job: Job) -> bool:
         result = load_result(path)
     except (ResultFormatError, OSError, TypeError, ValueError):
         return False
-    return (result.status == "complete" and result.seed == job.seed
-            and result.env["id"] == job.entry.env_id
+    return result.status == "complete" and _of_job(result, job)
+
+
+def _of_job(result, job: Job) -> bool:
+    """Whether ``result`` (complete or not) is a run of ``job``: its env, kwargs, agent and
+    seed."""
+    return (result.seed == job.seed and result.env["id"] == job.entry.env_id
             and all(result.env["kwargs"].get(k) == v for k, v in job.entry.kwargs.items())
             and canonical_agent_name(result.agent["name"]) == job.agent.name
             and result.agent["kwargs"] == job.agent.kwargs)
@@ -96,8 +101,9 @@ def is_complete(path: Path, job: Job) -> bool:
 
 def describe(job: Job) -> str:
     """What a sweep would find in ``job``'s file (what ``--dry-run`` prints): nothing yet,
-    another process's live run, or a run that did not complete, with its finished tasks and
-    whether its checkpoint is kept (a sweep resumes from it where it is this run's)."""
+    another process's live run, another run's file, or an unfinished run of this one with
+    its finished tasks and whether a checkpoint is there (a local sweep resumes from it when
+    it passes the resume checks of :func:`clbench.evaluate`, else starts afresh)."""
     try:
         check_not_held(job.path)
     except RunInProgress as running:
@@ -108,14 +114,15 @@ def describe(job: Job) -> str:
         result = load_result(job.path)
     except (ResultFormatError, OSError, TypeError, ValueError) as error:
         return f"not a valid result ({str(error).replace(f'{job.path}: ', '')}); replaced"
-    if result.status == "complete":
+    if not _of_job(result, job):
         return "holds another run (entry, agent, arguments or seed differ); replaced"
     done = f"{result.n_tasks_done}/{len(result.env['task_names'])} tasks"
-    kept = "; its checkpoint is kept" if folder_for(job.path).is_dir() else ""
+    how = ("; a checkpoint is there: resumed from it if it is this run's, else started afresh"
+           if folder_for(job.path).is_dir() else "; no checkpoint: started afresh")
     if result.status == "running":  # its run ended without a final status: it was killed
-        return f"unfinished after {done}, and no live run holds it{kept}"
-    why = f": {result.error}" if result.error else ""
-    return f"{result.status} after {done}{why}{kept or '; no checkpoint, starts afresh'}"
+        return f"unfinished after {done}, and no live run holds it{how}"
+    why = f": {result.error.splitlines()[0]}" if result.error else ""
+    return f"{result.status} after {done}{why}{how}"
 
 
 def plan(suite: str, entries: Sequence[Entry], agents: Sequence[str], seeds: Sequence[int],
