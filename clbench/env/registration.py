@@ -18,8 +18,8 @@ import gymnasium
 from gymnasium.envs.registration import EnvSpec, register
 
 from clbench.tasks import (
-    SCENARIOS,
     TaskSpec,
+    check_scenario,
     check_stream,
     one_vs_rest,
     require_one_labelling,
@@ -137,13 +137,12 @@ def check_env_kwargs(env_id: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         check_stream(stream, dataset, merged.get("n_tasks"))
     specs = stream_specs(stream, dataset, merged.get("tasks"), merged.get("n_tasks"))
     scenario = merged.get("scenario", "task")
-    if scenario not in SCENARIOS:
-        raise ValueError(f"{env_id}: scenario={scenario!r}: choose one of {', '.join(SCENARIOS)}")
-    if scenario == "domain":
-        try:
+    try:
+        check_scenario(scenario)
+        if scenario == "domain":
             require_one_labelling(specs)
-        except ValueError as error:
-            raise ValueError(f"{env_id}: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"{env_id}: {error}") from None
     return merged
 
 

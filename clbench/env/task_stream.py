@@ -16,10 +16,10 @@ from clbench.devices import resolve_device
 from clbench.tasks import (
     DEFAULT_VALIDATION_FRACTION,
     EVALUATIONS,
-    SCENARIOS,
     STREAMS,
     Task,
     TaskSpec,
+    check_scenario,
     check_stream,
     materialize,
     require_one_labelling,
@@ -191,8 +191,7 @@ class TaskStreamEnv(gym.Env):
             raise ValueError(f"render_mode={render_mode!r}: this environment does not render")
         self.evaluation, self.scenario = evaluation, scenario
         self.validation_fraction = _check_evaluation(evaluation, validation_fraction)
-        if scenario not in SCENARIOS:
-            raise ValueError(f"scenario={scenario!r}: choose one of {', '.join(SCENARIOS)}")
+        check_scenario(scenario)
         if tasks is not None:
             self._fixed_specs = stream_specs(stream, dataset, tasks, n_tasks)
             if not self._fixed_specs:

@@ -6,7 +6,14 @@ imported on first use, so that ``import clbench`` stays light.
 
 from importlib import import_module
 
-from clbench.tasks.spec import EVALUATIONS, SCENARIOS, Task, TaskSpec, require_one_labelling
+from clbench.tasks.spec import (
+    EVALUATIONS,
+    SCENARIOS,
+    Task,
+    TaskSpec,
+    check_scenario,
+    require_one_labelling,
+)
 from clbench.tasks.streams import (
     STREAMS,
     check_stream,
@@ -35,6 +42,7 @@ __all__ = [
     "Task",
     "TaskSpec",
     "balanced_indices",
+    "check_scenario",
     "check_stream",
     "materialize",
     "mixed",

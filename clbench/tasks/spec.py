@@ -137,6 +137,12 @@ class Task:
         return Task(self.id, self.spec, self.x_train, self.y_train, scenario=self.scenario)
 
 
+def check_scenario(scenario: object) -> None:
+    """Refuse a ``scenario`` that is not one of :data:`SCENARIOS`, naming them."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario={scenario!r}: choose one of {', '.join(SCENARIOS)}")
+
+
 def require_one_labelling(specs: list[TaskSpec] | None) -> None:
     """Refuse a stream for the domain-incremental scenario unless one labelling holds across it
     (``specs`` None: a ``tuples`` stream, whose tasks are drawn at random).
